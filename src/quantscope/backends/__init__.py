@@ -1,0 +1,89 @@
+"""Quantization backends behind one small interface, found through a lazy registry.
+
+A backend module imports its library only inside its functions, so importing quantscope
+never imports bitsandbytes (or any other optional dependency). ``available()`` answers
+``None`` when the backend can run here, or one sentence saying why not.
+
+>>> get(Method.BNB_NF4).name
+'bitsandbytes'
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantscope.config import Method, ModelSpec, QuantConfig
+from quantscope.models import ModelFiles
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to evaluate, and what the backend knows about its quantized parts.
+
+    ``quantized`` maps each quantized linear module's name to its logical weight count
+    (in_features × out_features); ``state`` lists quantization-state tensors that are neither
+    parameters nor buffers (bitsandbytes' absmax and codebooks, row scales), so that weight
+    bytes can be counted from the tensors actually held.
+    """
+
+    model: Any
+    load_s: float
+    quantized: dict[str, int] = field(default_factory=dict)
+    state: dict[str, list[Any]] = field(default_factory=dict)
+    library: str = ""
+
+
+class Backend(ABC):
+    """One quantization library; each module in this package defines ``BACKEND``."""
+
+    name: str = ""
+    methods: tuple[Method, ...] = ()
+
+    @abstractmethod
+    def available(self, method: Method, device: str) -> str | None:
+        """None if ``method`` can run on ``device`` here, else one sentence why not."""
+
+    @abstractmethod
+    def load(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> LoadedModel:
+        """Load the baseline weights from ``files`` under ``config`` onto ``device``."""
+
+    def version(self) -> str:
+        """The backing library's version, for the result's provenance."""
+        return ""
+
+
+_REGISTRY: dict[Method, str] = {
+    Method.FP32: "quantscope.backends.precision:BACKEND",
+    Method.BF16: "quantscope.backends.precision:BACKEND",
+    Method.FP16: "quantscope.backends.precision:BACKEND",
+    Method.BNB_INT8: "quantscope.backends.bnb:BACKEND",
+    Method.BNB_NF4: "quantscope.backends.bnb:BACKEND",
+    Method.BNB_FP4: "quantscope.backends.bnb:BACKEND",
+}
+
+
+def get(method: Method) -> Backend:
+    """The backend that runs ``method`` (its module is imported now, its library is not)."""
+    module_name, attr = _REGISTRY[method].split(":")
+    backend: Backend = getattr(importlib.import_module(module_name), attr)
+    return backend
+
+
+def all_methods() -> Iterator[tuple[Method, Backend]]:
+    """Every registered method with its backend, in registry order."""
+    for method in _REGISTRY:
+        yield method, get(method)
+
+
+def timed_load(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Call ``fn`` and return its result with the seconds it took."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start

@@ -1,0 +1,112 @@
+"""bitsandbytes: LLM.int8 (``bnb-int8``) and 4-bit NF4/FP4 (``bnb-nf4``, ``bnb-fp4``).
+
+Loaded through transformers' ``BitsAndBytesConfig``. bitsandbytes is imported only here,
+inside functions. Modules matching ``skip`` patterns (and ``lm_head``, which transformers
+always keeps) stay in the baseline's precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quantscope.backends import Backend, LoadedModel, timed_load
+from quantscope.config import Method, ModelSpec, QuantConfig
+from quantscope.errors import UserError
+from quantscope.models import ModelFiles, pretrained_kwargs, torch_dtype
+
+
+def _import_bnb() -> Any:
+    # bitsandbytes logs a warning about an optional CPU kernel package at import; it is noise.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import bitsandbytes
+
+    return bitsandbytes
+
+
+class BitsAndBytesBackend(Backend):
+    name = "bitsandbytes"
+    methods = (Method.BNB_INT8, Method.BNB_NF4, Method.BNB_FP4)
+
+    def available(self, method: Method, device: str) -> str | None:
+        try:
+            _import_bnb()
+        except ImportError as err:
+            return f"bitsandbytes is not installed ({err}); pip install bitsandbytes."
+        if device == "mps":
+            return "bitsandbytes has no MPS backend; use --device cpu."
+        return None
+
+    def quantization_config(self, config: QuantConfig) -> Any:
+        """The transformers ``BitsAndBytesConfig`` for a quantscope config."""
+        from transformers import BitsAndBytesConfig
+
+        skip = list(config.skip) + ["lm_head"] if config.skip else None
+        if config.method is Method.BNB_INT8:
+            return BitsAndBytesConfig(
+                load_in_8bit=True, llm_int8_threshold=config.threshold, llm_int8_skip_modules=skip
+            )
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4" if config.method is Method.BNB_NF4 else "fp4",
+            bnb_4bit_use_double_quant=config.double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(config.compute_dtype),
+            llm_int8_skip_modules=skip,
+        )
+
+    def load(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> LoadedModel:
+        from transformers import AutoModelForCausalLM
+
+        reason = self.available(config.method, device)
+        if reason:
+            raise UserError(f"{config.name} cannot run here: {reason}")
+        bnb = _import_bnb()
+        model, seconds = timed_load(
+            AutoModelForCausalLM.from_pretrained,
+            str(files.folder),
+            dtype=torch_dtype(spec.dtype),
+            quantization_config=self.quantization_config(config),
+            **pretrained_kwargs(spec, device),
+        )
+        model.eval()
+        kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
+        quantized, state = {}, {}
+        for name, module in model.named_modules():
+            if isinstance(module, kinds):
+                quantized[name] = module.in_features * module.out_features
+                state[name] = quant_state_tensors(module)
+        return LoadedModel(model, seconds, quantized, state, f"bitsandbytes {bnb.__version__}")
+
+    def version(self) -> str:
+        try:
+            return str(_import_bnb().__version__)
+        except ImportError:
+            return ""
+
+
+def quant_state_tensors(module: Any) -> list[Any]:
+    """Tensors of a bnb linear's quantization state that are not parameters or buffers.
+
+    4-bit: the QuantState's absmax, codebook and offset, and the nested state of double
+    quantization. 8-bit: the per-row scales (SCB) kept on the module's state or weight.
+    """
+    import torch
+
+    found: list[Any] = []
+    quant_state = getattr(module.weight, "quant_state", None)
+    while quant_state is not None:
+        for attr in ("absmax", "code", "offset"):
+            value = getattr(quant_state, attr, None)
+            if isinstance(value, torch.Tensor):
+                found.append(value)
+        quant_state = getattr(quant_state, "state2", None)
+    for owner in (getattr(module, "state", None), module.weight):
+        value = getattr(owner, "SCB", None)
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+    return found
+
+
+BACKEND = BitsAndBytesBackend()

@@ -1,0 +1,62 @@
+"""Plain floating-point copies of the baseline: fp32, bf16, fp16 (no quantization library)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantscope.backends import Backend, LoadedModel, timed_load
+from quantscope.config import DType, Method, ModelSpec, QuantConfig
+from quantscope.errors import UserError
+from quantscope.models import ModelFiles, pretrained_kwargs, torch_dtype
+
+_DTYPE = {Method.FP32: DType.FP32, Method.BF16: DType.BF16, Method.FP16: DType.FP16}
+
+
+class PrecisionBackend(Backend):
+    name = "torch"
+    methods = (Method.FP32, Method.BF16, Method.FP16)
+
+    def available(self, method: Method, device: str) -> str | None:
+        import torch
+
+        if method is Method.BF16 and device.startswith("cuda"):
+            if not torch.cuda.is_bf16_supported():
+                return "this GPU has no bf16 support (needs compute capability 8.0+)."
+        return None
+
+    def load(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> LoadedModel:
+        from transformers import AutoModelForCausalLM
+
+        reason = self.available(config.method, device)
+        if reason:
+            raise UserError(f"{config.name} cannot run here: {reason}")
+        dtype = torch_dtype(_DTYPE[config.method])
+        model, seconds = timed_load(
+            AutoModelForCausalLM.from_pretrained,
+            str(files.folder),
+            dtype=dtype,
+            **pretrained_kwargs(spec, device),
+        )
+        model.eval()
+        return LoadedModel(model, seconds, linear_weights(model), {}, "torch")
+
+    def version(self) -> str:
+        import torch
+
+        return str(torch.__version__)
+
+
+def linear_weights(model: Any) -> dict[str, int]:
+    """Every nn.Linear's logical weight count, by module name."""
+    import torch
+
+    return {
+        name: module.in_features * module.out_features
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+
+
+BACKEND = PrecisionBackend()

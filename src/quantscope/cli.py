@@ -1,0 +1,219 @@
+"""The command line: one subcommand = one function that calls the runner or a report.
+
+A :class:`~quantscope.errors.UserError` becomes one red sentence and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from quantscope import config as cfg
+from quantscope.errors import UserError
+from quantscope.results import Outcome
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Measure what quantizing a language model costs in accuracy and buys in memory and speed.",
+)
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn UserError into one sentence on stderr and exit code 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]Interrupted; every config finished so far is stored.[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ProgressEvents:
+    """Runner events drawn as a rich progress bar, with a line per finished config."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=None)
+
+    def stage(self, label: str, total: int | None) -> None:
+        self.progress.update(self.task, description=escape(label), total=total, completed=0)
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def outcome(self, outcome: Outcome) -> None:
+        colour = {"measured": "green", "reused": "cyan", "skipped": "yellow"}.get(
+            outcome.status, "red"
+        )
+        reason = f": {escape(outcome.reason)}" if outcome.reason else ""
+        self.progress.console.print(f"[{colour}]{outcome.status}[/] {escape(outcome.config)}{reason}")
+
+
+def _read_prompts(path: Path | None) -> tuple[str, ...]:
+    if path is None:
+        return cfg.DEFAULT_PROMPTS
+    if not path.is_file():
+        raise UserError(f"No such prompts file '{path}'; give a text file with one prompt per line.")
+    prompts = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    prompts = tuple(p for p in prompts if p)
+    if not prompts:
+        raise UserError(f"Prompts file '{path}' has no prompts; write one prompt per line.")
+    return prompts
+
+
+@app.command()
+@user_errors
+def run(
+    model: Annotated[str | None, typer.Option(help="Hub id, local folder or .gguf file; default: bundled SmolLM2-135M-Instruct.")] = None,
+    configs: Annotated[str, typer.Option(help="Comma list of configs, e.g. fp32,bnb-nf4[double_quant=true].")] = ",".join(cfg.DEFAULT_CONFIGS),
+    text: Annotated[Path | None, typer.Option(help="UTF-8 text file to evaluate on; default: Python's bundled docs.")] = None,
+    tokens: Annotated[int, typer.Option(help="How many tokens of the text to score.")] = 4096,
+    context: Annotated[int, typer.Option(help="Window length in tokens.")] = 512,
+    stride: Annotated[int, typer.Option(help="Tokens a window advances; scored tokens keep ≥ context−stride of context.")] = 256,
+    prompts: Annotated[Path | None, typer.Option(help="File with one generation prompt per line.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write everything as JSON here.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Results database (SQLite); default $QUANTSCOPE_CACHE/results.sqlite.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-measure configs already in the store.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for every random choice (speed inputs).")] = 0,
+    dtype: Annotated[cfg.DType, typer.Option(help="Precision of the baseline.")] = cfg.DType.FP32,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
+    ref_topk: Annotated[int, typer.Option(help="Baseline log-probs kept per token in the reference cache.")] = 256,
+    exact: Annotated[bool, typer.Option(help="Also compute exact full-vocabulary KL, running the baseline side by side.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt.")] = 40,
+    speed_reps: Annotated[int, typer.Option(help="Timed repetitions for prefill and decode speed.")] = 5,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow the model repo's own Python code to run.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle (.bin) checkpoints.")] = False,
+) -> None:
+    """Measure each config against the full-precision baseline and print one row per config."""
+    from quantscope.report.terminal import generations_view, results_table
+    from quantscope.runner import run as run_spec
+
+    spec = cfg.RunSpec(
+        model=cfg.model_spec(model, dtype, revision, trust_remote_code, allow_pickle),
+        configs=cfg.parse_config_list(configs),
+        data=cfg.DataSpec(str(text) if text else None, tokens, context, stride),
+        prompts=_read_prompts(prompts),
+        max_new_tokens=max_new_tokens,
+        device=device,
+        seed=seed,
+        batch_size=batch_size,
+        ref_topk=ref_topk,
+        exact=exact,
+        speed_reps=speed_reps,
+        store_path=str(store) if store else None,
+        force=force,
+    )
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]  # fmt: skip
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        report = run_spec(spec, ProgressEvents(progress))
+    console.print(results_table(report))
+    console.print(generations_view(report.results))
+    if json_path:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        console.print(f"JSON written to {escape(str(json_path))}")
+    if any(o.status == "failed" for o in report.outcomes):
+        raise typer.Exit(1)
+
+
+def _availability(device: str) -> list[tuple[str, str, str, str]]:
+    from quantscope import backends
+
+    rows = []
+    for method, backend in backends.all_methods():
+        reason = backend.available(method, device)
+        params = ", ".join(cfg.PARAMS_OF[method]) or "–"
+        rows.append((method.value, backend.name, params, reason or "yes"))
+    return rows
+
+
+@app.command()
+@user_errors
+def methods(device: Annotated[str, typer.Option(help="Device to check against.")] = "auto") -> None:
+    """List every quantization config, its parameters, and whether it runs here."""
+    from quantscope.models import resolve_device
+
+    table = Table(title=f"Configs (device: {resolve_device(device)})")
+    for header in ("config", "backend", "parameters", "available here"):
+        table.add_column(header)
+    for row in _availability(resolve_device(device)):
+        table.add_row(*(escape(c) for c in row))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def doctor() -> None:
+    """What this machine supports, and why not where it does not."""
+    import torch
+
+    from quantscope.models import bundled_gguf, cache_dir, resolve_device
+    from quantscope.runner import versions
+
+    device = resolve_device("auto")
+    table = Table(title="quantscope doctor", show_header=False)
+    table.add_column("what")
+    table.add_column("found")
+    for name, version in versions().items():
+        table.add_row(name, version)
+    table.add_row("device (auto)", device)
+    table.add_row("torch threads", str(torch.get_num_threads()))
+    if torch.cuda.is_available():
+        cap = torch.cuda.get_device_capability()
+        table.add_row("CUDA GPU", f"{torch.cuda.get_device_name()} (capability {cap[0]}.{cap[1]})")
+        table.add_row("bf16 / fp16", f"{torch.cuda.is_bf16_supported()} / True")
+    else:
+        table.add_row("CUDA GPU", "none visible to torch (CPU only)")
+        table.add_row("bf16 / fp16", "CPU: both run (emulated, slower than fp32 on many CPUs)")
+    table.add_row("bitsandbytes backend", _bnb_backend())
+    for method, backend_name, _, why in _availability(device):
+        table.add_row(f"config {method}", f"{backend_name}: {why}")
+    try:
+        table.add_row("bundled model", str(bundled_gguf()))
+    except UserError as err:
+        table.add_row("bundled model", str(err))
+    cache = cache_dir()
+    free = shutil.disk_usage(cache).free / 2**30
+    table.add_row("cache", f"{cache} ({free:,.1f} GiB free)")
+    console.print(table)
+
+
+def _bnb_backend() -> str:
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        import bitsandbytes as bnb
+    except ImportError as err:
+        return f"not installed ({err})"
+    import torch
+
+    where = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"bitsandbytes {bnb.__version__} on {where}"
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,323 @@
+"""Typed, frozen specifications of a run, parsed and validated once, at the edge.
+
+A run is a :class:`RunSpec`: which model (:class:`ModelSpec`), which quantization configs
+(:class:`QuantConfig`), which text and window rule (:class:`DataSpec`), and how to measure.
+Everything downstream receives these objects, never loose keyword arguments.
+
+>>> spec = parse_config("bnb-nf4[double_quant=true,compute_dtype=bf16]")
+>>> spec.method.value, spec.double_quant, spec.compute_dtype.value
+('bnb-nf4', True, 'bf16')
+>>> spec.name
+'bnb-nf4[compute_dtype=bf16,double_quant=true]'
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+
+from quantscope.errors import UserError
+
+
+class DType(str, Enum):
+    """Floating-point formats a baseline or a compute path can use."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Method(str, Enum):
+    """Quantization methods; the backend registry maps each to the module that runs it."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    BNB_INT8 = "bnb-int8"
+    BNB_NF4 = "bnb-nf4"
+    BNB_FP4 = "bnb-fp4"
+
+
+class ModelKind(str, Enum):
+    """Where the baseline weights come from."""
+
+    BUNDLED = "bundled"
+    LOCAL_DIR = "local-dir"
+    GGUF_FILE = "gguf-file"
+    HUB = "hub"
+
+
+DEFAULT_CONFIGS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-fp4")
+DEFAULT_PROMPTS = (
+    "Explain the accuracy tradeoff in quantization.",
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "What is the capital of France, and why is it famous?",
+)
+
+_BNB_4BIT = (Method.BNB_NF4, Method.BNB_FP4)
+PARAMS_OF: dict[Method, tuple[str, ...]] = {
+    Method.FP32: (),
+    Method.BF16: (),
+    Method.FP16: (),
+    Method.BNB_INT8: ("threshold", "skip"),
+    Method.BNB_NF4: ("double_quant", "compute_dtype", "skip"),
+    Method.BNB_FP4: ("double_quant", "compute_dtype", "skip"),
+}
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """A ' Did you mean X?' suffix for the closest choice, or '' when nothing is close.
+
+    >>> did_you_mean("bnb-nf5", ["bnb-nf4", "fp32"])
+    " Did you mean 'bnb-nf4'?"
+    """
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One quantization config: a method and its validated parameters.
+
+    ``skip`` lists module-name patterns kept in full precision (bitsandbytes' skip-modules).
+
+    >>> QuantConfig(Method.BNB_INT8, threshold=4.0).name
+    'bnb-int8[threshold=4.0]'
+    """
+
+    method: Method
+    threshold: float = 6.0
+    double_quant: bool = False
+    compute_dtype: DType = DType.FP32
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.threshold <= 0:
+            raise UserError(f"threshold must be positive (got {self.threshold}); LLM.int8 uses 6.0.")
+        allowed = PARAMS_OF[self.method]
+        for f in fields(self):
+            if f.name != "method" and f.name not in allowed and getattr(self, f.name) != f.default:
+                raise UserError(
+                    f"'{self.method.value}' takes no parameter '{f.name}'; "
+                    f"its parameters are: {', '.join(allowed) or 'none'}."
+                )
+
+    @property
+    def name(self) -> str:
+        """Canonical name: the method plus every non-default parameter, sorted."""
+        parts = []
+        for f in sorted(fields(self), key=lambda f: f.name):
+            value = getattr(self, f.name)
+            if f.name == "method" or value == f.default:
+                continue
+            parts.append(f"{f.name}={_format_value(value)}")
+        return self.method.value + (f"[{','.join(parts)}]" if parts else "")
+
+    @property
+    def is_4bit(self) -> bool:
+        return self.method in _BNB_4BIT
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, tuple):
+        return ";".join(value)
+    return str(value)
+
+
+def _parse_value(method: Method, key: str, raw: str) -> object:
+    if key == "threshold":
+        try:
+            return float(raw)
+        except ValueError:
+            raise UserError(f"threshold must be a number, got '{raw}'.") from None
+    if key == "double_quant":
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise UserError(f"double_quant must be true or false, got '{raw}'.")
+        return raw.lower() in ("true", "1")
+    if key == "compute_dtype":
+        try:
+            return DType(raw)
+        except ValueError:
+            raise UserError(
+                f"compute_dtype must be one of {', '.join(d.value for d in DType)}, got '{raw}'."
+            ) from None
+    if key == "skip":
+        return tuple(p for p in raw.split(";") if p)
+    allowed = PARAMS_OF[method]
+    raise UserError(
+        f"'{method.value}' has no parameter '{key}'.{did_you_mean(key, allowed)} "
+        f"Its parameters are: {', '.join(allowed) or 'none'}."
+    )
+
+
+_CONFIG_RE = re.compile(r"^(?P<method>[A-Za-z0-9_.-]+)(\[(?P<params>[^\]]*)\])?$")
+
+
+def parse_config(text: str) -> QuantConfig:
+    """Parse ``method`` or ``method[key=value,...]`` into a validated :class:`QuantConfig`.
+
+    >>> parse_config("bnb-int8[threshold=5,skip=lm_head;mlp.down_proj]").skip
+    ('lm_head', 'mlp.down_proj')
+    """
+    match = _CONFIG_RE.match(text.strip())
+    if not match:
+        raise UserError(f"Cannot read config '{text}'; write it as name or name[key=value,...].")
+    name = match.group("method").lower()
+    try:
+        method = Method(name)
+    except ValueError:
+        choices = [m.value for m in Method]
+        raise UserError(
+            f"Unknown config '{name}'.{did_you_mean(name, choices)} "
+            "Run 'quantscope methods' to list them."
+        ) from None
+    values: dict[str, object] = {}
+    for item in filter(None, (match.group("params") or "").split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"Parameter '{item}' of '{name}' needs a value: write {item}=VALUE.")
+        values[key.strip()] = _parse_value(method, key.strip(), raw.strip())
+    return QuantConfig(method, **values)  # type: ignore[arg-type]
+
+
+def split_config_list(text: str) -> list[str]:
+    """Split a comma list of configs, keeping commas inside brackets.
+
+    >>> split_config_list("fp32,bnb-nf4[double_quant=true,compute_dtype=bf16],bf16")
+    ['fp32', 'bnb-nf4[double_quant=true,compute_dtype=bf16]', 'bf16']
+    """
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
+    return [i.strip() for i in items if i.strip()]
+
+
+def parse_config_list(text: str) -> tuple[QuantConfig, ...]:
+    """Parse ``--configs``; duplicates are dropped, order kept."""
+    configs: list[QuantConfig] = []
+    for item in split_config_list(text):
+        config = parse_config(item)
+        if config not in configs:
+            configs.append(config)
+    if not configs:
+        raise UserError("No configs given; pass --configs like fp32,bnb-nf4.")
+    return tuple(configs)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which baseline model to load and how.
+
+    ``source`` is None for the bundled SmolLM2-135M-Instruct, else a hub id, a local folder
+    or a ``.gguf`` file; ``kind`` is inferred by :func:`model_spec`.
+    """
+
+    source: str | None
+    kind: ModelKind
+    dtype: DType = DType.FP32
+    revision: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+def model_spec(
+    source: str | None,
+    dtype: DType = DType.FP32,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> ModelSpec:
+    """Infer where a model comes from: nothing → bundled; a path → folder or GGUF; else hub id.
+
+    >>> model_spec(None).kind.value
+    'bundled'
+    >>> model_spec("meta-llama/Llama-3.1-8B-Instruct").kind.value
+    'hub'
+    """
+    if source is None or source == "":
+        return ModelSpec(None, ModelKind.BUNDLED, dtype, None, trust_remote_code, allow_pickle)
+    path = Path(source).expanduser()
+    looks_local = path.exists() or source.startswith((".", "/", "~")) or source.endswith(".gguf")
+    if looks_local:
+        if not path.exists():
+            raise UserError(f"No such model file or folder '{source}'; check the path.")
+        kind = ModelKind.GGUF_FILE if path.is_file() else ModelKind.LOCAL_DIR
+        if path.is_file() and path.suffix != ".gguf":
+            raise UserError(
+                f"'{source}' is a file but not a .gguf file; pass a model folder, a .gguf file "
+                "or a hub id."
+            )
+        source = str(path.resolve())
+    elif source.count("/") > 1 or " " in source:
+        raise UserError(f"'{source}' is neither an existing path nor a hub id like 'org/name'.")
+    else:
+        kind = ModelKind.HUB
+    return ModelSpec(source, kind, dtype, revision, trust_remote_code, allow_pickle)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The evaluation text and the window rule.
+
+    Windows of ``context`` tokens start every ``stride`` tokens; see ``data.windows`` for
+    exactly which tokens each scores. ``tokens`` caps how much of the text is evaluated.
+    """
+
+    text_path: str | None = None
+    tokens: int = 4096
+    context: int = 512
+    stride: int = 256
+
+    def __post_init__(self) -> None:
+        if self.context < 2:
+            raise UserError(f"--context must be at least 2 tokens (got {self.context}).")
+        if not 1 <= self.stride <= self.context:
+            raise UserError(
+                f"--stride must be between 1 and --context ({self.context}), got {self.stride}."
+            )
+        if self.tokens < 2:
+            raise UserError(f"--tokens must be at least 2 (got {self.tokens}).")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one ``quantscope run`` needs; two equal specs measure the same thing."""
+
+    model: ModelSpec = field(default_factory=lambda: model_spec(None))
+    configs: tuple[QuantConfig, ...] = field(
+        default_factory=lambda: tuple(parse_config(c) for c in DEFAULT_CONFIGS)
+    )
+    data: DataSpec = field(default_factory=DataSpec)
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    max_new_tokens: int = 40
+    device: str = "auto"
+    seed: int = 0
+    batch_size: int = 4
+    ref_topk: int = 256
+    exact: bool = False
+    speed_reps: int = 5
+    store_path: str | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'.")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.speed_reps < 1:
+            raise UserError("--batch-size, --max-new-tokens and --speed-reps must be at least 1.")
+        if not 1 <= self.ref_topk <= 4096:
+            raise UserError(f"--ref-topk must be between 1 and 4096, got {self.ref_topk}.")
+        if not self.configs:
+            raise UserError("No configs given; pass --configs like fp32,bnb-nf4.")

@@ -1,0 +1,390 @@
+"""The passes: baseline reference, streamed comparison, efficiency, generations.
+
+Memory stays flat in the length of the text: logits live one batch of windows at a time and
+only per-token scalars (and the baseline's top-k log-probs) are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantscope.backends import LoadedModel
+from quantscope.data import Windows
+from quantscope.metrics import stats
+from quantscope.metrics.divergence import kl_full, kl_topk, true_token_logprob
+
+Advance = Callable[[int], None]
+_ROWS = 1024  # rows of (rows, V) log-probs computed at once
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+@dataclass
+class Reference:
+    """The baseline's pass over the windows, in scoring order.
+
+    ``true_lp`` (N,) log p_base(true token); ``topk_lp`` / ``topk_ids`` (N, k) the baseline's k
+    most likely tokens and their log-probs, sorted descending (so column 0 is its argmax).
+    """
+
+    true_lp: np.ndarray
+    topk_lp: np.ndarray
+    topk_ids: np.ndarray
+
+    def save(self, path: Path) -> None:
+        """Write compressed to ``path`` (a .npz file), atomically."""
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(
+            tmp, true_lp=self.true_lp, topk_lp=self.topk_lp, topk_ids=self.topk_ids
+        )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["true_lp"], data["topk_lp"], data["topk_ids"])
+
+
+@dataclass
+class TokenStats:
+    """Per-token results of one config, in scoring order. All (N,)."""
+
+    nll: np.ndarray
+    kl: np.ndarray
+    agree: np.ndarray
+    dp: np.ndarray
+    kl_exact: np.ndarray | None = None
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (where inputs must go)."""
+    return next(model.parameters()).device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def scored_logits(
+    model: Any, windows: Windows, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(logits (n, V), targets (n,))`` for each batch of windows, scored rows only."""
+    device = model_device(model)
+    for _, ids_np, score_from in windows.batches(batch_size):
+        ids = torch.from_numpy(ids_np).to(device)  # (B, C)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, use_cache=False).logits  # (B, C, V)
+        rows, targets = [], []
+        for b, start in enumerate(score_from.tolist()):
+            rows.append(logits[b, start - 1 : -1])  # position j-1 predicts token j
+            targets.append(ids[b, start:])
+        yield torch.cat(rows), torch.cat(targets)
+
+
+def _log_probs(logits: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    for start in range(0, logits.shape[0], _ROWS):
+        rows = slice(start, start + _ROWS)
+        yield rows, torch.log_softmax(logits[rows].float(), dim=-1)  # (r, V)
+
+
+def reference_pass(
+    model: Any, windows: Windows, topk: int, batch_size: int, advance: Advance = _noop
+) -> Reference:
+    """The baseline's true-token log-probs and top-k log-probs for every scored token."""
+    true_lp, top_lp, top_ids = [], [], []
+    with torch.inference_mode():
+        for logits, targets in scored_logits(model, windows, batch_size):
+            for rows, lp in _log_probs(logits):
+                values, ids = lp.topk(min(topk, lp.shape[-1]), dim=-1)  # (r, k)
+                true_lp.append(true_token_logprob(lp, targets[rows]).cpu().numpy())
+                top_lp.append(values.cpu().numpy())
+                top_ids.append(ids.to(torch.int32).cpu().numpy())
+            advance(len(targets))
+    return Reference(np.concatenate(true_lp), np.concatenate(top_lp), np.concatenate(top_ids))
+
+
+def compare_pass(
+    model: Any,
+    windows: Windows,
+    ref: Reference,
+    batch_size: int,
+    advance: Advance = _noop,
+    baseline: Any | None = None,
+) -> TokenStats:
+    """Score ``model`` against the reference, token by token, one batch of windows at a time.
+
+    With ``baseline`` (exact mode) the baseline model runs side by side and the KL is also
+    computed over the full vocabulary.
+    """
+    nll, kl, agree, dp, exact = [], [], [], [], []
+    base_iter = scored_logits(baseline, windows, batch_size) if baseline is not None else None
+    offset = 0
+    with torch.inference_mode():
+        for logits, targets in scored_logits(model, windows, batch_size):
+            base_logits = next(base_iter)[0] if base_iter is not None else None
+            for rows, lp in _log_probs(logits):
+                n = lp.shape[0]
+                sel = slice(offset, offset + n)
+                ids = torch.from_numpy(ref.topk_ids[sel]).to(lp.device).long()  # (r, k)
+                lp_true = true_token_logprob(lp, targets[rows])  # (r,)
+                nll.append((-lp_true).double().cpu().numpy())
+                top_q = lp.gather(-1, ids)  # (r, k)
+                kl.append(kl_topk(torch.from_numpy(ref.topk_lp[sel]).to(lp.device), top_q))
+                agree.append((lp.argmax(-1) == ids[:, 0]).cpu().numpy())
+                p_base = np.exp(ref.true_lp[sel].astype(np.float64))
+                dp.append(lp_true.double().exp().cpu().numpy() - p_base)
+                if base_logits is not None:
+                    lp_b = torch.log_softmax(base_logits[rows].float(), dim=-1)
+                    exact.append(kl_full(lp_b, lp).double().cpu().numpy())
+                offset += n
+            advance(len(targets))
+    kl_np = np.concatenate([k.cpu().numpy() for k in kl])
+    return TokenStats(
+        np.concatenate(nll),
+        kl_np,
+        np.concatenate(agree),
+        np.concatenate(dp),
+        np.concatenate(exact) if exact else None,
+    )
+
+
+def accuracy_metrics(ts: TokenStats, ref: Reference, clusters: np.ndarray) -> dict[str, float]:
+    """Every accuracy number of the table, with its uncertainty, from per-token arrays."""
+    base_nll = -ref.true_lp.astype(np.float64)
+    ppl = stats.perplexity(ts.nll, clusters)
+    base_ppl = stats.perplexity(base_nll, clusters)
+    ratio = stats.paired_log_ratio(ts.nll, base_nll, clusters)
+    kl = stats.mean_se(ts.kl, clusters)
+    median, p90, p99 = stats.quantiles(ts.kl, (0.5, 0.9, 0.99))
+    agree = stats.proportion(ts.agree, clusters)
+    dp = stats.mean_se(ts.dp, clusters)
+    tail = 1.0 - np.exp(ref.topk_lp.astype(np.float64)).sum(-1)
+    out = {
+        "tokens": float(ppl.n),
+        "windows": float(ppl.clusters),
+        "ppl": ppl.value,
+        "ppl_se": ppl.se,
+        "base_ppl": base_ppl.value,
+        "dppl_log": ratio.value,
+        "dppl_log_se": ratio.se,
+        "dppl_pct": 100.0 * math.expm1(ratio.value),
+        "dppl_pct_se": 100.0 * math.exp(ratio.value) * ratio.se,
+        "kl_mean": kl.value,
+        "kl_se": kl.se,
+        "kl_median": median,
+        "kl_p90": p90,
+        "kl_p99": p99,
+        "kl_max": float(np.max(ts.kl)),
+        "top1_agree": agree.value,
+        "top1_agree_se": agree.se,
+        "dp_mean": dp.value,
+        "dp_mean_se": dp.se,
+        "dp_rms": float(np.sqrt(np.mean(ts.dp**2))),
+        "ref_tail_mass_mean": float(np.clip(tail, 0.0, 1.0).mean()),
+    }
+    if ts.kl_exact is not None:
+        exact = stats.mean_se(ts.kl_exact, clusters)
+        out.update(kl_topk_mean=kl.value, kl_exact_mean=exact.value, kl_exact_se=exact.se)
+    return out
+
+
+# ---------------------------------------------------------------- efficiency
+
+
+def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
+    """Bytes of weights as held (params, buffers, quantization state), and bits per weight.
+
+    Storage is counted once per tensor storage (tied embeddings count once). ``params`` is
+    the logical weight count: quantized linears count in_features × out_features, however
+    their data is packed.
+    """
+    model = loaded.model
+    modules = dict(model.named_modules())
+    seen: set[tuple[int, int]] = set()
+
+    def nbytes(t: torch.Tensor) -> int:
+        if t.device.type == "meta":
+            return 0
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return int(key[1])
+
+    linear_bytes = linear_params = 0
+    quant_ptrs: set[int] = set()
+    for name, logical in loaded.quantized.items():
+        module = modules[name]
+        tensors = [module.weight] + loaded.state.get(name, [])
+        linear_bytes += sum(nbytes(t) for t in tensors)
+        linear_params += logical
+        quant_ptrs.add(module.weight.untyped_storage().data_ptr())
+    total_bytes, params = linear_bytes, linear_params
+    for p in list(model.parameters()) + list(model.buffers()):
+        is_quant = p.untyped_storage().data_ptr() in quant_ptrs
+        counted = nbytes(p)
+        total_bytes += counted
+        if counted and not is_quant and isinstance(p, torch.nn.Parameter):
+            params += p.numel()
+    return {
+        "weight_bytes": float(total_bytes),
+        "weight_mb": total_bytes / 2**20,
+        "params": float(params),
+        "bits_per_weight": 8.0 * total_bytes / params,
+        "linear_bits_per_weight": 8.0 * linear_bytes / linear_params if linear_params else math.nan,
+        "quantized_linears": float(len(loaded.quantized)),
+    }
+
+
+def prefill_speed(model: Any, vocab: int, length: int, reps: int, seed: int) -> list[float]:
+    """Tokens per second of one forward pass over ``length`` tokens, after one warm-up."""
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, length), generator=gen).to(device)
+    rates = []
+    with torch.inference_mode():
+        for rep in range(reps + 1):
+            _sync(device)
+            start = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            _sync(device)
+            if rep:  # rep 0 is the warm-up
+                rates.append(length / (time.perf_counter() - start))
+    return rates
+
+
+def decode_speed(
+    model: Any, vocab: int, prompt: int, steps: int, reps: int, seed: int
+) -> list[float]:
+    """Tokens per second of greedy one-token steps with the KV cache, after one warm-up."""
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, prompt), generator=gen).to(device)
+    rates = []
+    with torch.inference_mode():
+        for rep in range(reps + 1):
+            out = model(input_ids=ids, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)  # (1, 1)
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            if rep:
+                rates.append(steps / (time.perf_counter() - start))
+    return rates
+
+
+def speed_metrics(model: Any, vocab: int, reps: int, seed: int) -> dict[str, float]:
+    """Prefill (128 tokens) and decode (32 steps after a 64-token prompt) throughput."""
+    out: dict[str, float] = {}
+    for label, rates in (
+        ("prefill_tps", prefill_speed(model, vocab, 128, reps, seed)),
+        ("decode_tps", decode_speed(model, vocab, 64, 32, reps, seed)),
+    ):
+        median, low, high = stats.median_spread(rates)
+        out.update({label: median, f"{label}_min": low, f"{label}_max": high})
+    return out
+
+
+class PeakMemory:
+    """Peak resident memory of this process (sampled every 10 ms) and of the GPU, in MiB.
+
+    >>> with PeakMemory() as peak:
+    ...     _ = bytearray(1)
+    >>> peak.rss_mb > 0
+    True
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.rss_mb = 0.0
+        self.gpu_mb = math.nan
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            self.rss_mb = max(self.rss_mb, process.memory_info().rss / 2**20)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if torch.cuda.is_available():
+            self.gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+
+
+# ---------------------------------------------------------------- generations
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a prompt, through the chat template when the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    return [int(i) for i in tokenizer(prompt)["input_ids"]]
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: tuple[str, ...], max_new_tokens: int
+) -> list[dict[str, Any]]:
+    """Greedy continuations of each prompt: ``{"prompt", "ids", "text"}`` per prompt."""
+    device = model_device(model)
+    outputs = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for prompt in prompts:
+        ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
+        new = [int(i) for i in out[0, ids.shape[1] :].tolist()]
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        outputs.append({"prompt": prompt, "ids": new, "text": text})
+    return outputs
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """Index of the first token where two generations differ; None when identical.
+
+    >>> first_difference([1, 2, 3], [1, 2, 4]), first_difference([1, 2], [1, 2])
+    (2, None)
+    >>> first_difference([1, 2], [1, 2, 3])
+    2
+    """
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))

@@ -1,0 +1,1 @@
+"""Reports made from stored Results only: terminal tables, JSON (HTML comes later)."""

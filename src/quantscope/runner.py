@@ -1,0 +1,310 @@
+"""RunSpec → Results: the only orchestration (resume, reference cache, progress, failures).
+
+Each config is measured, stored and committed before the next one starts; a config that
+cannot run here is skipped with its reason, one that fails is reported and the run goes on.
+
+>>> from quantscope.config import RunSpec
+>>> callable(run)
+True
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from quantscope import backends, data, evaluate, models
+from quantscope.config import DType, Method, QuantConfig, RunSpec
+from quantscope.errors import UserError
+from quantscope.results import Outcome, Result, RunReport
+from quantscope.store import Store, now
+
+log = logging.getLogger(__name__)
+_LIBRARIES = ("torch", "transformers", "bitsandbytes", "accelerate", "numpy", "quantscope")
+
+
+class Events(Protocol):
+    """What the runner tells its caller while it works (the CLI draws progress bars)."""
+
+    def stage(self, label: str, total: int | None) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def outcome(self, outcome: Outcome) -> None: ...
+
+
+class LogEvents:
+    """Events that only log (the default for the Python API)."""
+
+    def stage(self, label: str, total: int | None) -> None:
+        log.info("%s", label)
+
+    def advance(self, n: int) -> None:
+        return None
+
+    def outcome(self, outcome: Outcome) -> None:
+        log.info("%s: %s %s", outcome.config, outcome.status, outcome.reason)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that shape the numbers (absent ones are left out)."""
+    found = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def hardware(device: str) -> dict[str, Any]:
+    """The machine the numbers were measured on."""
+    info: dict[str, Any] = {
+        "device": device,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    return info
+
+
+def digest(*parts: object) -> str:
+    """A short stable hash of JSON-serialisable parts."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_store() -> Path:
+    """Default results database: ``$QUANTSCOPE_CACHE/results.sqlite``."""
+    return models.cache_dir() / "results.sqlite"
+
+
+@dataclass
+class _Context:
+    """What every config of one run shares."""
+
+    spec: RunSpec
+    device: str
+    files: models.ModelFiles
+    tokenizer: Any
+    windows: data.Windows
+    text_name: str
+    settings: dict[str, Any]
+    settings_fp: str
+    events: Events
+    reference: evaluate.Reference | None = None
+    base_generations: list[dict[str, Any]] | None = None
+    baseline_model: Any = None
+
+
+def _settings(spec: RunSpec, windows: data.Windows, device: str) -> dict[str, Any]:
+    return {
+        "tokens_requested": spec.data.tokens,
+        "tokens_scored": windows.n_scored,
+        "windows": len(windows.ids),
+        "context": spec.data.context,
+        "stride": spec.data.stride,
+        "seed": spec.seed,
+        "baseline_dtype": spec.model.dtype.value,
+        "ref_topk": spec.ref_topk,
+        "exact": spec.exact,
+        "prompts": list(spec.prompts),
+        "max_new_tokens": spec.max_new_tokens,
+        "speed_reps": spec.speed_reps,
+        "device_type": torch.device(device).type,
+        "versions": versions(),
+    }
+
+
+def prepare(spec: RunSpec, events: Events) -> _Context:
+    """Resolve the device, model files, tokenizer, text and windows of a run."""
+    device = models.resolve_device(spec.device)
+    events.stage("Finding the model", None)
+    files = models.resolve(spec.model)
+    tokenizer = models.load_tokenizer(files, spec.model)
+    text, text_name = data.read_text(spec.data)
+    ids = data.tokenize(text, lambda t: tokenizer(t)["input_ids"], spec.data)
+    windows = data.make_windows(ids, spec.data.context, spec.data.stride)
+    settings = _settings(spec, windows, device)
+    fp = digest(settings)
+    return _Context(spec, device, files, tokenizer, windows, text_name, settings, fp, events)
+
+
+def result_key(ctx: _Context, config: QuantConfig) -> str:
+    return digest(ctx.files.fingerprint, config.name, ctx.windows.fingerprint, ctx.settings_fp)
+
+
+def _baseline_config(spec: RunSpec) -> QuantConfig:
+    method = {DType.FP32: Method.FP32, DType.BF16: Method.BF16, DType.FP16: Method.FP16}
+    return QuantConfig(method[spec.model.dtype])
+
+
+def ensure_reference(ctx: _Context) -> None:
+    """Load the baseline's reference pass and generations from the cache, or compute them."""
+    spec = ctx.spec
+    key = digest(
+        ctx.files.fingerprint, ctx.windows.fingerprint, spec.ref_topk, spec.model.dtype.value,
+        ctx.settings["device_type"], ctx.settings["versions"], list(spec.prompts),
+        spec.max_new_tokens,
+    )  # fmt: skip
+    folder = models.cache_dir() / "reference"
+    folder.mkdir(parents=True, exist_ok=True)
+    ref_path, gen_path = folder / f"{key}.npz", folder / f"{key}.generations.json"
+    need_model = spec.exact or not (ref_path.is_file() and gen_path.is_file())
+    if need_model:
+        ctx.events.stage("Loading the baseline", None)
+        base = backends.get(_baseline_config(spec).method)
+        loaded = base.load(ctx.files, spec.model, _baseline_config(spec), ctx.device)
+        ctx.baseline_model = loaded.model
+    if ref_path.is_file() and gen_path.is_file():
+        ctx.reference = evaluate.Reference.load(ref_path)
+        ctx.base_generations = json.loads(gen_path.read_text())
+        return
+    ctx.events.stage("Reference pass (baseline)", ctx.windows.n_scored)
+    ctx.reference = evaluate.reference_pass(
+        ctx.baseline_model, ctx.windows, spec.ref_topk, spec.batch_size, ctx.events.advance
+    )
+    ctx.reference.save(ref_path)
+    ctx.events.stage("Baseline generations", None)
+    ctx.base_generations = evaluate.generate(
+        ctx.baseline_model, ctx.tokenizer, spec.prompts, spec.max_new_tokens
+    )
+    gen_path.write_text(json.dumps(ctx.base_generations))
+    if not spec.exact:
+        ctx.baseline_model = None
+        _free()
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
+    """Load one config and measure accuracy, efficiency and generations."""
+    spec, ref = ctx.spec, ctx.reference
+    assert ref is not None and ctx.base_generations is not None
+    backend = backends.get(config.method)
+    torch.manual_seed(spec.seed)
+    with evaluate.PeakMemory() as peak:
+        ctx.events.stage(f"{config.name}: loading", None)
+        loaded = backend.load(ctx.files, spec.model, config, ctx.device)
+        footprint = evaluate.weight_footprint(loaded)
+        ctx.events.stage(f"{config.name}: accuracy pass", ctx.windows.n_scored)
+        start = time.perf_counter()
+        token_stats = evaluate.compare_pass(
+            loaded.model, ctx.windows, ref, spec.batch_size, ctx.events.advance,
+            baseline=ctx.baseline_model,
+        )  # fmt: skip
+        eval_s = time.perf_counter() - start
+        accuracy = evaluate.accuracy_metrics(token_stats, ref, ctx.windows.cluster_ids())
+        ctx.events.stage(f"{config.name}: speed", None)
+        vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
+        speed = evaluate.speed_metrics(loaded.model, vocab, spec.speed_reps, spec.seed)
+        ctx.events.stage(f"{config.name}: generations", None)
+        gens = evaluate.generate(loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens)
+    for gen, base in zip(gens, ctx.base_generations, strict=True):
+        gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
+    library, load_s = loaded.library, loaded.load_s
+    del loaded
+    _free()
+    metrics = {**footprint, **accuracy, **speed, "load_s": load_s, "eval_s": eval_s}
+    metrics.update(peak_rss_mb=peak.rss_mb, peak_gpu_mb=peak.gpu_mb)
+    return Result(
+        key=key,
+        config=config.name,
+        model_fingerprint=ctx.files.fingerprint,
+        data_fingerprint=ctx.windows.fingerprint,
+        settings_fingerprint=ctx.settings_fp,
+        metrics=metrics,
+        generations=gens,
+        meta=_meta(ctx, config, library),
+        created=now(),
+    )
+
+
+def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
+    return {
+        "model": ctx.files.name,
+        "model_origin": ctx.files.origin,
+        "model_folder": str(ctx.files.folder),
+        "model_kind": ctx.files.kind.value,
+        "text": ctx.text_name,
+        "config": config.name,
+        "library": library,
+        "settings": ctx.settings,
+        "hardware": hardware(ctx.device),
+    }
+
+
+def run(spec: RunSpec, events: Events | None = None) -> RunReport:
+    """Measure every config of ``spec`` against its baseline; store each result as it finishes.
+
+    >>> from quantscope.config import RunSpec, DataSpec
+    >>> report = run(RunSpec(data=DataSpec(tokens=1024)))  # doctest: +SKIP
+    >>> report.to_dataframe()[["config", "kl_mean"]]  # doctest: +SKIP
+    """
+    events = events or LogEvents()
+    ctx = prepare(spec, events)
+    store = Store(spec.store_path or default_store())
+    run_id = store.new_run(ctx.files.name, ctx.settings)
+    outcomes = []
+    try:
+        for position, config in enumerate(spec.configs):
+            outcome = _one(ctx, store, config, run_id, position)
+            outcomes.append(outcome)
+            events.outcome(outcome)
+    finally:
+        store.close()
+    provenance = {
+        "model": ctx.files.name,
+        "model_origin": ctx.files.origin,
+        "model_folder": str(ctx.files.folder),
+        "model_fingerprint": ctx.files.fingerprint,
+        "text": ctx.text_name,
+        "data_fingerprint": ctx.windows.fingerprint,
+        "store": str(store.path),
+        "hardware": hardware(ctx.device),
+    }
+    return RunReport(run_id, outcomes, ctx.settings, provenance)
+
+
+def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position: int) -> Outcome:
+    key = result_key(ctx, config)
+    stored = None if ctx.spec.force else store.get(key)
+    if stored is not None:
+        store.link(run_id, key, position, "reused")
+        return Outcome(config.name, "reused", "already measured with these settings", stored)
+    reason = backends.get(config.method).available(config.method, ctx.device)
+    if reason:
+        return Outcome(config.name, "skipped", reason)
+    try:
+        if ctx.reference is None:
+            ensure_reference(ctx)
+        result = measure(ctx, config, key)
+    except UserError as err:
+        _free()
+        return Outcome(config.name, "failed", str(err))
+    except (RuntimeError, ValueError, TypeError, AssertionError, ImportError, OSError) as err:
+        log.debug("config %s failed", config.name, exc_info=True)
+        _free()
+        return Outcome(config.name, "failed", f"{type(err).__name__}: {err}")
+    store.put(result)
+    store.link(run_id, key, position, "measured")
+    return Outcome(config.name, "measured", "", result)

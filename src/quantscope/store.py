@@ -1,0 +1,117 @@
+"""The results database: SQLite, one row per measured config, committed as it finishes.
+
+A result's key is a hash of model, config, data and settings fingerprints; a rerun finds the
+key and reuses the row. Schema changes bump :data:`SCHEMA_VERSION`.
+
+>>> import tempfile, os
+>>> with tempfile.TemporaryDirectory() as d:
+...     store = Store(os.path.join(d, "r.sqlite"))
+...     store.get("missing") is None
+True
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from quantscope.errors import UserError
+from quantscope.results import Result
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, model TEXT NOT NULL, settings TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY, config TEXT NOT NULL, created TEXT NOT NULL,
+    model_fp TEXT NOT NULL, data_fp TEXT NOT NULL, settings_fp TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_results (
+    run_id TEXT NOT NULL REFERENCES runs(id), key TEXT NOT NULL REFERENCES results(key),
+    position INTEGER NOT NULL, status TEXT NOT NULL, PRIMARY KEY (run_id, key)
+);
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """A results database at ``path`` (created with its folder when missing)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path)
+            self.db.executescript(_SCHEMA)
+            found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except (OSError, sqlite3.DatabaseError) as err:
+            raise UserError(f"Cannot use '{self.path}' as a results database: {err}.") from None
+        if found is None:
+            with self.db:
+                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(found[0]) != SCHEMA_VERSION:
+            raise UserError(
+                f"'{self.path}' has results schema {found[0]}, this quantscope reads "
+                f"{SCHEMA_VERSION}; pass another --store."
+            )
+
+    def new_run(self, model: str, settings: dict[str, Any]) -> str:
+        run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self.db:
+            self.db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?)",
+                (run_id, now(), model, json.dumps(settings, sort_keys=True)),
+            )
+        return run_id
+
+    def get(self, key: str) -> Result | None:
+        row = self.db.execute("SELECT body FROM results WHERE key=?", (key,)).fetchone()
+        return Result.from_json(row[0]) if row else None
+
+    def put(self, result: Result) -> None:
+        """Insert or replace a result; committed before this returns."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    result.key,
+                    result.config,
+                    result.created or now(),
+                    result.model_fingerprint,
+                    result.data_fingerprint,
+                    result.settings_fingerprint,
+                    result.to_json(),
+                ),
+            )
+
+    def link(self, run_id: str, key: str, position: int, status: str) -> None:
+        """Record that ``run_id`` used result ``key`` (measured or reused)."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO run_results VALUES (?, ?, ?, ?)",
+                (run_id, key, position, status),
+            )
+
+    def run_results(self, run_id: str) -> list[tuple[str, Result]]:
+        """The (status, result) pairs of a run, in config order."""
+        rows = self.db.execute(
+            "SELECT rr.status, r.body FROM run_results rr JOIN results r ON r.key = rr.key "
+            "WHERE rr.run_id=? ORDER BY rr.position",
+            (run_id,),
+        ).fetchall()
+        return [(status, Result.from_json(body)) for status, body in rows]
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
