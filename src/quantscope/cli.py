@@ -68,14 +68,18 @@ class ProgressEvents:
             outcome.status, "red"
         )
         reason = f": {escape(outcome.reason)}" if outcome.reason else ""
-        self.progress.console.print(f"[{colour}]{outcome.status}[/] {escape(outcome.config)}{reason}")
+        self.progress.console.print(
+            f"[{colour}]{outcome.status}[/] {escape(outcome.config)}{reason}"
+        )
 
 
 def _read_prompts(path: Path | None) -> tuple[str, ...]:
     if path is None:
         return cfg.DEFAULT_PROMPTS
     if not path.is_file():
-        raise UserError(f"No such prompts file '{path}'; give a text file with one prompt per line.")
+        raise UserError(
+            f"No such prompts file '{path}'; give a text file with one prompt per line."
+        )
     prompts = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
     prompts = tuple(p for p in prompts if p)
     if not prompts:
@@ -86,30 +90,67 @@ def _read_prompts(path: Path | None) -> tuple[str, ...]:
 @app.command()
 @user_errors
 def run(
-    model: Annotated[str | None, typer.Option(help="Hub id, local folder or .gguf file; default: bundled SmolLM2-135M-Instruct.")] = None,
-    configs: Annotated[str, typer.Option(help="Comma list of configs, e.g. fp32,bnb-nf4[double_quant=true].")] = ",".join(cfg.DEFAULT_CONFIGS),
-    text: Annotated[Path | None, typer.Option(help="UTF-8 text file to evaluate on; default: Python's bundled docs.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Hub id, local folder or .gguf file; default: bundled SmolLM2-135M-Instruct."
+        ),
+    ] = None,
+    configs: Annotated[
+        str, typer.Option(help="Comma list of configs, e.g. fp32,bnb-nf4[double_quant=true].")
+    ] = ",".join(cfg.DEFAULT_CONFIGS),
+    text: Annotated[
+        Path | None,
+        typer.Option(help="UTF-8 text file to evaluate on; default: Python's bundled docs."),
+    ] = None,
     tokens: Annotated[int, typer.Option(help="How many tokens of the text to score.")] = 4096,
     context: Annotated[int, typer.Option(help="Window length in tokens.")] = 512,
-    stride: Annotated[int, typer.Option(help="Tokens a window advances; scored tokens keep ≥ context−stride of context.")] = 256,
-    prompts: Annotated[Path | None, typer.Option(help="File with one generation prompt per line.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write everything as JSON here.")] = None,
-    store: Annotated[Path | None, typer.Option(help="Results database (SQLite); default $QUANTSCOPE_CACHE/results.sqlite.")] = None,
+    stride: Annotated[
+        int,
+        typer.Option(
+            help="Tokens a window advances; scored tokens keep ≥ context−stride of context."
+        ),
+    ] = 256,
+    prompts: Annotated[
+        Path | None, typer.Option(help="File with one generation prompt per line.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write everything as JSON here.")
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Results database (SQLite); default $QUANTSCOPE_CACHE/results.sqlite."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Re-measure configs already in the store.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice (speed inputs).")] = 0,
     dtype: Annotated[cfg.DType, typer.Option(help="Precision of the baseline.")] = cfg.DType.FP32,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
-    ref_topk: Annotated[int, typer.Option(help="Baseline log-probs kept per token in the reference cache.")] = 256,
-    exact: Annotated[bool, typer.Option(help="Also compute exact full-vocabulary KL, running the baseline side by side.")] = False,
+    ref_topk: Annotated[
+        int, typer.Option(help="Baseline log-probs kept per token in the reference cache.")
+    ] = 256,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            help="Also compute exact full-vocabulary KL, running the baseline side by side."
+        ),
+    ] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt.")] = 40,
-    speed_reps: Annotated[int, typer.Option(help="Timed repetitions for prefill and decode speed.")] = 5,
-    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow the model repo's own Python code to run.")] = False,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle (.bin) checkpoints.")] = False,
+    speed_reps: Annotated[
+        int, typer.Option(help="Timed repetitions for prefill and decode speed.")
+    ] = 3,
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision (branch, tag or commit).")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow the model repo's own Python code to run.")
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow loading pickle (.bin) checkpoints.")
+    ] = False,
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config."""
-    from quantscope.report.terminal import generations_view, results_table
+    from quantscope.report.terminal import generations_view, outcome_notes, results_tables
     from quantscope.runner import run as run_spec
 
     spec = cfg.RunSpec(
@@ -130,7 +171,10 @@ def run(
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]  # fmt: skip
     with Progress(*columns, console=err_console, transient=True) as progress:
         report = run_spec(spec, ProgressEvents(progress))
-    console.print(results_table(report))
+    for table in results_tables(report, console.width):
+        console.print(table)
+    for note in outcome_notes(report):
+        console.print(note, style="yellow")
     console.print(generations_view(report.results))
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
@@ -216,4 +260,16 @@ def _bnb_backend() -> str:
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     app()
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' own progress bars and notices: quantscope draws its own."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for name in ("transformers", "bitsandbytes", "accelerate", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)

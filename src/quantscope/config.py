@@ -96,7 +96,9 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         if self.threshold <= 0:
-            raise UserError(f"threshold must be positive (got {self.threshold}); LLM.int8 uses 6.0.")
+            raise UserError(
+                f"threshold must be positive (got {self.threshold}); LLM.int8 uses 6.0."
+            )
         allowed = PARAMS_OF[self.method]
         for f in fields(self):
             if f.name != "method" and f.name not in allowed and getattr(self, f.name) != f.default:
@@ -308,13 +310,15 @@ class RunSpec:
     batch_size: int = 4
     ref_topk: int = 256
     exact: bool = False
-    speed_reps: int = 5
+    speed_reps: int = 3
     store_path: str | None = None
     force: bool = False
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'.")
+            raise UserError(
+                f"--device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'."
+            )
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.speed_reps < 1:
             raise UserError("--batch-size, --max-new-tokens and --speed-reps must be at least 1.")
         if not 1 <= self.ref_topk <= 4096:

@@ -66,7 +66,9 @@ def bundled_text(part: str = "eval") -> str:
     keys = sorted(topics)
     if part not in ("eval", "train"):
         raise ValueError(part)
-    chosen = [k for i, k in enumerate(keys) if (i % _TRAIN_EVERY == _TRAIN_EVERY - 1) == (part == "train")]
+    chosen = [
+        k for i, k in enumerate(keys) if (i % _TRAIN_EVERY == _TRAIN_EVERY - 1) == (part == "train")
+    ]
     return "\n\n".join(topics[k].strip() for k in chosen)
 
 

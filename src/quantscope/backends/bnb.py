@@ -41,7 +41,7 @@ class BitsAndBytesBackend(Backend):
         """The transformers ``BitsAndBytesConfig`` for a quantscope config."""
         from transformers import BitsAndBytesConfig
 
-        skip = list(config.skip) + ["lm_head"] if config.skip else None
+        skip = [*list(config.skip), "lm_head"] if config.skip else None
         if config.method is Method.BNB_INT8:
             return BitsAndBytesConfig(
                 load_in_8bit=True, llm_int8_threshold=config.threshold, llm_int8_skip_modules=skip
@@ -72,11 +72,12 @@ class BitsAndBytesBackend(Backend):
         )
         model.eval()
         kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
-        quantized, state = {}, {}
-        for name, module in model.named_modules():
-            if isinstance(module, kinds):
-                quantized[name] = module.in_features * module.out_features
-                state[name] = quant_state_tensors(module)
+        modules = {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
+        quantized = {n: m.in_features * m.out_features for n, m in modules.items()}
+
+        def state() -> dict[str, list[Any]]:
+            return {name: quant_state_tensors(module) for name, module in modules.items()}
+
         return LoadedModel(model, seconds, quantized, state, f"bitsandbytes {bnb.__version__}")
 
     def version(self) -> str:

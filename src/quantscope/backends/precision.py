@@ -17,11 +17,9 @@ class PrecisionBackend(Backend):
     methods = (Method.FP32, Method.BF16, Method.FP16)
 
     def available(self, method: Method, device: str) -> str | None:
-        import torch
 
-        if method is Method.BF16 and device.startswith("cuda"):
-            if not torch.cuda.is_bf16_supported():
-                return "this GPU has no bf16 support (needs compute capability 8.0+)."
+        if method is Method.BF16 and device.startswith("cuda") and not _bf16_ok():
+            return "this GPU has no bf16 support (needs compute capability 8.0+)."
         return None
 
     def load(
@@ -40,12 +38,18 @@ class PrecisionBackend(Backend):
             **pretrained_kwargs(spec, device),
         )
         model.eval()
-        return LoadedModel(model, seconds, linear_weights(model), {}, "torch")
+        return LoadedModel(model, seconds, linear_weights(model), dict, "torch")
 
     def version(self) -> str:
         import torch
 
         return str(torch.__version__)
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def linear_weights(model: Any) -> dict[str, int]:

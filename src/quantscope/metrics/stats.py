@@ -27,7 +27,7 @@ ArrayLike = np.ndarray | Sequence[float]
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean (or derived value) with its standard error over ``n`` tokens in ``clusters`` groups."""
+    """A mean (or derived value), its standard error, ``n`` tokens in ``clusters`` groups."""
 
     value: float
     se: float
@@ -70,7 +70,7 @@ def proportion(hits: ArrayLike, clusters: ArrayLike | None = None) -> Estimate:
 def paired_log_ratio(
     nll_q: ArrayLike, nll_base: ArrayLike, clusters: ArrayLike | None = None
 ) -> Estimate:
-    """ln(PPL_q / PPL_base) = mean(nll_q − nll_base), with the standard error of the paired difference.
+    """ln(PPL_q / PPL_base) = mean(nll_q − nll_base), with the paired difference's se.
 
     Because both models score the same tokens, their losses are strongly correlated and the
     paired se is far smaller than √(se_q² + se_base²).

@@ -15,6 +15,7 @@ from rich.text import Text
 from quantscope.results import Result, RunReport
 
 Format = Callable[[dict[str, float]], str]
+Column = tuple[str, str, Format]  # header (wide), header (narrow), formatter
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -24,10 +25,11 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def _pm(value: float | None, se: float | None, digits: int = 3, sign: bool = False) -> str:
+    """``value ± se``; the se goes on a second line (the table folds it back when wide)."""
     if value is None or math.isnan(value):
         return "–"
     text = f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
-    return f"{text} ± {_num(se, digits)}"
+    return f"{text}\n± {_num(se, digits)}"
 
 
 def _sig(value: float | None) -> str:
@@ -37,43 +39,65 @@ def _sig(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-COLUMNS: list[tuple[str, Format]] = [
-    ("weights MB", lambda m: _num(m["weight_mb"], 1)),
-    ("bits/weight", lambda m: f"{_num(m['bits_per_weight'], 2)} ({_num(m['linear_bits_per_weight'], 2)})"),
-    ("ppl ± se", lambda m: _pm(m["ppl"], m["ppl_se"], 3)),
-    ("Δppl %", lambda m: _pm(m["dppl_pct"], m["dppl_pct_se"], 2, sign=True)),
-    ("KL mean ± se", lambda m: f"{_sig(m['kl_mean'])} ± {_sig(m['kl_se'])}"),
-    ("KL p99", lambda m: _sig(m["kl_p99"])),
-    ("top-1 agree %", lambda m: _pm(100 * m["top1_agree"], 100 * m["top1_agree_se"], 2)),
-    ("Δp rms", lambda m: _num(m["dp_rms"], 4)),
-    ("prefill tok/s", lambda m: _num(m["prefill_tps"], 0)),
-    ("decode tok/s", lambda m: _num(m["decode_tps"], 1)),
-    ("load s", lambda m: _num(m["load_s"], 2)),
+ACCURACY: list[Column] = [
+    ("ppl ± se", "ppl", lambda m: _pm(m["ppl"], m["ppl_se"], 3)),
+    ("Δppl %", "Δppl %", lambda m: _pm(m["dppl_pct"], m["dppl_pct_se"], 2, sign=True)),
+    ("KL mean ± se", "KL mean", lambda m: f"{_sig(m['kl_mean'])}\n± {_sig(m['kl_se'])}"),
+    ("KL p99", "KL p99", lambda m: _sig(m["kl_p99"])),
+    ("top-1 agree %", "top-1 %", lambda m: _pm(100 * m["top1_agree"], 100 * m["top1_agree_se"], 2)),
+    ("Δp rms", "Δp rms", lambda m: _num(m["dp_rms"], 3)),
 ]
+EFFICIENCY: list[Column] = [
+    ("weights MB", "weights MB", lambda m: _num(m["weight_mb"], 1)),
+    (
+        "bits/weight",
+        "bits/w",
+        lambda m: f"{_num(m['bits_per_weight'], 2)} ({_num(m['linear_bits_per_weight'], 2)})",
+    ),
+    ("prefill tok/s", "prefill t/s", lambda m: _num(m["prefill_tps"], 0)),
+    ("decode tok/s", "decode t/s", lambda m: _num(m["decode_tps"], 1)),
+    ("load s", "load s", lambda m: _num(m["load_s"], 2)),
+]
+COLUMNS = EFFICIENCY[:2] + ACCURACY + EFFICIENCY[2:]
+WIDE = 170  # terminal columns needed for the one-table layout
 
 
-def results_table(report: RunReport) -> Table:
-    """One row per config; skipped and failed configs say why in the last column."""
-    table = Table(title=_title(report), title_justify="left", show_lines=False)
+def results_tables(report: RunReport, width: int) -> list[Table]:
+    """The one-row-per-config table; below WIDE columns, split into accuracy and efficiency
+    tables with each ± se on its own line, so that both fit an 80-column terminal."""
+    if width >= WIDE:
+        return [_table(report, COLUMNS, _title(report), one_line=True, status=True)]
+    return [
+        _table(report, ACCURACY, _title(report) + " · ± se below each value", False, False),
+        _table(
+            report, EFFICIENCY, "bits/weight: all weights (quantized linears only)", False, True
+        ),
+    ]
+
+
+def _table(
+    report: RunReport, columns: list[Column], title: str, one_line: bool, status: bool
+) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=not one_line and not status)
     table.add_column("config", no_wrap=True)
-    for header, _ in COLUMNS:
-        table.add_column(header, justify="right")
-    table.add_column("status")
+    for wide, narrow, _ in columns:
+        table.add_column(wide if one_line else narrow, justify="right", no_wrap=True)
+    if status:
+        table.add_column("status", min_width=8)
     for outcome in report.outcomes:
+        cells = [""] * len(columns)
         if outcome.result is not None:
-            metrics = outcome.result.metrics
-            cells = [fmt(metrics) for _, fmt in COLUMNS]
-            table.add_row(Text(outcome.config), *cells, outcome.status)
-        else:
-            blanks = [""] * len(COLUMNS)
-            table.add_row(Text(outcome.config), *blanks, Text(f"{outcome.status}: {outcome.reason}"))
+            cells = [fmt(outcome.result.metrics) for _, _, fmt in columns]
+            cells = [c.replace("\n", " ") if one_line else c for c in cells]
+        extra = [Text(outcome.status)] if status else []
+        table.add_row(Text(outcome.config), *cells, *extra)
     return table
 
 
 def _title(report: RunReport) -> str:
     s = report.settings
     return (
-        f"{report.provenance.get('model', '')} · {s.get('tokens_scored')} tokens in "
+        f"{report.provenance.get('model', '')} · {s.get('tokens_scored')} tokens, "
         f"{s.get('windows')} windows (context {s.get('context')}, stride {s.get('stride')}) · "
         f"seed {s.get('seed')} · {s.get('device_type')} · run {report.run_id}"
     )
@@ -97,3 +121,12 @@ def generations_view(results: list[Result]) -> Group:
             )
         tables.append(table)
     return Group(*tables)
+
+
+def outcome_notes(report: RunReport) -> list[Text]:
+    """One line per config that was skipped or failed, with its reason."""
+    return [
+        Text(f"{o.status} {o.config}: {o.reason}")
+        for o in report.outcomes
+        if o.status in ("skipped", "failed")
+    ]
