@@ -286,9 +286,10 @@ class DataSpec:
     def __post_init__(self) -> None:
         if self.context < 2:
             raise UserError(f"--context must be at least 2 tokens (got {self.context}).")
-        if not 1 <= self.stride <= self.context:
+        if not 1 <= self.stride < self.context:
             raise UserError(
-                f"--stride must be between 1 and --context ({self.context}), got {self.stride}."
+                f"--stride must be at least 1 and below --context ({self.context}) so every "
+                f"scored token has context, got {self.stride}."
             )
         if self.tokens < 2:
             raise UserError(f"--tokens must be at least 2 (got {self.tokens}).")

@@ -6,7 +6,8 @@ enough). Window ``w`` covers ``[w·stride, w·stride + context)``; while a full 
 is used as is, and one last window ``[N − context, N)`` covers the tail. Each window scores
 the positions not scored by the window before it, so every token from position 1 on is
 scored exactly once, and every scored token outside the first window sees at least
-``context − stride`` tokens before it.
+``context − stride`` tokens before it (so ``stride < context``; ``stride = context − 1`` gives
+back-to-back windows like lm-evaluation-harness's rolling windows).
 
 >>> w = make_windows(list(range(11)), context=4, stride=2)
 >>> w.ids.tolist()
@@ -28,7 +29,7 @@ from quantscope.config import DataSpec
 from quantscope.errors import UserError
 
 BUNDLED_TEXT_NAME = "python-docs (pydoc_data.topics)"
-_TRAIN_EVERY = 5  # every 5th topic (sorted by key) is training text, the rest evaluation text
+_TRAIN_SHARE = 0.2  # share of the bundled text (in characters) kept for training
 
 
 @dataclass(frozen=True)
@@ -58,18 +59,26 @@ class Windows:
 def bundled_text(part: str = "eval") -> str:
     """Python's own documentation text, split deterministically into ``eval`` and ``train``.
 
-    >>> len(bundled_text("eval")) > 10 * len(bundled_text("train")) / 5
+    Topics are taken in key order; each goes to training while training holds less than
+    20% of the characters seen so far, so both parts sample the whole documentation.
+
+    >>> 0.15 < len(bundled_text("train")) / len(bundled_text("eval")) < 0.35
     True
     """
     from pydoc_data.topics import topics
 
-    keys = sorted(topics)
     if part not in ("eval", "train"):
         raise ValueError(part)
-    chosen = [
-        k for i, k in enumerate(keys) if (i % _TRAIN_EVERY == _TRAIN_EVERY - 1) == (part == "train")
-    ]
-    return "\n\n".join(topics[k].strip() for k in chosen)
+    train, evaluation, seen, kept = [], [], 0, 0
+    for key in sorted(topics):  # a topic goes to training while training is under its share
+        body = topics[key].strip()
+        seen += len(body)
+        if kept < _TRAIN_SHARE * seen:
+            train.append(body)
+            kept += len(body)
+        else:
+            evaluation.append(body)
+    return "\n\n".join(train if part == "train" else evaluation)
 
 
 def read_text(spec: DataSpec) -> tuple[str, str]:
@@ -102,6 +111,8 @@ def tokenize(text: str, encode: Callable[[str], list[int]], spec: DataSpec) -> l
 def make_windows(ids: list[int], context: int, stride: int) -> Windows:
     """Split ``ids`` into windows by the rule in this module's docstring."""
     n = len(ids)
+    if not 1 <= stride < context:
+        raise UserError(f"--stride must be at least 1 and below --context, got {stride}.")
     if n < context:
         raise UserError(f"{n} tokens are fewer than one window of {context}; lower --context.")
     starts = list(range(0, n - context + 1, stride))

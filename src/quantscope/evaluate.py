@@ -21,7 +21,7 @@ import torch
 from quantscope.backends import LoadedModel
 from quantscope.data import Windows
 from quantscope.metrics import stats
-from quantscope.metrics.divergence import kl_full, kl_topk, true_token_logprob
+from quantscope.metrics.divergence import kl_full, kl_topk, log_rest, true_token_logprob
 
 Advance = Callable[[int], None]
 _ROWS = 1024  # rows of (rows, V) log-probs computed at once
@@ -36,12 +36,14 @@ class Reference:
     """The baseline's pass over the windows, in scoring order.
 
     ``true_lp`` (N,) log p_base(true token); ``topk_lp`` / ``topk_ids`` (N, k) the baseline's k
-    most likely tokens and their log-probs, sorted descending (so column 0 is its argmax).
+    most likely tokens and their log-probs, sorted descending (so column 0 is its argmax);
+    ``rest_lp`` (N,) the log of the baseline's mass outside its top k.
     """
 
     true_lp: np.ndarray
     topk_lp: np.ndarray
     topk_ids: np.ndarray
+    rest_lp: np.ndarray
 
     def save(self, path: Path) -> None:
         """Write compressed to ``path`` (a .npz file), atomically."""
@@ -52,7 +54,7 @@ class Reference:
     @classmethod
     def load(cls, path: Path) -> Reference:
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["true_lp"], data["topk_lp"], data["topk_ids"])
+            return cls(data["true_lp"], data["topk_lp"], data["topk_ids"], data["rest_lp"])
 
 
 @dataclass
@@ -115,7 +117,7 @@ def reference_pass(
     model: Any, windows: Windows, topk: int, batch_size: int, advance: Advance = _noop
 ) -> Reference:
     """The baseline's true-token log-probs and top-k log-probs for every scored token."""
-    true_lp, top_lp, top_ids = [], [], []
+    true_lp, top_lp, top_ids, rest_lp = [], [], [], []
     with torch.inference_mode():
         for logits, targets in scored_logits(model, windows, batch_size):
             for rows, lp in _log_probs(logits):
@@ -123,8 +125,10 @@ def reference_pass(
                 true_lp.append(true_token_logprob(lp, targets[rows]).cpu().numpy())
                 top_lp.append(values.cpu().numpy())
                 top_ids.append(ids.to(torch.int32).cpu().numpy())
+                rest_lp.append(log_rest(lp, ids).cpu().numpy())
             advance(len(targets))
-    return Reference(np.concatenate(true_lp), np.concatenate(top_lp), np.concatenate(top_ids))
+    parts = (true_lp, top_lp, top_ids, rest_lp)
+    return Reference(*(np.concatenate(p) for p in parts))
 
 
 def compare_pass(
@@ -153,7 +157,9 @@ def compare_pass(
                 lp_true = true_token_logprob(lp, targets[rows])  # (r,)
                 nll.append((-lp_true).double().cpu().numpy())
                 top_q = lp.gather(-1, ids)  # (r, k)
-                kl.append(kl_topk(torch.from_numpy(ref.topk_lp[sel]).to(lp.device), top_q))
+                top_b = torch.from_numpy(ref.topk_lp[sel]).to(lp.device)
+                rest_b = torch.from_numpy(ref.rest_lp[sel]).to(lp.device)
+                kl.append(kl_topk(top_b, top_q, rest_b, log_rest(lp, ids)))
                 agree.append((lp.argmax(-1) == ids[:, 0]).cpu().numpy())
                 p_base = np.exp(ref.true_lp[sel].astype(np.float64))
                 dp.append(lp_true.double().exp().cpu().numpy() - p_base)
@@ -182,7 +188,7 @@ def accuracy_metrics(ts: TokenStats, ref: Reference, clusters: np.ndarray) -> di
     median, p90, p99 = stats.quantiles(ts.kl, (0.5, 0.9, 0.99))
     agree = stats.proportion(ts.agree, clusters)
     dp = stats.mean_se(ts.dp, clusters)
-    tail = 1.0 - np.exp(ref.topk_lp.astype(np.float64)).sum(-1)
+    tail = np.exp(ref.rest_lp.astype(np.float64))
     out = {
         "tokens": float(ppl.n),
         "windows": float(ppl.clusters),

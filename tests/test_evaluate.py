@@ -1,0 +1,180 @@
+"""The passes on a tiny random model, checked against a naive, independent computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quantscope import backends, evaluate
+from quantscope.config import Method, QuantConfig, model_spec
+from quantscope.data import make_windows
+from quantscope.models import resolve
+
+
+@pytest.fixture(scope="module")
+def files(tiny_model_dir):
+    return resolve(model_spec(str(tiny_model_dir)))
+
+
+def _load(files, method: Method, **params):
+    config = QuantConfig(method, **params)
+    return backends.get(method).load(files, model_spec(str(files.folder)), config, "cpu")
+
+
+@pytest.fixture(scope="module")
+def windows():
+    ids = np.random.default_rng(0).integers(0, 320, 301).tolist()
+    return make_windows(ids, 64, 24)
+
+
+def _naive_nll(model, windows) -> np.ndarray:
+    """Per scored token, -log p(token) from a plain forward of its window, one row at a time."""
+    out = []
+    for row, start in zip(windows.ids, windows.score_from, strict=True):
+        ids = torch.from_numpy(row)[None]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].double()  # (C, V)
+        for j in range(int(start), len(row)):
+            out.append(float(F.cross_entropy(logits[j - 1][None], ids[0, j][None])))
+    return np.array(out)
+
+
+def test_reference_pass_matches_naive_per_token_loss(files, windows):
+    model = _load(files, Method.FP32).model
+    ref = evaluate.reference_pass(model, windows, topk=16, batch_size=3)
+    assert ref.true_lp.shape == (windows.n_scored,)
+    np.testing.assert_allclose(-ref.true_lp, _naive_nll(model, windows), rtol=1e-5, atol=1e-5)
+    # top-k sorted descending, and top-k mass + rest mass = 1
+    assert (np.diff(ref.topk_lp, axis=1) <= 0).all()
+    total = np.exp(ref.topk_lp.astype(np.float64)).sum(1) + np.exp(ref.rest_lp.astype(np.float64))
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+
+
+def test_model_against_its_own_reference_is_identical(files, windows):
+    model = _load(files, Method.FP32).model
+    ref = evaluate.reference_pass(model, windows, topk=16, batch_size=4)
+    ts = evaluate.compare_pass(model, windows, ref, batch_size=2)
+    assert np.abs(ts.kl).max() < 1e-6
+    assert ts.agree.all()
+    assert np.abs(ts.dp).max() < 1e-6
+    np.testing.assert_allclose(ts.nll, -ref.true_lp, atol=1e-5)
+
+
+def test_topk_kl_matches_exact_kl_when_k_covers_vocab_and_bounds_it_otherwise(files, windows):
+    base = _load(files, Method.FP32).model
+    quant = _load(files, Method.BNB_NF4).model
+    full = evaluate.reference_pass(base, windows, topk=320, batch_size=4)
+    ts = evaluate.compare_pass(quant, windows, full, batch_size=4, baseline=base)
+    assert ts.kl_exact is not None
+    np.testing.assert_allclose(ts.kl, ts.kl_exact, rtol=1e-4, atol=1e-6)
+    previous = np.zeros_like(ts.kl_exact)
+    for k in (4, 64):
+        ref = evaluate.reference_pass(base, windows, topk=k, batch_size=4)
+        coarse = evaluate.compare_pass(quant, windows, ref, batch_size=4).kl
+        assert (coarse <= ts.kl_exact + 1e-6).all()  # coarsening is a lower bound
+        assert (coarse >= previous - 1e-6).all()  # that tightens as k grows
+        previous = coarse
+
+
+def test_accuracy_metrics_are_consistent(files, windows):
+    base = _load(files, Method.FP32).model
+    quant = _load(files, Method.BNB_INT8).model
+    ref = evaluate.reference_pass(base, windows, topk=32, batch_size=4)
+    ts = evaluate.compare_pass(quant, windows, ref, batch_size=4)
+    m = evaluate.accuracy_metrics(ts, ref, windows.cluster_ids())
+    assert m["tokens"] == windows.n_scored and m["windows"] == len(windows.ids)
+    assert m["ppl"] == pytest.approx(np.exp(ts.nll.mean()))
+    assert m["base_ppl"] == pytest.approx(np.exp(-ref.true_lp.astype(np.float64).mean()))
+    assert m["dppl_log"] == pytest.approx(np.log(m["ppl"] / m["base_ppl"]))
+    assert m["top1_agree"] == pytest.approx(ts.agree.mean())
+    assert 0 < m["kl_median"] <= m["kl_p90"] <= m["kl_p99"] <= m["kl_max"]
+    assert m["dp_rms"] >= abs(m["dp_mean"])
+
+
+def _unique_bytes(tensors) -> int:
+    seen = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def _forward(model):
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3, 4]]))
+
+
+def test_fp32_and_bf16_footprints(files):
+    fp32 = _load(files, Method.FP32)
+    model = fp32.model
+    params = sum(p.numel() for p in model.parameters())
+    fp = evaluate.weight_footprint(fp32)
+    expected = _unique_bytes(list(model.parameters()) + list(model.buffers()))
+    assert fp["weight_bytes"] == expected
+    assert fp["params"] == params
+    assert fp["linear_bits_per_weight"] == 32.0
+    bf16 = evaluate.weight_footprint(_load(files, Method.BF16))
+    assert bf16["linear_bits_per_weight"] == 16.0
+    assert bf16["params"] == params
+
+
+def test_int8_footprint_counts_row_scales(files):
+    loaded = _load(files, Method.BNB_INT8)
+    _forward(loaded.model)
+    fp = evaluate.weight_footprint(loaded)
+    linears = [m for n, m in loaded.model.named_modules() if n in loaded.quantized]
+    assert len(linears) == 2 * 7  # q, k, v, o, gate, up, down per layer; lm_head kept
+    # int8 weights (1 byte each) + one float32 scale per output row, nothing else
+    expected = sum(m.in_features * m.out_features + 4 * m.out_features for m in linears)
+    numel = sum(m.in_features * m.out_features for m in linears)
+    assert fp["linear_bits_per_weight"] == pytest.approx(8 * expected / numel)
+    assert fp["params"] == sum(p.numel() for p in _load(files, Method.FP32).model.parameters())
+
+
+def test_nf4_footprint_is_four_bits_plus_block_scales(files):
+    loaded = _load(files, Method.BNB_NF4)
+    _forward(loaded.model)
+    fp = evaluate.weight_footprint(loaded)
+    # 4 bits per weight + one absmax per 64-weight block (bf16 after bnb's CPU repack, fp32
+    # on GPU) + a 16-entry codebook per module: between 4.25 and 4.5 bits + codebook.
+    assert 4.25 <= fp["linear_bits_per_weight"] <= 4.6
+    fp32 = evaluate.weight_footprint(_load(files, Method.FP32))
+    assert fp["weight_bytes"] < 0.5 * fp32["weight_bytes"]
+    assert fp["params"] == fp32["params"]
+
+
+def test_speed_metrics_report_median_within_spread(files):
+    model = _load(files, Method.FP32).model
+    speed = evaluate.speed_metrics(model, 320, reps=3, seed=0)
+    for key in ("prefill_tps", "decode_tps"):
+        assert speed[f"{key}_min"] <= speed[key] <= speed[f"{key}_max"]
+        assert speed[key] > 0
+
+
+def test_generation_is_greedy_and_deterministic(files):
+    from quantscope.models import load_tokenizer
+
+    model = _load(files, Method.FP32).model
+    tok = load_tokenizer(files, model_spec(str(files.folder)))
+    a = evaluate.generate(model, tok, ("Hello there",), 6)
+    b = evaluate.generate(model, tok, ("Hello there",), 6)
+    assert a == b and len(a[0]["ids"]) == 6
+    # greedy: each token is the argmax given the prompt and the tokens before it
+    ids = torch.tensor([evaluate.encode_prompt(tok, "Hello there") + a[0]["ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    n = len(a[0]["ids"])
+    assert logits[-n - 1 : -1].argmax(-1).tolist() == a[0]["ids"]
+
+
+def test_peak_memory_sees_an_allocation():
+    with evaluate.PeakMemory() as before:
+        pass
+    with evaluate.PeakMemory() as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        block += 1
+        import time
+
+        time.sleep(0.05)
+    assert peak.rss_mb > before.rss_mb + 32
