@@ -72,6 +72,6 @@ def test_model_spec_infers_kind(tmp_path):
     assert model_spec(str(gguf)).kind is ModelKind.GGUF_FILE
     with pytest.raises(UserError, match="No such model"):
         model_spec(str(tmp_path / "missing"))
-    with pytest.raises(UserError, match="not a .gguf"):
+    with pytest.raises(UserError, match=r"not a \.gguf"):
         (tmp_path / "x.txt").write_text("x")
         model_spec(str(tmp_path / "x.txt"))
