@@ -96,7 +96,7 @@ def test_accuracy_metrics_are_consistent(files, windows):
 def _unique_bytes(tensors) -> int:
     seen = {}
     for t in tensors:
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        seen[t.data_ptr()] = t.numel() * t.element_size()
     return sum(seen.values())
 
 
@@ -113,10 +113,12 @@ def test_fp32_and_bf16_footprints(files):
     expected = _unique_bytes(list(model.parameters()) + list(model.buffers()))
     assert fp["weight_bytes"] == expected
     assert fp["params"] == params
+    assert fp["weight_bytes"] == pytest.approx(4 * params, rel=1e-3)  # + rotary buffers
     assert fp["linear_bits_per_weight"] == 32.0
     bf16 = evaluate.weight_footprint(_load(files, Method.BF16))
     assert bf16["linear_bits_per_weight"] == 16.0
     assert bf16["params"] == params
+    assert bf16["weight_bytes"] == pytest.approx(2 * params, rel=1e-3)
 
 
 def test_int8_footprint_counts_row_scales(files):

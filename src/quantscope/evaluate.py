@@ -31,6 +31,9 @@ def _noop(_: int) -> None:
     return None
 
 
+REFERENCE_FORMAT = 2  # bump when the cached arrays change
+
+
 @dataclass
 class Reference:
     """The baseline's pass over the windows, in scoring order.
@@ -48,7 +51,8 @@ class Reference:
     def save(self, path: Path) -> None:
         """Write compressed to ``path`` (a .npz file), atomically."""
         tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, true_lp=self.true_lp, topk_lp=self.topk_lp, topk_ids=self.topk_ids)
+        arrays = {k: getattr(self, k) for k in ("true_lp", "topk_lp", "topk_ids", "rest_lp")}
+        np.savez_compressed(tmp, **arrays)
         tmp.replace(path)
 
     @classmethod
@@ -226,7 +230,7 @@ def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
 
     Call it after a forward pass: some kernels repack weights at first use.
 
-    Storage is counted once per tensor storage (tied embeddings count once). ``params`` is
+    Each tensor's bytes count once (tied embeddings count once). ``params`` is
     the logical weight count: quantized linears count in_features × out_features, however
     their data is packed.
     """
@@ -237,11 +241,13 @@ def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
     def nbytes(t: torch.Tensor) -> int:
         if t.device.type == "meta":
             return 0
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        # A tensor's own bytes (weights loaded from safetensors may be views into one
+        # shared buffer, so storage sizes would overcount); tied weights share data_ptr.
+        key = (t.data_ptr(), t.nbytes)
         if key in seen:
             return 0
         seen.add(key)
-        return int(key[1])
+        return int(t.nbytes)
 
     linear_bytes = linear_params = 0
     quant_ptrs: set[int] = set()
@@ -251,10 +257,10 @@ def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
         tensors = [module.weight, *state.get(name, [])]
         linear_bytes += sum(nbytes(t) for t in tensors)
         linear_params += logical
-        quant_ptrs.add(module.weight.untyped_storage().data_ptr())
+        quant_ptrs.add(module.weight.data_ptr())
     total_bytes, params = linear_bytes, linear_params
     for p in list(model.parameters()) + list(model.buffers()):
-        is_quant = p.untyped_storage().data_ptr() in quant_ptrs
+        is_quant = p.data_ptr() in quant_ptrs
         counted = nbytes(p)
         total_bytes += counted
         if counted and not is_quant and isinstance(p, torch.nn.Parameter):

@@ -158,7 +158,7 @@ def ensure_reference(ctx: _Context) -> None:
     """Load the baseline's reference pass and generations from the cache, or compute them."""
     spec = ctx.spec
     key = digest(
-        ctx.files.fingerprint, ctx.windows.fingerprint, spec.ref_topk, spec.model.dtype.value,
+        evaluate.REFERENCE_FORMAT, ctx.files.fingerprint, ctx.windows.fingerprint, spec.ref_topk, spec.model.dtype.value,
         ctx.settings["device_type"], ctx.settings["versions"], list(spec.prompts),
         spec.max_new_tokens,
     )  # fmt: skip
@@ -305,6 +305,7 @@ def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position
         log.debug("config %s failed", config.name, exc_info=True)
         _free()
         return Outcome(config.name, "failed", f"{type(err).__name__}: {err}")
+    result = Result.from_json(result.to_json())  # exactly what a rerun will read back
     store.put(result)
     store.link(run_id, key, position, "measured")
     return Outcome(config.name, "measured", "", result)

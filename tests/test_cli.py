@@ -1,0 +1,137 @@
+"""The command line: each bad input gets one sentence and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from quantscope import backends
+from quantscope.cli import app
+from quantscope.config import Method
+from quantscope.report.terminal import generations_view
+from quantscope.results import Result
+
+cli = CliRunner()
+
+
+def _run(*args: str):
+    result = cli.invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result
+
+
+def _tiny_args(model_dir, text, tmp_path, configs="bf16"):
+    return [
+        "run", "--model", str(model_dir), "--text", str(text), "--configs", configs,
+        "--tokens", "300", "--context", "64", "--stride", "32", "--speed-reps", "1",
+        "--max-new-tokens", "3", "--store", str(tmp_path / "r.sqlite"),
+    ]  # fmt: skip
+
+
+def _user_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert fragment in " ".join(result.output.split())  # rich may wrap long lines
+    assert result.output.count("error:") == 1
+
+
+def test_missing_model_path(tmp_path):
+    _user_error(_run("run", "--model", str(tmp_path / "nope")), "No such model file or folder")
+
+
+def test_folder_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    _user_error(_run("run", "--model", str(tmp_path)), "has no model weights")
+
+
+def test_folder_without_config(tmp_path):
+    _user_error(_run("run", "--model", str(tmp_path)), "has no config.json")
+
+
+def test_pickle_only_folder_needs_permission(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80")
+    _user_error(_run("run", "--model", str(tmp_path)), "--allow-pickle")
+
+
+def test_unknown_config_suggests_the_nearest():
+    _user_error(_run("run", "--configs", "bf16,bnb-nf5"), "Did you mean 'bnb-nf4'?")
+
+
+def test_hub_id_without_network():
+    _user_error(
+        _run("run", "--model", "someone/some-model-that-is-not-cached"),
+        "Cannot reach the Hugging Face hub",
+    )
+
+
+def test_hub_id_that_does_not_exist(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(*args, **kwargs):
+        err = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # no HTTP response here
+        Exception.__init__(err, "404 Client Error")
+        raise err
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_found)
+    _user_error(_run("run", "--model", "nobody/nothing"), "does not exist on the Hugging Face hub")
+
+
+def test_cuda_requested_without_gpu():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    _user_error(_run("run", "--device", "cuda"), "sees no CUDA GPU")
+
+
+def test_text_too_short(tiny_model_dir, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.")
+    args = _tiny_args(tiny_model_dir, short, tmp_path)
+    _user_error(_run(*args), "fewer than one window")
+
+
+def test_bad_stride(tiny_model_dir, tiny_text, tmp_path):
+    args = _tiny_args(tiny_model_dir, tiny_text, tmp_path) + ["--stride", "64"]
+    _user_error(_run(*args), "--stride must be at least 1 and below --context")
+
+
+def test_run_prints_table_writes_json_and_skips_unavailable(
+    tiny_model_dir, tiny_text, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(backends.get(Method.BNB_FP4), "available", lambda m, d: "no FP4 here.")
+    out = tmp_path / "out.json"
+    args = _tiny_args(tiny_model_dir, tiny_text, tmp_path, "bf16,bnb-fp4") + ["--json", str(out)]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    assert "skipped bnb-fp4: no FP4 here." in " ".join(result.output.split())
+    data = json.loads(out.read_text())
+    assert data["settings"]["context"] == 64 and data["settings"]["tokens_scored"] == 300
+    assert data["provenance"]["model_folder"] == str(tiny_model_dir)
+    statuses = {c["config"]: c["status"] for c in data["configs"]}
+    assert statuses == {"bf16": "measured", "bnb-fp4": "skipped"}
+    bf16 = data["configs"][0]["result"]["metrics"]
+    assert bf16["kl_mean"] > 0 and bf16["kl_se"] > 0
+
+
+def test_methods_and_doctor_list_every_config():
+    methods = _run("methods")
+    assert methods.exit_code == 0
+    for method in Method:
+        assert method.value in methods.output
+    doctor = _run("doctor")
+    assert doctor.exit_code == 0
+    assert "bitsandbytes" in doctor.output and "cache" in doctor.output
+
+
+def test_model_text_is_never_read_as_markup():
+    text = "[bold red]boom[/] <script>alert(1)</script>"
+    result = Result("k", "bf16", "m", "d", "s", {}, [{"prompt": "p", "text": text, "ids": []}])
+    console = Console(record=True, width=200)
+    console.print(generations_view([result]))
+    assert text in console.export_text()

@@ -1,0 +1,133 @@
+"""The runner end to end on a tiny model: store, resume, skip, failure isolation."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantscope import backends, runner
+from quantscope.config import DataSpec, Method, RunSpec, model_spec, parse_config_list
+from quantscope.store import Store
+
+
+def _spec(model_dir, text, store, configs="fp32,bf16,bnb-int8", **kw) -> RunSpec:
+    return RunSpec(
+        model=model_spec(str(model_dir)),
+        configs=parse_config_list(configs),
+        data=DataSpec(str(text), tokens=400, context=64, stride=32),
+        prompts=("Hello there",),
+        max_new_tokens=4,
+        speed_reps=1,
+        batch_size=4,
+        ref_topk=32,
+        store_path=str(store),
+        **kw,
+    )
+
+
+def test_run_measures_stores_and_a_rerun_is_a_pure_skip(tiny_model_dir, tiny_text, tmp_path):
+    spec = _spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite")
+    first = runner.run(spec)
+    assert [o.status for o in first.outcomes] == ["measured"] * 3
+    fp32, bf16, int8 = (o.result.metrics for o in first.outcomes)
+    assert fp32["kl_mean"] < 1e-6 and fp32["top1_agree"] == 1.0
+    assert 0 < bf16["kl_mean"] < int8["kl_mean"]
+    # (the tiny model's fp32 embeddings outweigh its int8 linears, so compare linears only)
+    assert fp32["weight_mb"] > bf16["weight_mb"] and fp32["weight_mb"] > int8["weight_mb"]
+    assert bf16["linear_bits_per_weight"] > int8["linear_bits_per_weight"]
+    assert first.settings["tokens_scored"] == 400
+    assert Store(tmp_path / "r.sqlite").count() == 3
+
+    second = runner.run(spec)
+    assert [o.status for o in second.outcomes] == ["reused"] * 3
+    assert [o.result for o in second.outcomes] == [o.result for o in first.outcomes]
+    df = second.to_dataframe()
+    assert list(df["config"]) == ["fp32", "bf16", "bnb-int8"]
+
+    forced = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", force=True))
+    assert [o.status for o in forced.outcomes] == ["measured"] * 3
+    # CPU runs are deterministic: re-measuring gives the same accuracy numbers
+    assert forced.outcomes[2].result.metrics["kl_mean"] == int8["kl_mean"]
+
+
+def test_changed_settings_are_measured_again(tiny_model_dir, tiny_text, tmp_path):
+    store = tmp_path / "r.sqlite"
+    runner.run(_spec(tiny_model_dir, tiny_text, store, configs="bf16"))
+    other = _spec(tiny_model_dir, tiny_text, store, configs="bf16", seed=1)
+    assert runner.run(other).outcomes[0].status == "measured"
+
+
+def test_a_failing_config_does_not_stop_the_others(
+    tiny_model_dir, tiny_text, tmp_path, monkeypatch
+):
+    bnb = backends.get(Method.BNB_INT8)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(bnb, "load", broken)
+    report = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite",
+                              configs="bf16,bnb-int8,fp32"))  # fmt: skip
+    assert [o.status for o in report.outcomes] == ["measured", "failed", "measured"]
+    assert "kernel exploded" in report.outcomes[1].reason
+
+
+def test_unavailable_config_is_skipped_with_its_reason(
+    tiny_model_dir, tiny_text, tmp_path, monkeypatch
+):
+    bnb = backends.get(Method.BNB_NF4)
+    monkeypatch.setattr(bnb, "available", lambda method, device: "no kernel for this CPU.")
+    report = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite",
+                              configs="bnb-nf4,bf16"))  # fmt: skip
+    assert [o.status for o in report.outcomes] == ["skipped", "measured"]
+    assert report.outcomes[0].reason == "no kernel for this CPU."
+
+
+def test_resume_after_a_crash_keeps_finished_configs(
+    tiny_model_dir, tiny_text, tmp_path, monkeypatch
+):
+    store = tmp_path / "r.sqlite"
+    spec = _spec(tiny_model_dir, tiny_text, store, configs="bf16,fp32,bnb-int8")
+    real_measure = runner.measure
+    calls = []
+
+    def crash_on_second(ctx, config, key):
+        calls.append(config.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C (or a kill) in the middle of the second config
+        return real_measure(ctx, config, key)
+
+    monkeypatch.setattr(runner, "measure", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(spec)
+    assert Store(store).count() == 1  # bf16 was committed before fp32 started
+
+    monkeypatch.setattr(runner, "measure", real_measure)
+    resumed = runner.run(spec)
+    assert [o.status for o in resumed.outcomes] == ["reused", "measured", "measured"]
+
+
+def test_reference_is_cached_on_disk_and_reused(tiny_model_dir, tiny_text, tmp_path, monkeypatch):
+    runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "a.sqlite", configs="bf16"))
+    from quantscope import evaluate
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("reference pass recomputed")
+
+    monkeypatch.setattr(evaluate, "reference_pass", no_reference)
+    report = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "b.sqlite", configs="bf16"))
+    assert report.outcomes[0].status == "measured"
+
+
+def test_result_rows_are_self_describing(tiny_model_dir, tiny_text, tmp_path):
+    report = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", configs="bf16"))
+    result = report.outcomes[0].result
+    meta = result.meta
+    assert meta["model_folder"] == str(tiny_model_dir)
+    assert meta["settings"]["context"] == 64 and meta["settings"]["stride"] == 32
+    assert meta["settings"]["seed"] == 0
+    assert "torch" in meta["settings"]["versions"]
+    assert meta["hardware"]["device"] == "cpu"
+    assert result.generations[0]["prompt"] == "Hello there"
+    assert "first_diff" in result.generations[0]
+    data = report.to_dict()
+    assert data["provenance"]["model_fingerprint"] == result.model_fingerprint
