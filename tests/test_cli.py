@@ -97,7 +97,7 @@ def test_text_too_short(tiny_model_dir, tmp_path):
 
 
 def test_bad_stride(tiny_model_dir, tiny_text, tmp_path):
-    args = _tiny_args(tiny_model_dir, tiny_text, tmp_path) + ["--stride", "64"]
+    args = [*_tiny_args(tiny_model_dir, tiny_text, tmp_path), "--stride", "64"]
     _user_error(_run(*args), "--stride must be at least 1 and below --context")
 
 
@@ -106,7 +106,7 @@ def test_run_prints_table_writes_json_and_skips_unavailable(
 ):
     monkeypatch.setattr(backends.get(Method.BNB_FP4), "available", lambda m, d: "no FP4 here.")
     out = tmp_path / "out.json"
-    args = _tiny_args(tiny_model_dir, tiny_text, tmp_path, "bf16,bnb-fp4") + ["--json", str(out)]
+    args = [*_tiny_args(tiny_model_dir, tiny_text, tmp_path, "bf16,bnb-fp4"), "--json", str(out)]
     result = _run(*args)
     assert result.exit_code == 0, result.output
     assert "skipped bnb-fp4: no FP4 here." in " ".join(result.output.split())

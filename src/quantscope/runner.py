@@ -158,10 +158,16 @@ def ensure_reference(ctx: _Context) -> None:
     """Load the baseline's reference pass and generations from the cache, or compute them."""
     spec = ctx.spec
     key = digest(
-        evaluate.REFERENCE_FORMAT, ctx.files.fingerprint, ctx.windows.fingerprint, spec.ref_topk, spec.model.dtype.value,
-        ctx.settings["device_type"], ctx.settings["versions"], list(spec.prompts),
+        evaluate.REFERENCE_FORMAT,
+        ctx.files.fingerprint,
+        ctx.windows.fingerprint,
+        spec.ref_topk,
+        spec.model.dtype.value,
+        ctx.settings["device_type"],
+        ctx.settings["versions"],
+        list(spec.prompts),
         spec.max_new_tokens,
-    )  # fmt: skip
+    )
     folder = models.cache_dir() / "reference"
     folder.mkdir(parents=True, exist_ok=True)
     ref_path, gen_path = folder / f"{key}.npz", folder / f"{key}.generations.json"
