@@ -129,6 +129,10 @@ def run(
     ref_topk: Annotated[
         int, typer.Option(help="Baseline log-probs kept per token in the reference cache.")
     ] = 256,
+    ref_samples: Annotated[
+        int,
+        typer.Option(help="Tail tokens sampled per token for the unbiased tail part of the KL."),
+    ] = 64,
     exact: Annotated[
         bool,
         typer.Option(
@@ -163,6 +167,7 @@ def run(
         seed=seed,
         batch_size=batch_size,
         ref_topk=ref_topk,
+        ref_samples=ref_samples,
         exact=exact,
         speed_reps=speed_reps,
         store_path=str(store) if store else None,

@@ -310,6 +310,7 @@ class RunSpec:
     seed: int = 0
     batch_size: int = 4
     ref_topk: int = 256
+    ref_samples: int = 64
     exact: bool = False
     speed_reps: int = 3
     store_path: str | None = None
@@ -324,5 +325,7 @@ class RunSpec:
             raise UserError("--batch-size, --max-new-tokens and --speed-reps must be at least 1.")
         if not 1 <= self.ref_topk <= 4096:
             raise UserError(f"--ref-topk must be between 1 and 4096, got {self.ref_topk}.")
+        if not 0 <= self.ref_samples <= 4096:
+            raise UserError(f"--ref-samples must be between 0 and 4096, got {self.ref_samples}.")
         if not self.configs:
             raise UserError("No configs given; pass --configs like fp32,bnb-nf4.")

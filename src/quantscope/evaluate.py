@@ -21,7 +21,14 @@ import torch
 from quantscope.backends import LoadedModel
 from quantscope.data import Windows
 from quantscope.metrics import stats
-from quantscope.metrics.divergence import kl_full, kl_topk, log_rest, true_token_logprob
+from quantscope.metrics.divergence import (
+    kl_full,
+    kl_head_tail,
+    kl_topk,
+    log_rest,
+    sample_tail,
+    true_token_logprob,
+)
 
 Advance = Callable[[int], None]
 _ROWS = 1024  # rows of (rows, V) log-probs computed at once
@@ -31,7 +38,8 @@ def _noop(_: int) -> None:
     return None
 
 
-REFERENCE_FORMAT = 2  # bump when the cached arrays change
+REFERENCE_FORMAT = 3  # bump when the cached arrays change
+_ARRAYS = ("true_lp", "topk_lp", "topk_ids", "rest_lp", "tail_ids", "tail_lp")
 
 
 @dataclass
@@ -40,25 +48,33 @@ class Reference:
 
     ``true_lp`` (N,) log p_base(true token); ``topk_lp`` / ``topk_ids`` (N, k) the baseline's k
     most likely tokens and their log-probs, sorted descending (so column 0 is its argmax);
-    ``rest_lp`` (N,) the log of the baseline's mass outside its top k.
+    ``rest_lp`` (N,) the log of the baseline's mass outside its top k; ``tail_ids`` /
+    ``tail_lp`` (N, m) tokens drawn from the baseline's distribution outside its top k, and
+    their log-probs (for the unbiased tail part of the KL, see ``metrics.divergence``).
     """
 
     true_lp: np.ndarray
     topk_lp: np.ndarray
     topk_ids: np.ndarray
     rest_lp: np.ndarray
+    tail_ids: np.ndarray
+    tail_lp: np.ndarray
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Uncompressed bytes the cache keeps per scored token."""
+        return sum(getattr(self, k).nbytes for k in _ARRAYS) / len(self.true_lp)
 
     def save(self, path: Path) -> None:
         """Write compressed to ``path`` (a .npz file), atomically."""
         tmp = path.with_suffix(".tmp.npz")
-        arrays = {k: getattr(self, k) for k in ("true_lp", "topk_lp", "topk_ids", "rest_lp")}
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, **{k: getattr(self, k) for k in _ARRAYS})
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Reference:
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["true_lp"], data["topk_lp"], data["topk_ids"], data["rest_lp"])
+            return cls(*(data[k] for k in _ARRAYS))
 
 
 @dataclass
@@ -67,6 +83,7 @@ class TokenStats:
 
     nll: np.ndarray
     kl: np.ndarray
+    kl_lower: np.ndarray
     agree: np.ndarray
     dp: np.ndarray
     kl_exact: np.ndarray | None = None
@@ -118,21 +135,38 @@ def _log_probs(logits: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
 
 
 def reference_pass(
-    model: Any, windows: Windows, topk: int, batch_size: int, advance: Advance = _noop
+    model: Any,
+    windows: Windows,
+    topk: int,
+    batch_size: int,
+    advance: Advance = _noop,
+    tail_samples: int = 64,
+    seed: int = 0,
 ) -> Reference:
-    """The baseline's true-token log-probs and top-k log-probs for every scored token."""
-    true_lp, top_lp, top_ids, rest_lp = [], [], [], []
+    """The baseline's true-token log-probs, top-k log-probs and tail samples per scored token."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAYS}
+    generator: torch.Generator | None = None
     with torch.inference_mode():
         for logits, targets in scored_logits(model, windows, batch_size):
+            if generator is None:
+                generator = torch.Generator(logits.device).manual_seed(seed)
             for rows, lp in _log_probs(logits):
-                values, ids = lp.topk(min(topk, lp.shape[-1]), dim=-1)  # (r, k)
-                true_lp.append(true_token_logprob(lp, targets[rows]).cpu().numpy())
-                top_lp.append(values.cpu().numpy())
-                top_ids.append(ids.to(torch.int32).cpu().numpy())
-                rest_lp.append(log_rest(lp, ids).cpu().numpy())
+                k = min(topk, lp.shape[-1])
+                m = tail_samples if k < lp.shape[-1] else 0
+                values, ids = lp.topk(k, dim=-1)  # (r, k)
+                tail = sample_tail(lp, ids, m, generator) if m else ids[:, :0]  # (r, m)
+                found = {
+                    "true_lp": true_token_logprob(lp, targets[rows]),
+                    "topk_lp": values,
+                    "topk_ids": ids.to(torch.int32),
+                    "rest_lp": log_rest(lp, ids),
+                    "tail_ids": tail.to(torch.int32),
+                    "tail_lp": lp.gather(-1, tail),
+                }
+                for name, value in found.items():
+                    parts[name].append(value.cpu().numpy())
             advance(len(targets))
-    parts = (true_lp, top_lp, top_ids, rest_lp)
-    return Reference(*(np.concatenate(p) for p in parts))
+    return Reference(*(np.concatenate(parts[k]) for k in _ARRAYS))
 
 
 def compare_pass(
@@ -148,7 +182,7 @@ def compare_pass(
     With ``baseline`` (exact mode) the baseline model runs side by side and the KL is also
     computed over the full vocabulary.
     """
-    nll, kl, agree, dp, exact = [], [], [], [], []
+    nll, kl, lower, agree, dp, exact = [], [], [], [], [], []
     base_iter = scored_logits(baseline, windows, batch_size) if baseline is not None else None
     offset = 0
     with torch.inference_mode():
@@ -163,7 +197,11 @@ def compare_pass(
                 top_q = lp.gather(-1, ids)  # (r, k)
                 top_b = torch.from_numpy(ref.topk_lp[sel]).to(lp.device)
                 rest_b = torch.from_numpy(ref.rest_lp[sel]).to(lp.device)
-                kl.append(kl_topk(top_b, top_q, rest_b, log_rest(lp, ids)))
+                tail_ids = torch.from_numpy(ref.tail_ids[sel]).to(lp.device).long()  # (r, m)
+                tail_b = torch.from_numpy(ref.tail_lp[sel]).to(lp.device)
+                tail_q = lp.gather(-1, tail_ids)
+                kl.append(kl_head_tail(top_b, top_q, rest_b, tail_b, tail_q).cpu().numpy())
+                lower.append(kl_topk(top_b, top_q, rest_b, log_rest(lp, ids)).cpu().numpy())
                 agree.append((lp.argmax(-1) == ids[:, 0]).cpu().numpy())
                 p_base = np.exp(ref.true_lp[sel].astype(np.float64))
                 dp.append(lp_true.double().exp().cpu().numpy() - p_base)
@@ -172,10 +210,10 @@ def compare_pass(
                     exact.append(kl_full(lp_b, lp).double().cpu().numpy())
                 offset += n
             advance(len(targets))
-    kl_np = np.concatenate([k.cpu().numpy() for k in kl])
     return TokenStats(
         np.concatenate(nll),
-        kl_np,
+        np.concatenate(kl),
+        np.concatenate(lower),
         np.concatenate(agree),
         np.concatenate(dp),
         np.concatenate(exact) if exact else None,
@@ -183,13 +221,18 @@ def compare_pass(
 
 
 def accuracy_metrics(ts: TokenStats, ref: Reference, clusters: np.ndarray) -> dict[str, float]:
-    """Every accuracy number of the table, with its uncertainty, from per-token arrays."""
+    """Every accuracy number of the table, with its uncertainty, from per-token arrays.
+
+    The KL columns use the exact per-token KL when the run computed it (exact mode), else the
+    reference cache's estimate; ``kl_cache_mean`` and ``kl_lower_mean`` are always reported.
+    """
     base_nll = -ref.true_lp.astype(np.float64)
     ppl = stats.perplexity(ts.nll, clusters)
     base_ppl = stats.perplexity(base_nll, clusters)
     ratio = stats.paired_log_ratio(ts.nll, base_nll, clusters)
-    kl = stats.mean_se(ts.kl, clusters)
-    median, p90, p99 = stats.quantiles(ts.kl, (0.5, 0.9, 0.99))
+    per_token_kl = ts.kl if ts.kl_exact is None else ts.kl_exact
+    kl = stats.mean_se(per_token_kl, clusters)
+    median, p90, p99 = stats.quantiles(per_token_kl, (0.5, 0.9, 0.99))
     agree = stats.proportion(ts.agree, clusters)
     dp = stats.mean_se(ts.dp, clusters)
     tail = np.exp(ref.rest_lp.astype(np.float64))
@@ -208,7 +251,10 @@ def accuracy_metrics(ts: TokenStats, ref: Reference, clusters: np.ndarray) -> di
         "kl_median": median,
         "kl_p90": p90,
         "kl_p99": p99,
-        "kl_max": float(np.max(ts.kl)),
+        "kl_max": float(np.max(per_token_kl)),
+        "kl_cache_mean": float(ts.kl.mean()),
+        "kl_lower_mean": float(ts.kl_lower.mean()),
+        "kl_exact": float(ts.kl_exact is not None),
         "top1_agree": agree.value,
         "top1_agree_se": agree.se,
         "dp_mean": dp.value,
@@ -216,9 +262,6 @@ def accuracy_metrics(ts: TokenStats, ref: Reference, clusters: np.ndarray) -> di
         "dp_rms": float(np.sqrt(np.mean(ts.dp**2))),
         "ref_tail_mass_mean": float(np.clip(tail, 0.0, 1.0).mean()),
     }
-    if ts.kl_exact is not None:
-        exact = stats.mean_se(ts.kl_exact, clusters)
-        out.update(kl_topk_mean=kl.value, kl_exact_mean=exact.value, kl_exact_se=exact.se)
     return out
 
 

@@ -122,6 +122,7 @@ def _settings(spec: RunSpec, windows: data.Windows, device: str) -> dict[str, An
         "seed": spec.seed,
         "baseline_dtype": spec.model.dtype.value,
         "ref_topk": spec.ref_topk,
+        "ref_samples": spec.ref_samples,
         "exact": spec.exact,
         "prompts": list(spec.prompts),
         "max_new_tokens": spec.max_new_tokens,
@@ -162,6 +163,8 @@ def ensure_reference(ctx: _Context) -> None:
         ctx.files.fingerprint,
         ctx.windows.fingerprint,
         spec.ref_topk,
+        spec.ref_samples,
+        spec.seed,
         spec.model.dtype.value,
         ctx.settings["device_type"],
         ctx.settings["versions"],
@@ -183,8 +186,9 @@ def ensure_reference(ctx: _Context) -> None:
         return
     ctx.events.stage("Reference pass (baseline)", ctx.windows.n_scored)
     ctx.reference = evaluate.reference_pass(
-        ctx.baseline_model, ctx.windows, spec.ref_topk, spec.batch_size, ctx.events.advance
-    )
+        ctx.baseline_model, ctx.windows, spec.ref_topk, spec.batch_size, ctx.events.advance,
+        tail_samples=spec.ref_samples, seed=spec.seed,
+    )  # fmt: skip
     ctx.reference.save(ref_path)
     ctx.events.stage("Baseline generations", None)
     ctx.base_generations = evaluate.generate(
