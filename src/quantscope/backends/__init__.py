@@ -60,6 +60,29 @@ class Backend(ABC):
         """The backing library's version, for the result's provenance."""
         return ""
 
+    def from_pretrained(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str, **extra: Any
+    ) -> tuple[Any, float]:
+        """Check availability, then time transformers' ``from_pretrained`` with ``extra``.
+
+        Returns the model (in eval mode) and the seconds the load took.
+        """
+        from transformers import AutoModelForCausalLM
+
+        from quantscope.errors import UserError
+        from quantscope.models import pretrained_kwargs
+
+        reason = self.available(config.method, device)
+        if reason:
+            raise UserError(f"{config.name} cannot run here: {reason}")
+        start = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(
+            str(files.folder), **extra, **pretrained_kwargs(spec, device)
+        )
+        seconds = time.perf_counter() - start
+        model.eval()
+        return model, seconds
+
 
 _REGISTRY: dict[Method, str] = {
     Method.FP32: "quantscope.backends.precision:BACKEND",
@@ -82,10 +105,3 @@ def all_methods() -> Iterator[tuple[Method, Backend]]:
     """Every registered method with its backend, in registry order."""
     for method in _REGISTRY:
         yield method, get(method)
-
-
-def timed_load(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """Call ``fn`` and return its result with the seconds it took."""
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel, timed_load
+from quantscope.backends import Backend, LoadedModel
 from quantscope.config import Method, ModelSpec, QuantConfig
-from quantscope.errors import UserError
-from quantscope.models import ModelFiles, pretrained_kwargs, torch_dtype
+from quantscope.models import ModelFiles, torch_dtype
 
 
 def _import_bnb() -> Any:
@@ -57,20 +56,11 @@ class BitsAndBytesBackend(Backend):
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
     ) -> LoadedModel:
-        from transformers import AutoModelForCausalLM
-
-        reason = self.available(config.method, device)
-        if reason:
-            raise UserError(f"{config.name} cannot run here: {reason}")
+        model, seconds = self.from_pretrained(
+            files, spec, config, device,
+            dtype=torch_dtype(spec.dtype), quantization_config=self.quantization_config(config),
+        )  # fmt: skip
         bnb = _import_bnb()
-        model, seconds = timed_load(
-            AutoModelForCausalLM.from_pretrained,
-            str(files.folder),
-            dtype=torch_dtype(spec.dtype),
-            quantization_config=self.quantization_config(config),
-            **pretrained_kwargs(spec, device),
-        )
-        model.eval()
         kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
         modules = {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
         quantized = {n: m.in_features * m.out_features for n, m in modules.items()}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel, timed_load
+from quantscope.backends import Backend, LoadedModel
 from quantscope.config import DType, Method, ModelSpec, QuantConfig
-from quantscope.errors import UserError
-from quantscope.models import ModelFiles, pretrained_kwargs, torch_dtype
+from quantscope.models import ModelFiles, torch_dtype
 
 _DTYPE = {Method.FP32: DType.FP32, Method.BF16: DType.BF16, Method.FP16: DType.FP16}
 
@@ -25,19 +24,8 @@ class PrecisionBackend(Backend):
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
     ) -> LoadedModel:
-        from transformers import AutoModelForCausalLM
-
-        reason = self.available(config.method, device)
-        if reason:
-            raise UserError(f"{config.name} cannot run here: {reason}")
         dtype = torch_dtype(_DTYPE[config.method])
-        model, seconds = timed_load(
-            AutoModelForCausalLM.from_pretrained,
-            str(files.folder),
-            dtype=dtype,
-            **pretrained_kwargs(spec, device),
-        )
-        model.eval()
+        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
         return LoadedModel(model, seconds, linear_weights(model), dict, "torch")
 
     def version(self) -> str:

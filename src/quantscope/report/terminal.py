@@ -124,9 +124,14 @@ def generations_view(results: list[Result]) -> Group:
 
 
 def outcome_notes(report: RunReport) -> list[Text]:
-    """One line per config that was skipped or failed, with its reason."""
-    return [
+    """A line naming the configs reused from the store, then one per skipped or failed config."""
+    reused = [o.config for o in report.outcomes if o.status == "reused"]
+    notes = (
+        [Text(f"reused from the store (already measured): {', '.join(reused)}")] if reused else []
+    )
+    notes += [
         Text(f"{o.status} {o.config}: {o.reason}")
         for o in report.outcomes
         if o.status in ("skipped", "failed")
     ]
+    return notes

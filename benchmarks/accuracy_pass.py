@@ -1,0 +1,84 @@
+"""Accuracy-pass throughput against the raw forward pass, and the reference cache's size.
+
+Run: .venv/bin/python benchmarks/accuracy_pass.py [--tokens 4096] [--config bnb-nf4]
+
+Prints, measured in this one run on the same windows: tokens/s of the plain forward pass
+(what any evaluation must pay), of the reference pass and of the comparison pass, their
+ratios, and the reference cache's bytes per scored token (in memory and compressed on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from quantscope import backends, evaluate
+from quantscope.config import DataSpec, QuantConfig, model_spec, parse_config
+from quantscope.data import bundled_text, make_windows, tokenize
+from quantscope.models import load_tokenizer, resolve
+
+
+def raw_forward_seconds(model, windows, batch_size: int) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for _, ids, _ in windows.batches(batch_size):
+            model(input_ids=torch.from_numpy(ids), use_cache=False)
+    return time.perf_counter() - start
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--stride", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--config", default="bnb-nf4")
+    args = parser.parse_args()
+
+    spec = model_spec(None)
+    files = resolve(spec)
+    tokenizer = load_tokenizer(files, spec)
+    data = DataSpec(None, args.tokens, args.context, args.stride)
+    ids = tokenize(bundled_text("eval"), lambda t: tokenizer(t)["input_ids"], data)
+    windows = make_windows(ids, args.context, args.stride)
+    n = windows.n_scored
+
+    base_config = parse_config("fp32")
+    base = backends.get(base_config.method).load(files, spec, base_config, "cpu").model
+    quant_config: QuantConfig = parse_config(args.config)
+    quant = backends.get(quant_config.method).load(files, spec, quant_config, "cpu").model
+
+    raw_forward_seconds(quant, windows, args.batch_size)  # warm-up (bnb repacks on first use)
+    raw_base = raw_forward_seconds(base, windows, args.batch_size)
+    ref, ref_s = timed(evaluate.reference_pass, base, windows, 256, args.batch_size)
+    raw_quant = raw_forward_seconds(quant, windows, args.batch_size)
+    _, cmp_s = timed(evaluate.compare_pass, quant, windows, ref, args.batch_size)
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "ref.npz"
+        ref.save(path)
+        disk = path.stat().st_size / n
+
+    print(f"{n} scored tokens, {len(windows.ids)} windows of {args.context} (stride {args.stride})")
+    rate = "scored tok/s"
+    print(f"raw forward fp32        {n / raw_base:8.1f} {rate}")
+    print(f"reference pass fp32     {n / ref_s:8.1f} {rate}  ratio {raw_base / ref_s:.2f}")
+    print(f"raw forward {args.config:<11} {n / raw_quant:8.1f} {rate}")
+    print(f"compare pass {args.config:<10} {n / cmp_s:8.1f} {rate}  ratio {raw_quant / cmp_s:.2f}")
+    print(
+        f"reference cache: {ref.bytes_per_token:.0f} B/token in memory, {disk:.0f} B/token on disk"
+    )
+
+
+if __name__ == "__main__":
+    main()
