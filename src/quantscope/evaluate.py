@@ -11,8 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from quantscope.metrics.divergence import (
     sample_tail,
     true_token_logprob,
 )
+from quantscope.reference import Cursor, Reference
 
 Advance = Callable[[int], None]
 _ROWS = 1024  # rows of (rows, V) log-probs computed at once
@@ -38,49 +38,16 @@ def _noop(_: int) -> None:
     return None
 
 
-REFERENCE_FORMAT = 3  # bump when the cached arrays change
-_ARRAYS = ("true_lp", "topk_lp", "topk_ids", "rest_lp", "tail_ids", "tail_lp")
-
-
-@dataclass
-class Reference:
-    """The baseline's pass over the windows, in scoring order.
-
-    ``true_lp`` (N,) log p_base(true token); ``topk_lp`` / ``topk_ids`` (N, k) the baseline's k
-    most likely tokens and their log-probs, sorted descending (so column 0 is its argmax);
-    ``rest_lp`` (N,) the log of the baseline's mass outside its top k; ``tail_ids`` /
-    ``tail_lp`` (N, m) tokens drawn from the baseline's distribution outside its top k, and
-    their log-probs (for the unbiased tail part of the KL, see ``metrics.divergence``).
-    """
-
-    true_lp: np.ndarray
-    topk_lp: np.ndarray
-    topk_ids: np.ndarray
-    rest_lp: np.ndarray
-    tail_ids: np.ndarray
-    tail_lp: np.ndarray
-
-    @property
-    def bytes_per_token(self) -> float:
-        """Uncompressed bytes the cache keeps per scored token."""
-        return sum(getattr(self, k).nbytes for k in _ARRAYS) / len(self.true_lp)
-
-    def save(self, path: Path) -> None:
-        """Write compressed to ``path`` (a .npz file), atomically."""
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **{k: getattr(self, k) for k in _ARRAYS})
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> Reference:
-        with np.load(path, allow_pickle=False) as data:
-            return cls(*(data[k] for k in _ARRAYS))
-
-
 @dataclass
 class TokenStats:
-    """Per-token results of one config, in scoring order. All (N,)."""
+    """Per-token results of one config, in scoring order. All (N,).
 
+    ``base_nll`` and ``rest_mass`` come from the reference (the baseline's loss and its mass
+    outside the top k), so the metrics need nothing else.
+    """
+
+    base_nll: np.ndarray
+    rest_mass: np.ndarray
     nll: np.ndarray
     kl: np.ndarray
     kl_lower: np.ndarray
@@ -134,6 +101,40 @@ def _log_probs(logits: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         yield rows, torch.log_softmax(logits[rows].float(), dim=-1)  # (r, V)
 
 
+def reference_chunks(
+    model: Any,
+    windows: Windows,
+    topk: int,
+    batch_size: int,
+    advance: Advance = _noop,
+    tail_samples: int = 64,
+    seed: int = 0,
+) -> Iterator[Reference]:
+    """The baseline's reference, one chunk per batch of windows (see ``quantscope.reference``)."""
+    generator: torch.Generator | None = None
+    with torch.inference_mode():
+        for logits, targets in scored_logits(model, windows, batch_size):
+            if generator is None:
+                generator = torch.Generator(logits.device).manual_seed(seed)
+            parts = []
+            for rows, lp in _log_probs(logits):
+                k = min(topk, lp.shape[-1])
+                m = tail_samples if k < lp.shape[-1] else 0
+                values, ids = lp.topk(k, dim=-1)  # (r, k)
+                tail = sample_tail(lp, ids, m, generator) if m else ids[:, :0]  # (r, m)
+                found = (
+                    true_token_logprob(lp, targets[rows]),
+                    values,
+                    ids.to(torch.int32),
+                    log_rest(lp, ids),
+                    tail.to(torch.int32),
+                    lp.gather(-1, tail),
+                )
+                parts.append(Reference(*(t.cpu().numpy() for t in found)))
+            advance(len(targets))
+            yield Reference.concat(parts)
+
+
 def reference_pass(
     model: Any,
     windows: Windows,
@@ -143,90 +144,73 @@ def reference_pass(
     tail_samples: int = 64,
     seed: int = 0,
 ) -> Reference:
-    """The baseline's true-token log-probs, top-k log-probs and tail samples per scored token."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAYS}
-    generator: torch.Generator | None = None
-    with torch.inference_mode():
-        for logits, targets in scored_logits(model, windows, batch_size):
-            if generator is None:
-                generator = torch.Generator(logits.device).manual_seed(seed)
-            for rows, lp in _log_probs(logits):
-                k = min(topk, lp.shape[-1])
-                m = tail_samples if k < lp.shape[-1] else 0
-                values, ids = lp.topk(k, dim=-1)  # (r, k)
-                tail = sample_tail(lp, ids, m, generator) if m else ids[:, :0]  # (r, m)
-                found = {
-                    "true_lp": true_token_logprob(lp, targets[rows]),
-                    "topk_lp": values,
-                    "topk_ids": ids.to(torch.int32),
-                    "rest_lp": log_rest(lp, ids),
-                    "tail_ids": tail.to(torch.int32),
-                    "tail_lp": lp.gather(-1, tail),
-                }
-                for name, value in found.items():
-                    parts[name].append(value.cpu().numpy())
-            advance(len(targets))
-    return Reference(*(np.concatenate(parts[k]) for k in _ARRAYS))
+    """The whole reference in memory (for tests and small texts; runs stream to disk)."""
+    chunks = reference_chunks(model, windows, topk, batch_size, advance, tail_samples, seed)
+    return Reference.concat(list(chunks))
 
 
 def compare_pass(
     model: Any,
     windows: Windows,
-    ref: Reference,
+    reference: Reference | Cursor,
     batch_size: int,
     advance: Advance = _noop,
     baseline: Any | None = None,
 ) -> TokenStats:
     """Score ``model`` against the reference, token by token, one batch of windows at a time.
 
-    With ``baseline`` (exact mode) the baseline model runs side by side and the KL is also
+    ``reference`` is read front to back (a :class:`Cursor` streams it from disk). With
+    ``baseline`` (exact mode) the baseline model runs side by side and the KL is also
     computed over the full vocabulary.
     """
-    nll, kl, lower, agree, dp, exact = [], [], [], [], [], []
+    cursor = reference.cursor() if isinstance(reference, Reference) else reference
+    out: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(TokenStats)}
     base_iter = scored_logits(baseline, windows, batch_size) if baseline is not None else None
-    offset = 0
     with torch.inference_mode():
         for logits, targets in scored_logits(model, windows, batch_size):
             base_logits = next(base_iter)[0] if base_iter is not None else None
             for rows, lp in _log_probs(logits):
-                n = lp.shape[0]
-                sel = slice(offset, offset + n)
-                ids = torch.from_numpy(ref.topk_ids[sel]).to(lp.device).long()  # (r, k)
-                lp_true = true_token_logprob(lp, targets[rows])  # (r,)
-                nll.append((-lp_true).double().cpu().numpy())
-                top_q = lp.gather(-1, ids)  # (r, k)
-                top_b = torch.from_numpy(ref.topk_lp[sel]).to(lp.device)
-                rest_b = torch.from_numpy(ref.rest_lp[sel]).to(lp.device)
-                tail_ids = torch.from_numpy(ref.tail_ids[sel]).to(lp.device).long()  # (r, m)
-                tail_b = torch.from_numpy(ref.tail_lp[sel]).to(lp.device)
-                tail_q = lp.gather(-1, tail_ids)
-                kl.append(kl_head_tail(top_b, top_q, rest_b, tail_b, tail_q).cpu().numpy())
-                lower.append(kl_topk(top_b, top_q, rest_b, log_rest(lp, ids)).cpu().numpy())
-                agree.append((lp.argmax(-1) == ids[:, 0]).cpu().numpy())
-                p_base = np.exp(ref.true_lp[sel].astype(np.float64))
-                dp.append(lp_true.double().exp().cpu().numpy() - p_base)
+                ref = cursor.take(lp.shape[0])
+                for name, value in _compare_rows(lp, targets[rows], ref).items():
+                    out[name].append(value)
                 if base_logits is not None:
                     lp_b = torch.log_softmax(base_logits[rows].float(), dim=-1)
-                    exact.append(kl_full(lp_b, lp).double().cpu().numpy())
-                offset += n
+                    out["kl_exact"].append(kl_full(lp_b, lp).double().cpu().numpy())
             advance(len(targets))
-    return TokenStats(
-        np.concatenate(nll),
-        np.concatenate(kl),
-        np.concatenate(lower),
-        np.concatenate(agree),
-        np.concatenate(dp),
-        np.concatenate(exact) if exact else None,
-    )
+    return TokenStats(**{name: np.concatenate(parts) for name, parts in out.items() if parts})
 
 
-def accuracy_metrics(ts: TokenStats, ref: Reference, clusters: np.ndarray) -> dict[str, float]:
+def _compare_rows(lp: torch.Tensor, targets: torch.Tensor, ref: Reference) -> dict[str, np.ndarray]:
+    """Per-token comparisons of (r, V) log-probs with r rows of the reference."""
+    dev = lp.device
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(dev)
+
+    ids, tail_ids = t(ref.topk_ids).long(), t(ref.tail_ids).long()  # (r, k), (r, m)
+    lp_true = true_token_logprob(lp, targets).double()  # (r,)
+    top_q, top_b, rest_b = lp.gather(-1, ids), t(ref.topk_lp), t(ref.rest_lp)
+    kl = kl_head_tail(top_b, top_q, rest_b, t(ref.tail_lp), lp.gather(-1, tail_ids))
+    low = kl_topk(top_b, top_q, rest_b, log_rest(lp, ids))
+    base_lp = ref.true_lp.astype(np.float64)
+    return {
+        "base_nll": -base_lp,
+        "rest_mass": np.exp(ref.rest_lp.astype(np.float64)),
+        "nll": (-lp_true).cpu().numpy(),
+        "kl": kl.cpu().numpy(),
+        "kl_lower": low.cpu().numpy(),
+        "agree": (lp.argmax(-1) == ids[:, 0]).cpu().numpy(),
+        "dp": lp_true.exp().cpu().numpy() - np.exp(base_lp),
+    }
+
+
+def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
     """Every accuracy number of the table, with its uncertainty, from per-token arrays.
 
     The KL columns use the exact per-token KL when the run computed it (exact mode), else the
     reference cache's estimate; ``kl_cache_mean`` and ``kl_lower_mean`` are always reported.
     """
-    base_nll = -ref.true_lp.astype(np.float64)
+    base_nll = ts.base_nll
     ppl = stats.perplexity(ts.nll, clusters)
     base_ppl = stats.perplexity(base_nll, clusters)
     ratio = stats.paired_log_ratio(ts.nll, base_nll, clusters)
@@ -235,7 +219,6 @@ def accuracy_metrics(ts: TokenStats, ref: Reference, clusters: np.ndarray) -> di
     median, p90, p99 = stats.quantiles(per_token_kl, (0.5, 0.9, 0.99))
     agree = stats.proportion(ts.agree, clusters)
     dp = stats.mean_se(ts.dp, clusters)
-    tail = np.exp(ref.rest_lp.astype(np.float64))
     out = {
         "tokens": float(ppl.n),
         "windows": float(ppl.clusters),
@@ -260,7 +243,7 @@ def accuracy_metrics(ts: TokenStats, ref: Reference, clusters: np.ndarray) -> di
         "dp_mean": dp.value,
         "dp_mean_se": dp.se,
         "dp_rms": float(np.sqrt(np.mean(ts.dp**2))),
-        "ref_tail_mass_mean": float(np.clip(tail, 0.0, 1.0).mean()),
+        "ref_tail_mass_mean": float(np.clip(ts.rest_mass, 0.0, 1.0).mean()),
     }
     return out
 

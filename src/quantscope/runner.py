@@ -27,6 +27,8 @@ import torch
 from quantscope import backends, data, evaluate, models
 from quantscope.config import DType, Method, QuantConfig, RunSpec
 from quantscope.errors import UserError
+from quantscope.reference import FORMAT as REFERENCE_FORMAT
+from quantscope.reference import ReferenceCache
 from quantscope.results import Outcome, Result, RunReport
 from quantscope.store import Store, now
 
@@ -107,7 +109,7 @@ class _Context:
     settings: dict[str, Any]
     settings_fp: str
     events: Events
-    reference: evaluate.Reference | None = None
+    reference: ReferenceCache | None = None
     base_generations: list[dict[str, Any]] | None = None
     baseline_model: Any = None
 
@@ -120,6 +122,7 @@ def _settings(spec: RunSpec, windows: data.Windows, device: str) -> dict[str, An
         "context": spec.data.context,
         "stride": spec.data.stride,
         "seed": spec.seed,
+        "batch_size": spec.batch_size,  # LLM.int8 picks outlier columns per batch
         "baseline_dtype": spec.model.dtype.value,
         "ref_topk": spec.ref_topk,
         "ref_samples": spec.ref_samples,
@@ -156,45 +159,45 @@ def _baseline_config(spec: RunSpec) -> QuantConfig:
 
 
 def ensure_reference(ctx: _Context) -> None:
-    """Load the baseline's reference pass and generations from the cache, or compute them."""
-    spec = ctx.spec
-    key = digest(
-        evaluate.REFERENCE_FORMAT,
-        ctx.files.fingerprint,
-        ctx.windows.fingerprint,
-        spec.ref_topk,
-        spec.ref_samples,
-        spec.seed,
-        spec.model.dtype.value,
-        ctx.settings["device_type"],
-        ctx.settings["versions"],
-        list(spec.prompts),
-        spec.max_new_tokens,
-    )
+    """Find the baseline's reference pass and generations in the cache, or compute them.
+
+    The reference is keyed by model, windows, its sizes, seed, dtype, device type and library
+    versions; the generations by model, prompts and length. Each is computed once.
+    """
+    spec, settings = ctx.spec, ctx.settings
+    common = (
+        ctx.files.fingerprint, spec.model.dtype.value, settings["device_type"], settings["versions"]
+    )  # fmt: skip
+    ref_key = digest(REFERENCE_FORMAT, *common, ctx.windows.fingerprint, spec.ref_topk,
+                     spec.ref_samples, spec.seed)  # fmt: skip
+    gen_key = digest(*common, list(spec.prompts), spec.max_new_tokens)
     folder = models.cache_dir() / "reference"
     folder.mkdir(parents=True, exist_ok=True)
-    ref_path, gen_path = folder / f"{key}.npz", folder / f"{key}.generations.json"
-    need_model = spec.exact or not (ref_path.is_file() and gen_path.is_file())
-    if need_model:
+    cache = ReferenceCache(folder / ref_key)
+    gen_path = folder / f"{gen_key}.generations.json"
+    if spec.exact or not (cache.exists() and gen_path.is_file()):
         ctx.events.stage("Loading the baseline", None)
         base = backends.get(_baseline_config(spec).method)
-        loaded = base.load(ctx.files, spec.model, _baseline_config(spec), ctx.device)
-        ctx.baseline_model = loaded.model
-    if ref_path.is_file() and gen_path.is_file():
-        ctx.reference = evaluate.Reference.load(ref_path)
+        ctx.baseline_model = base.load(
+            ctx.files, spec.model, _baseline_config(spec), ctx.device
+        ).model
+    if not cache.exists():
+        ctx.events.stage("Reference pass (baseline)", ctx.windows.n_scored)
+        cache.write(
+            evaluate.reference_chunks(
+                ctx.baseline_model, ctx.windows, spec.ref_topk, spec.batch_size,
+                ctx.events.advance, tail_samples=spec.ref_samples, seed=spec.seed,
+            )
+        )  # fmt: skip
+    ctx.reference = cache
+    if gen_path.is_file():
         ctx.base_generations = json.loads(gen_path.read_text())
-        return
-    ctx.events.stage("Reference pass (baseline)", ctx.windows.n_scored)
-    ctx.reference = evaluate.reference_pass(
-        ctx.baseline_model, ctx.windows, spec.ref_topk, spec.batch_size, ctx.events.advance,
-        tail_samples=spec.ref_samples, seed=spec.seed,
-    )  # fmt: skip
-    ctx.reference.save(ref_path)
-    ctx.events.stage("Baseline generations", None)
-    ctx.base_generations = evaluate.generate(
-        ctx.baseline_model, ctx.tokenizer, spec.prompts, spec.max_new_tokens
-    )
-    gen_path.write_text(json.dumps(ctx.base_generations))
+    else:
+        ctx.events.stage("Baseline generations", None)
+        ctx.base_generations = evaluate.generate(
+            ctx.baseline_model, ctx.tokenizer, spec.prompts, spec.max_new_tokens
+        )
+        gen_path.write_text(json.dumps(ctx.base_generations))
     if not spec.exact:
         ctx.baseline_model = None
         _free()
@@ -218,12 +221,13 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         ctx.events.stage(f"{config.name}: accuracy pass", ctx.windows.n_scored)
         start = time.perf_counter()
         token_stats = evaluate.compare_pass(
-            loaded.model, ctx.windows, ref, spec.batch_size, ctx.events.advance,
+            loaded.model, ctx.windows, ref.cursor(), spec.batch_size, ctx.events.advance,
             baseline=ctx.baseline_model,
         )  # fmt: skip
         eval_s = time.perf_counter() - start
         footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
-        accuracy = evaluate.accuracy_metrics(token_stats, ref, ctx.windows.cluster_ids())
+        accuracy = evaluate.accuracy_metrics(token_stats, ctx.windows.cluster_ids())
+        accuracy["ref_disk_bytes_per_token"] = ref.info()["disk_bytes_per_token"]
         ctx.events.stage(f"{config.name}: speed", None)
         vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
         speed = evaluate.speed_metrics(loaded.model, vocab, spec.speed_reps, spec.seed)
