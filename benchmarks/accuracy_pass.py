@@ -18,7 +18,7 @@ import torch
 
 from quantscope import backends, evaluate
 from quantscope.config import DataSpec, QuantConfig, model_spec, parse_config
-from quantscope.data import bundled_text, make_windows, tokenize
+from quantscope.data import TextSource, bundled_text, make_windows, tokenize
 from quantscope.models import load_tokenizer, resolve
 
 
@@ -48,8 +48,9 @@ def main() -> None:
     spec = model_spec(None)
     files = resolve(spec)
     tokenizer = load_tokenizer(files, spec)
-    data = DataSpec(None, args.tokens, args.context, args.stride)
-    ids = tokenize(bundled_text("eval"), lambda t: tokenizer(t)["input_ids"], data)
+    data = DataSpec(tokens=args.tokens, context=args.context, stride=args.stride)
+    source = TextSource("bundled", bundled_text("eval"))
+    ids = tokenize(source, lambda t: tokenizer(t)["input_ids"], data)
     windows = make_windows(ids, args.context, args.stride)
     n = windows.n_scored
 

@@ -135,3 +135,16 @@ def test_model_text_is_never_read_as_markup():
     console = Console(record=True, width=200)
     console.print(generations_view([result]))
     assert text in console.export_text()
+
+
+def test_two_texts_print_a_per_text_table(tiny_model_dir, tiny_text, tmp_path):
+    second = tmp_path / "second.jsonl"
+    lines = [json.dumps({"body": tiny_text.read_text()[i : i + 500]}) for i in range(0, 4000, 500)]
+    second.write_text("\n".join(lines))
+    args = _tiny_args(tiny_model_dir, tiny_text, tmp_path, "bf16")
+    out = tmp_path / "out.json"
+    result = _run(*args, "--text", str(second), "--field", "body", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert "per text" in result.output
+    per_source = json.loads(out.read_text())["configs"][0]["result"]["per_source"]
+    assert list(per_source) == [str(tiny_text.resolve()), str(second.resolve())]

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from quantscope.config import DataSpec
-from quantscope.data import bundled_text, make_windows, read_text, scored_targets, tokenize
+from quantscope.data import (
+    TextSource,
+    build_windows,
+    bundled_text,
+    make_windows,
+    read_sources,
+    scored_targets,
+    tokenize,
+)
 from quantscope.errors import UserError
 
 
@@ -49,12 +57,12 @@ def test_stride_must_leave_context():
 
 def test_too_short_text_is_a_user_error():
     with pytest.raises(UserError, match="fewer than one window"):
-        tokenize("a b c", lambda t: t.split(), DataSpec(tokens=100, context=16, stride=8))
+        tokenize(TextSource("t", "a b c"), str.split, DataSpec(tokens=100, context=16, stride=8))
 
 
 def test_tokens_cap_scores_exactly_that_many():
     spec = DataSpec(tokens=40, context=16, stride=8)
-    ids = tokenize(" ".join(map(str, range(500))), lambda t: t.split(), spec)
+    ids = tokenize(TextSource("t", " ".join(map(str, range(500)))), str.split, spec)
     assert make_windows(ids, 16, 8).n_scored == 40
 
 
@@ -69,12 +77,82 @@ def test_bundled_split_is_disjoint_and_deterministic():
 
 def test_read_text_errors(tmp_path):
     with pytest.raises(UserError, match="No such text file"):
-        read_text(DataSpec(text_path=str(tmp_path / "nope.txt")))
+        read_sources(DataSpec(texts=(str(tmp_path / "nope.txt"),)))
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
     with pytest.raises(UserError, match="empty"):
-        read_text(DataSpec(text_path=str(empty)))
+        read_sources(DataSpec(texts=(str(empty),)))
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(UserError, match="not UTF-8"):
-        read_text(DataSpec(text_path=str(binary)))
+        read_sources(DataSpec(texts=(str(binary),)))
+
+
+def test_jsonl_field_is_read_and_bad_records_explained(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "first doc", "id": 1}\n\n{"text": "second doc", "id": 2}\n')
+    (source,) = read_sources(DataSpec(texts=(str(path),)))
+    assert source.text == "first doc\n\nsecond doc"
+    with pytest.raises(UserError, match="no text field 'body'"):
+        read_sources(DataSpec(texts=(str(path),), field="body"))
+    path.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(UserError, match=r"Line 2 .* is not JSON"):
+        read_sources(DataSpec(texts=(str(path),)))
+
+
+def test_several_sources_are_windowed_separately(tmp_path):
+    spec = DataSpec(tokens=50, context=16, stride=8)
+    a = TextSource("a", " ".join(str(i) for i in range(300)))
+    b = TextSource("b", " ".join(str(1000 + i) for i in range(30)))
+
+    def encode(text: str) -> list[int]:
+        return [int(word) for word in text.split()]
+
+    w = build_windows([a, b], encode, spec)
+    assert w.sources == ("a", "b")
+    owner = w.token_sources()
+    assert (owner == 0).sum() == 50 and (owner == 1).sum() == 29  # b has 30 tokens: 29 scored
+    for row, src in zip(w.ids, w.source_of, strict=True):  # no window mixes the two texts
+        assert ((row >= 1000) == (src == 1)).all()
+    single = build_windows([a], encode, spec)
+    assert single.fingerprint != w.fingerprint
+
+
+def _write_table(path, rows, kind: str) -> None:
+    import datasets
+
+    table = datasets.Dataset.from_list(rows)
+    if kind == "parquet":
+        table.to_parquet(str(path))
+    else:
+        table.to_json(str(path))
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_dataset_split_and_field_through_the_datasets_library(tmp_path, kind):
+    pytest.importorskip("datasets")
+    path = tmp_path / f"data.{kind}"
+    _write_table(path, [{"text": f"row {i}", "label": i} for i in range(5)], kind)
+    (source,) = read_sources(DataSpec(dataset=str(path), split="test"))
+    assert source.text == "\n\n".join(f"row {i}" for i in range(5))
+    assert source.name.endswith(":test:text")
+    with pytest.raises(UserError, match="has no column 'body'"):
+        read_sources(DataSpec(dataset=str(path), field="body"))
+
+
+def test_dataset_from_a_local_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "mydata"
+    datasets.Dataset.from_list([{"text": "alpha"}, {"text": "beta"}]).save_to_disk(
+        str(tmp_path / "unused")
+    )
+    folder.mkdir()
+    _write_table(folder / "test.parquet", [{"text": "alpha"}, {"text": "beta"}], "parquet")
+    (source,) = read_sources(DataSpec(dataset=str(folder), split="test"))
+    assert source.text == "alpha\n\nbeta"
+
+
+def test_missing_dataset_is_a_user_error(tmp_path):
+    pytest.importorskip("datasets")
+    with pytest.raises(UserError, match="Cannot load dataset"):
+        read_sources(DataSpec(dataset=str(tmp_path / "nothing-here")))

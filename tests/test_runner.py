@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from quantscope import backends, runner
@@ -13,7 +14,7 @@ def _spec(model_dir, text, store, configs="fp32,bf16,bnb-int8", **kw) -> RunSpec
     return RunSpec(
         model=model_spec(str(model_dir)),
         configs=parse_config_list(configs),
-        data=DataSpec(str(text), tokens=400, context=64, stride=32),
+        data=DataSpec((str(text),), tokens=400, context=64, stride=32),
         prompts=("Hello there",),
         max_new_tokens=4,
         speed_reps=1,
@@ -131,3 +132,25 @@ def test_result_rows_are_self_describing(tiny_model_dir, tiny_text, tmp_path):
     assert "first_diff" in result.generations[0]
     data = report.to_dict()
     assert data["provenance"]["model_fingerprint"] == result.model_fingerprint
+
+
+def test_several_texts_give_per_source_rows_and_a_token_weighted_mean(
+    tiny_model_dir, tiny_text, tmp_path
+):
+    from quantscope.data import bundled_text
+
+    second = tmp_path / "second.txt"
+    second.write_text(bundled_text("train")[:6000])
+    spec = _spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", configs="bnb-int8")
+    data = DataSpec((str(tiny_text), str(second)), tokens=300, context=64, stride=32)
+    spec = RunSpec(**{**spec.__dict__, "data": data})
+    result = runner.run(spec).outcomes[0].result
+    parts = result.per_source
+    assert list(parts) == [str(tiny_text.resolve()), str(second.resolve())]
+    assert [p["tokens"] for p in parts.values()] == [300, 300]
+    # The run's row is the token-weighted mean of its sources (equal weights here).
+    for key in ("kl_mean", "top1_agree", "dp_mean"):
+        weighted = sum(p[key] * p["tokens"] for p in parts.values()) / 600
+        assert result.metrics[key] == pytest.approx(weighted)
+    base = sum(np.log(p["base_ppl"]) * p["tokens"] for p in parts.values()) / 600
+    assert np.log(result.metrics["base_ppl"]) == pytest.approx(base)

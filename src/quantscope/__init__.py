@@ -27,7 +27,7 @@ __all__ = ["DType", "DataSpec", "ModelSpec", "QuantConfig", "RunSpec", "UserErro
 def run(
     model: str | None = None,
     configs: str | tuple[QuantConfig, ...] = ",".join(DEFAULT_CONFIGS),
-    text: str | None = None,
+    text: str | tuple[str, ...] = (),
     tokens: int = 4096,
     context: int = 512,
     stride: int = 256,
@@ -45,7 +45,12 @@ def run(
     spec = RunSpec(
         model=model_spec(model),
         configs=parsed,
-        data=DataSpec(text, tokens, context, stride),
+        data=DataSpec(
+            (text,) if isinstance(text, str) else text,
+            tokens=tokens,
+            context=context,
+            stride=stride,
+        ),
         **options,
     )
     return run_spec(spec)

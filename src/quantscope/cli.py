@@ -100,10 +100,25 @@ def run(
         str, typer.Option(help="Comma list of configs, e.g. fp32,bnb-nf4[double_quant=true].")
     ] = ",".join(cfg.DEFAULT_CONFIGS),
     text: Annotated[
-        Path | None,
-        typer.Option(help="UTF-8 text file to evaluate on; default: Python's bundled docs."),
+        list[Path] | None,
+        typer.Option(
+            help="Text file to evaluate on (.txt, or .jsonl with --field); repeat for several. Default: Python's bundled docs."
+        ),
     ] = None,
-    tokens: Annotated[int, typer.Option(help="How many tokens of the text to score.")] = 4096,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Hugging Face dataset: hub id, local folder or data file (.parquet/.json/.jsonl/.csv)."
+        ),
+    ] = None,
+    dataset_config: Annotated[
+        str | None, typer.Option(help="The dataset's config name, e.g. wikitext-2-raw-v1.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="The dataset split.")] = "test",
+    field: Annotated[
+        str, typer.Option(help="The text field of JSONL records or dataset rows.")
+    ] = "text",
+    tokens: Annotated[int, typer.Option(help="How many tokens of each text to score.")] = 4096,
     context: Annotated[int, typer.Option(help="Window length in tokens.")] = 512,
     stride: Annotated[
         int,
@@ -154,13 +169,27 @@ def run(
     ] = False,
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config."""
-    from quantscope.report.terminal import generations_view, outcome_notes, results_tables
+    from quantscope.report.terminal import (
+        generations_view,
+        outcome_notes,
+        results_tables,
+        sources_table,
+    )
     from quantscope.runner import run as run_spec
 
     spec = cfg.RunSpec(
         model=cfg.model_spec(model, dtype, revision, trust_remote_code, allow_pickle),
         configs=cfg.parse_config_list(configs),
-        data=cfg.DataSpec(str(text) if text else None, tokens, context, stride),
+        data=cfg.DataSpec(
+            tuple(str(t) for t in text or ()),
+            dataset,
+            dataset_config,
+            split,
+            field,
+            tokens,
+            context,
+            stride,
+        ),
         prompts=_read_prompts(prompts),
         max_new_tokens=max_new_tokens,
         device=device,
@@ -178,6 +207,9 @@ def run(
         report = run_spec(spec, ProgressEvents(progress))
     for table in results_tables(report, console.width):
         console.print(table)
+    per_text = sources_table(report)
+    if per_text is not None:
+        console.print(per_text)
     for note in outcome_notes(report):
         console.print(note, style="yellow")
     console.print(generations_view(report.results))

@@ -272,13 +272,21 @@ def model_spec(
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The evaluation text and the window rule.
+    """The evaluation text(s) and the window rule.
 
-    Windows of ``context`` tokens start every ``stride`` tokens; see ``data.windows`` for
-    exactly which tokens each scores. ``tokens`` caps how much of the text is evaluated.
+    ``texts`` are files: plain UTF-8 text, or JSON Lines (``.jsonl``) whose ``field`` holds
+    the text of each record. ``dataset`` names a Hugging Face dataset (hub id, or a local
+    folder or data file that ``datasets.load_dataset`` reads) with ``dataset_config``,
+    ``split`` and ``field``. With neither, the bundled text is used. Each source is windowed
+    on its own (windows never cross sources) and cut to ``tokens`` scored tokens. Windows of
+    ``context`` tokens start every ``stride`` tokens; see ``data`` for the exact rule.
     """
 
-    text_path: str | None = None
+    texts: tuple[str, ...] = ()
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "test"
+    field: str = "text"
     tokens: int = 4096
     context: int = 512
     stride: int = 256
@@ -293,6 +301,8 @@ class DataSpec:
             )
         if self.tokens < 2:
             raise UserError(f"--tokens must be at least 2 (got {self.tokens}).")
+        if len(set(self.texts)) != len(self.texts):
+            raise UserError("The same --text file is given twice; name each file once.")
 
 
 @dataclass(frozen=True)

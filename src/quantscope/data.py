@@ -19,6 +19,7 @@ back-to-back windows like lm-evaluation-harness's rolling windows).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,25 @@ _TRAIN_SHARE = 0.2  # share of the bundled text (in characters) kept for trainin
 
 
 @dataclass(frozen=True)
+class TextSource:
+    """One evaluation text: a name for reports and the text itself."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Windows:
-    """Token windows: ``ids`` (W, C) int64; window w scores local positions ≥ ``score_from[w]``."""
+    """Token windows: ``ids`` (W, C) int64; window w scores local positions ≥ ``score_from[w]``.
+
+    ``source_of`` (W,) says which of ``sources`` each window was cut from.
+    """
 
     ids: np.ndarray
     score_from: np.ndarray
     fingerprint: str
+    sources: tuple[str, ...] = ("text",)
+    source_of: np.ndarray | None = None
 
     @property
     def n_scored(self) -> int:
@@ -54,6 +68,11 @@ class Windows:
         """Per scored token (in scoring order), the index of the window that scored it. (N,)"""
         counts = self.ids.shape[1] - self.score_from
         return np.repeat(np.arange(len(counts)), counts)
+
+    def token_sources(self) -> np.ndarray:
+        """Per scored token, the index of its source in ``sources``. (N,)"""
+        of = self.source_of if self.source_of is not None else np.zeros(len(self.ids), np.int64)
+        return of[self.cluster_ids()]
 
 
 def bundled_text(part: str = "eval") -> str:
@@ -81,31 +100,102 @@ def bundled_text(part: str = "eval") -> str:
     return "\n\n".join(train if part == "train" else evaluation)
 
 
-def read_text(spec: DataSpec) -> tuple[str, str]:
-    """The evaluation text and a name for it: the file given, or the bundled text."""
-    if spec.text_path is None:
-        return bundled_text("eval"), BUNDLED_TEXT_NAME
-    path = Path(spec.text_path).expanduser()
+def read_sources(spec: DataSpec) -> list[TextSource]:
+    """Every evaluation text of a run: the files, the dataset, or else the bundled text."""
+    sources = [_read_file(Path(p).expanduser(), spec.field) for p in spec.texts]
+    if spec.dataset:
+        sources.append(_read_dataset(spec))
+    return sources or [TextSource(BUNDLED_TEXT_NAME, bundled_text("eval"))]
+
+
+def _read_file(path: Path, field: str) -> TextSource:
     if not path.is_file():
-        raise UserError(f"No such text file '{spec.text_path}'; pass an existing file with --text.")
+        raise UserError(f"No such text file '{path}'; pass an existing file with --text.")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"Text file '{spec.text_path}' is not UTF-8; convert it first.") from None
+        raise UserError(f"Text file '{path}' is not UTF-8; convert it first.") from None
+    if path.suffix == ".jsonl":
+        text = _jsonl_field(text, field, path)
     if not text.strip():
-        raise UserError(f"Text file '{spec.text_path}' is empty; pass a file with text in it.")
-    return text, str(path.resolve())
+        raise UserError(f"Text file '{path}' is empty; pass a file with text in it.")
+    return TextSource(str(path.resolve()), text)
 
 
-def tokenize(text: str, encode: Callable[[str], list[int]], spec: DataSpec) -> list[int]:
-    """Token ids of ``text``, cut to ``spec.tokens + 1`` (the first token is context only)."""
-    ids = encode(text)[: spec.tokens + 1]
+def _jsonl_field(text: str, field: str, path: Path) -> str:
+    """The ``field`` of every JSON Lines record, joined by blank lines."""
+    parts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"Line {number} of '{path}' is not JSON; fix the file.") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise UserError(
+                f"Line {number} of '{path}' has no text field '{field}'; pass --field NAME."
+            )
+        parts.append(record[field])
+    return "\n\n".join(parts)
+
+
+def _read_dataset(spec: DataSpec) -> TextSource:
+    """A split of a Hugging Face dataset (hub id, local folder or data file), one field."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            "--dataset needs the 'datasets' package; pip install 'quantscope[datasets]'."
+        ) from None
+    assert spec.dataset is not None
+    name, kwargs = spec.dataset, {}
+    path = Path(name).expanduser()
+    if path.is_file():  # a local data file: let datasets pick the builder from its suffix
+        builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+        name, kwargs = builder.get(path.suffix, "text"), {"data_files": {spec.split: str(path)}}
+    try:
+        data = datasets.load_dataset(name, spec.dataset_config, split=spec.split, **kwargs)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
+        raise UserError(
+            f"Cannot load dataset '{spec.dataset}' ({type(err).__name__}: {err})."
+        ) from None
+    if spec.field not in data.column_names:
+        raise UserError(
+            f"Dataset '{spec.dataset}' has no column '{spec.field}' (it has "
+            f"{', '.join(data.column_names)}); pass --field NAME."
+        )
+    texts = [t for t in data[spec.field] if isinstance(t, str)]
+    label = f"{spec.dataset}" + (f"/{spec.dataset_config}" if spec.dataset_config else "")
+    return TextSource(f"{label}:{spec.split}:{spec.field}", "\n\n".join(texts))
+
+
+def tokenize(source: TextSource, encode: Callable[[str], list[int]], spec: DataSpec) -> list[int]:
+    """Token ids of a source, cut to ``spec.tokens + 1`` (the first token is context only)."""
+    ids = encode(source.text)[: spec.tokens + 1]
     if len(ids) < spec.context:
         raise UserError(
-            f"The text gives {len(ids)} tokens, fewer than one window of --context "
-            f"{spec.context}; use a longer text or a smaller --context."
+            f"The text '{source.name}' gives {len(ids)} tokens, fewer than one window of "
+            f"--context {spec.context}; use a longer text or a smaller --context."
         )
     return ids
+
+
+def build_windows(
+    sources: list[TextSource], encode: Callable[[str], list[int]], spec: DataSpec
+) -> Windows:
+    """Windows of every source (each windowed on its own), in source order."""
+    parts = [make_windows(tokenize(s, encode, spec), spec.context, spec.stride) for s in sources]
+    if len(parts) == 1:
+        return Windows(parts[0].ids, parts[0].score_from, parts[0].fingerprint, (sources[0].name,))
+    digest = hashlib.sha256("".join(p.fingerprint for p in parts).encode()).hexdigest()[:16]
+    return Windows(
+        np.concatenate([p.ids for p in parts]),
+        np.concatenate([p.score_from for p in parts]),
+        digest,
+        tuple(s.name for s in sources),
+        np.concatenate([np.full(len(p.ids), i) for i, p in enumerate(parts)]),
+    )
 
 
 def make_windows(ids: list[int], context: int, stride: int) -> Windows:

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,11 @@ class TokenStats:
     agree: np.ndarray
     dp: np.ndarray
     kl_exact: np.ndarray | None = None
+
+    def subset(self, mask: np.ndarray) -> TokenStats:
+        """The tokens where ``mask`` (N,) is true."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v[mask] for k, v in values.items() if v is not None})
 
 
 def model_device(model: Any) -> torch.device:

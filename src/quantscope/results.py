@@ -18,7 +18,8 @@ class Result:
 
     ``metrics`` maps the documented metric names (README, "Columns") to numbers;
     ``generations`` holds per prompt the text, token ids and the first token that differs
-    from the baseline; ``meta`` the settings, versions, hardware and file paths behind them.
+    from the baseline; ``meta`` the settings, versions, hardware and file paths behind them;
+    ``per_source`` the accuracy metrics of each text source when a run has several.
     """
 
     key: str
@@ -30,9 +31,10 @@ class Result:
     generations: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    per_source: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, default=_nan_safe)
+        return json.dumps(asdict(self), default=_nan_safe)  # key order kept (sources)
 
     @classmethod
     def from_json(cls, text: str) -> Result:

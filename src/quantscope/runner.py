@@ -119,6 +119,7 @@ def _settings(spec: RunSpec, windows: data.Windows, device: str) -> dict[str, An
         "tokens_requested": spec.data.tokens,
         "tokens_scored": windows.n_scored,
         "windows": len(windows.ids),
+        "sources": list(windows.sources),
         "context": spec.data.context,
         "stride": spec.data.stride,
         "seed": spec.seed,
@@ -141,9 +142,9 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
     events.stage("Finding the model", None)
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
-    text, text_name = data.read_text(spec.data)
-    ids = data.tokenize(text, lambda t: tokenizer(t)["input_ids"], spec.data)
-    windows = data.make_windows(ids, spec.data.context, spec.data.stride)
+    sources = data.read_sources(spec.data)
+    windows = data.build_windows(sources, lambda t: tokenizer(t)["input_ids"], spec.data)
+    text_name = " + ".join(windows.sources)
     settings = _settings(spec, windows, device)
     fp = digest(settings)
     return _Context(spec, device, files, tokenizer, windows, text_name, settings, fp, events)
@@ -226,7 +227,9 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         )  # fmt: skip
         eval_s = time.perf_counter() - start
         footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
-        accuracy = evaluate.accuracy_metrics(token_stats, ctx.windows.cluster_ids())
+        clusters = ctx.windows.cluster_ids()
+        accuracy = evaluate.accuracy_metrics(token_stats, clusters)
+        per_source = _per_source(ctx.windows, token_stats, clusters)
         accuracy["ref_disk_bytes_per_token"] = ref.info()["disk_bytes_per_token"]
         ctx.events.stage(f"{config.name}: speed", None)
         vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
@@ -249,8 +252,23 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         metrics=metrics,
         generations=gens,
         meta=_meta(ctx, config, library),
+        per_source=per_source,
         created=now(),
     )
+
+
+def _per_source(
+    windows: data.Windows, ts: evaluate.TokenStats, clusters: Any
+) -> dict[str, dict[str, float]]:
+    """Accuracy per text source when there are several (the run's row is their token-weighted
+    mean: every token counts once, whichever source it came from)."""
+    if len(windows.sources) < 2:
+        return {}
+    owner = windows.token_sources()
+    return {
+        name: evaluate.accuracy_metrics(ts.subset(owner == i), clusters[owner == i])
+        for i, name in enumerate(windows.sources)
+    }
 
 
 def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:

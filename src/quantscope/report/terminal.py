@@ -135,3 +135,24 @@ def outcome_notes(report: RunReport) -> list[Text]:
         if o.status in ("skipped", "failed")
     ]
     return notes
+
+
+def sources_table(report: RunReport) -> Table | None:
+    """Per text source, each config's main accuracy numbers (only for runs with several)."""
+    rows = [(o.config, o.result.per_source) for o in report.outcomes if o.result is not None]
+    if not any(parts for _, parts in rows):
+        return None
+    table = Table(
+        title="per text (the rows above are their token-weighted means)", title_justify="left"
+    )
+    for header in ("config", "text", "tokens", "ppl", "Δppl %", "KL mean", "top-1 %"):
+        table.add_column(header, justify="left" if header in ("config", "text") else "right")
+    for config, parts in rows:
+        for name, m in parts.items():
+            table.add_row(
+                Text(config), Text(name[-40:]), f"{m['tokens']:.0f}",
+                _pm(m["ppl"], m["ppl_se"], 3).replace("\n", " "),
+                _pm(m["dppl_pct"], m["dppl_pct_se"], 2, sign=True).replace("\n", " "),
+                _sig(m["kl_mean"]), _num(100 * m["top1_agree"], 2),
+            )  # fmt: skip
+    return table
