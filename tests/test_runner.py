@@ -154,3 +154,17 @@ def test_several_texts_give_per_source_rows_and_a_token_weighted_mean(
         assert result.metrics[key] == pytest.approx(weighted)
     base = sum(np.log(p["base_ppl"]) * p["tokens"] for p in parts.values()) / 600
     assert np.log(result.metrics["base_ppl"]) == pytest.approx(base)
+
+
+def test_bos_prefix_scores_the_first_text_token(tiny_model_dir, tiny_text, tmp_path):
+    plain = _spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", configs="bf16")
+    data = DataSpec((str(tiny_text),), bos=True, tokens=400, context=64, stride=32)
+    with_bos = RunSpec(**{**plain.__dict__, "data": data})
+    a = runner.prepare(plain, runner.LogEvents())
+    b = runner.prepare(with_bos, runner.LogEvents())
+    assert a.settings["bos"] is False  # this tokenizer adds no BOS by itself
+    assert b.settings["bos"] is True
+    eos = b.tokenizer.eos_token_id  # no BOS token: EOS stands in, as in lm-evaluation-harness
+    assert b.windows.ids[0, 0] == eos and b.windows.ids[0, 1] == a.windows.ids[0, 0]
+    assert a.windows.fingerprint != b.windows.fingerprint
+    assert b.windows.n_scored == a.windows.n_scored == 400

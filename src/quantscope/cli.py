@@ -118,6 +118,13 @@ def run(
     field: Annotated[
         str, typer.Option(help="The text field of JSONL records or dataset rows.")
     ] = "text",
+    bos: Annotated[
+        bool | None,
+        typer.Option(
+            "--bos/--no-bos",
+            help="Put BOS before each text so its first token is scored (lm-evaluation-harness's rule); default: as the tokenizer does.",
+        ),
+    ] = None,
     tokens: Annotated[int, typer.Option(help="How many tokens of each text to score.")] = 4096,
     context: Annotated[int, typer.Option(help="Window length in tokens.")] = 512,
     stride: Annotated[
@@ -186,6 +193,7 @@ def run(
             dataset_config,
             split,
             field,
+            bos,
             tokens,
             context,
             stride,

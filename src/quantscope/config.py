@@ -280,6 +280,8 @@ class DataSpec:
     ``split`` and ``field``. With neither, the bundled text is used. Each source is windowed
     on its own (windows never cross sources) and cut to ``tokens`` scored tokens. Windows of
     ``context`` tokens start every ``stride`` tokens; see ``data`` for the exact rule.
+    ``bos`` puts the tokenizer's BOS token (else EOS) before each text, so its first token
+    is scored too; None (the default) does so when the tokenizer adds BOS by itself.
     """
 
     texts: tuple[str, ...] = ()
@@ -287,6 +289,7 @@ class DataSpec:
     dataset_config: str | None = None
     split: str = "test"
     field: str = "text"
+    bos: bool | None = None
     tokens: int = 4096
     context: int = 512
     stride: int = 256

@@ -170,9 +170,23 @@ def _read_dataset(spec: DataSpec) -> TextSource:
     return TextSource(f"{label}:{spec.split}:{spec.field}", "\n\n".join(texts))
 
 
-def tokenize(source: TextSource, encode: Callable[[str], list[int]], spec: DataSpec) -> list[int]:
-    """Token ids of a source, cut to ``spec.tokens + 1`` (the first token is context only)."""
-    ids = encode(source.text)[: spec.tokens + 1]
+def tokenize(
+    source: TextSource,
+    encode: Callable[[str], list[int]],
+    spec: DataSpec,
+    prefix: int | None = None,
+) -> list[int]:
+    """Token ids of a source, cut to ``spec.tokens + 1`` (the first token is context only).
+
+    With ``prefix`` (a BOS token id) the ids start with it, so the text's own first token is
+    scored too, conditioned on BOS, as lm-evaluation-harness does.
+
+    >>> tokenize(TextSource("t", "5 6 7"), lambda s: [int(w) for w in s.split()],
+    ...          DataSpec(tokens=3, context=3, stride=1), prefix=1)
+    [1, 5, 6, 7]
+    """
+    ids = ([prefix] if prefix is not None else []) + encode(source.text)
+    ids = ids[: spec.tokens + 1]
     if len(ids) < spec.context:
         raise UserError(
             f"The text '{source.name}' gives {len(ids)} tokens, fewer than one window of "
@@ -182,10 +196,15 @@ def tokenize(source: TextSource, encode: Callable[[str], list[int]], spec: DataS
 
 
 def build_windows(
-    sources: list[TextSource], encode: Callable[[str], list[int]], spec: DataSpec
+    sources: list[TextSource],
+    encode: Callable[[str], list[int]],
+    spec: DataSpec,
+    prefix: int | None = None,
 ) -> Windows:
     """Windows of every source (each windowed on its own), in source order."""
-    parts = [make_windows(tokenize(s, encode, spec), spec.context, spec.stride) for s in sources]
+    parts = [
+        make_windows(tokenize(s, encode, spec, prefix), spec.context, spec.stride) for s in sources
+    ]
     if len(parts) == 1:
         return Windows(parts[0].ids, parts[0].score_from, parts[0].fingerprint, (sources[0].name,))
     digest = hashlib.sha256("".join(p.fingerprint for p in parts).encode()).hexdigest()[:16]

@@ -114,7 +114,7 @@ class _Context:
     baseline_model: Any = None
 
 
-def _settings(spec: RunSpec, windows: data.Windows, device: str) -> dict[str, Any]:
+def _settings(spec: RunSpec, windows: data.Windows, device: str, bos: bool) -> dict[str, Any]:
     return {
         "tokens_requested": spec.data.tokens,
         "tokens_scored": windows.n_scored,
@@ -122,6 +122,7 @@ def _settings(spec: RunSpec, windows: data.Windows, device: str) -> dict[str, An
         "sources": list(windows.sources),
         "context": spec.data.context,
         "stride": spec.data.stride,
+        "bos": bos,
         "seed": spec.seed,
         "batch_size": spec.batch_size,  # LLM.int8 picks outlier columns per batch
         "baseline_dtype": spec.model.dtype.value,
@@ -143,11 +144,35 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
     sources = data.read_sources(spec.data)
-    windows = data.build_windows(sources, lambda t: tokenizer(t)["input_ids"], spec.data)
+    bos = spec.data.bos if spec.data.bos is not None else _adds_bos(tokenizer)
+    windows = data.build_windows(
+        sources, _encoder(tokenizer), spec.data, _prefix(tokenizer) if bos else None
+    )
     text_name = " + ".join(windows.sources)
-    settings = _settings(spec, windows, device)
+    settings = _settings(spec, windows, device, bos)
     fp = digest(settings)
     return _Context(spec, device, files, tokenizer, windows, text_name, settings, fp, events)
+
+
+def _encoder(tokenizer: Any) -> Any:
+    def encode(text: str) -> list[int]:  # the text's own tokens, no special tokens added
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return encode
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts BOS first by itself (Llama's do, SmolLM2's does not)."""
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
+def _prefix(tokenizer: Any) -> int:
+    """The token put before each text with ``bos``: BOS, else EOS (lm-evaluation-harness's rule)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise UserError("--bos needs a tokenizer with a BOS or EOS token; this one has neither.")
+    return int(token)
 
 
 def result_key(ctx: _Context, config: QuantConfig) -> str:

@@ -1,0 +1,86 @@
+"""Memory and time of an evaluation as the text grows: 4k vs 64k scored tokens.
+
+Run: .venv/bin/python benchmarks/scaling.py [--small 4096] [--large 65536] [--config bf16]
+
+Each length runs in its own process (so each peak is that run's alone): load the fp32
+baseline, stream its reference pass to a disk cache, load the config, stream the comparison
+pass. Prints each run's peak resident memory and seconds per 1k scored tokens, and the
+ratios large/small measured in this one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def one(tokens: int, config_name: str) -> dict[str, float]:
+    """Run one evaluation of ``tokens`` scored tokens; return its peak RSS and timings."""
+    from quantscope import backends, evaluate
+    from quantscope.config import DataSpec, model_spec, parse_config
+    from quantscope.data import TextSource, bundled_text, make_windows, tokenize
+    from quantscope.models import load_tokenizer, resolve
+    from quantscope.reference import ReferenceCache
+
+    spec = model_spec(None)
+    files = resolve(spec)
+    tokenizer = load_tokenizer(files, spec)
+    data = DataSpec(tokens=tokens)
+    source = TextSource("bundled", bundled_text("eval"))
+    ids = tokenize(source, lambda t: tokenizer(t)["input_ids"], data)
+    windows = make_windows(ids, data.context, data.stride)
+    base_config, config = parse_config("fp32"), parse_config(config_name)
+    base = backends.get(base_config.method).load(files, spec, base_config, "cpu").model
+    with tempfile.TemporaryDirectory() as folder:
+        cache = ReferenceCache(Path(folder) / "ref")
+        start = time.perf_counter()
+        cache.write(evaluate.reference_chunks(base, windows, 256, 4))
+        ref_s = time.perf_counter() - start
+        del base
+        model = backends.get(config.method).load(files, spec, config, "cpu").model
+        start = time.perf_counter()
+        stats = evaluate.compare_pass(model, windows, cache.cursor(), 4)
+        cmp_s = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n = windows.n_scored
+    assert len(stats.kl) == n
+    return {"tokens": n, "peak_rss_mb": peak_mb, "ref_s_per_1k": 1000 * ref_s / n,
+            "cmp_s_per_1k": 1000 * cmp_s / n}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--small", type=int, default=4096)
+    parser.add_argument("--large", type=int, default=65536)
+    parser.add_argument("--config", default="bf16")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.config)))
+        return
+    runs = []
+    for tokens in (args.small, args.large):
+        cmd = [sys.executable, __file__, "--one", str(tokens), "--config", args.config]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+        r = runs[-1]
+        print(
+            f"{r['tokens']:>6} tokens: peak RSS {r['peak_rss_mb']:7.1f} MB, reference "
+            f"{r['ref_s_per_1k']:.2f} s/1k tokens, {args.config} pass "
+            f"{r['cmp_s_per_1k']:.2f} s/1k"
+        )
+    small, large = runs
+    print(f"peak memory ratio large/small: {large['peak_rss_mb'] / small['peak_rss_mb']:.3f}")
+    print(f"time per token ratio large/small: reference "
+          f"{large['ref_s_per_1k'] / small['ref_s_per_1k']:.3f}, "
+          f"{args.config} pass {large['cmp_s_per_1k'] / small['cmp_s_per_1k']:.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
