@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--stride", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--config", default="bnb-nf4")
+    parser.add_argument("--configs", default="bf16,bnb-int8,bnb-nf4")
     args = parser.parse_args()
 
     spec = model_spec(None)
@@ -52,33 +52,39 @@ def main() -> None:
     source = TextSource("bundled", bundled_text("eval"))
     ids = tokenize(source, lambda t: tokenizer(t)["input_ids"], data)
     windows = make_windows(ids, args.context, args.stride)
-    n = windows.n_scored
+    n, rate, bs = windows.n_scored, "scored tok/s", args.batch_size
+    print(f"{n} scored tokens, {len(windows.ids)} windows of {args.context} (stride {args.stride})")
 
     base_config = parse_config("fp32")
     base = backends.get(base_config.method).load(files, spec, base_config, "cpu").model
-    quant_config: QuantConfig = parse_config(args.config)
-    quant = backends.get(quant_config.method).load(files, spec, quant_config, "cpu").model
-
-    raw_forward_seconds(quant, windows, args.batch_size)  # warm-up (bnb repacks on first use)
-    raw_base = raw_forward_seconds(base, windows, args.batch_size)
-    ref, ref_s = timed(evaluate.reference_pass, base, windows, 256, args.batch_size)
-    raw_quant = raw_forward_seconds(quant, windows, args.batch_size)
-    _, cmp_s = timed(evaluate.compare_pass, quant, windows, ref, args.batch_size)
-
+    raw_forward_seconds(base, windows, bs)  # warm-up
+    raw_base = raw_forward_seconds(base, windows, bs)
+    ref, ref_s = timed(evaluate.reference_pass, base, windows, 256, bs)
+    print(f"raw forward fp32          {n / raw_base:8.1f} {rate}")
+    print(f"reference pass fp32       {n / ref_s:8.1f} {rate}  ratio {raw_base / ref_s:.2f}")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "ref.npz"
         ref.save(path)
         disk = path.stat().st_size / n
+    print(f"reference cache: {ref.bytes_per_token:.0f} B/token in memory, {disk:.0f} on disk")
 
-    print(f"{n} scored tokens, {len(windows.ids)} windows of {args.context} (stride {args.stride})")
-    rate = "scored tok/s"
-    print(f"raw forward fp32        {n / raw_base:8.1f} {rate}")
-    print(f"reference pass fp32     {n / ref_s:8.1f} {rate}  ratio {raw_base / ref_s:.2f}")
-    print(f"raw forward {args.config:<11} {n / raw_quant:8.1f} {rate}")
-    print(f"compare pass {args.config:<10} {n / cmp_s:8.1f} {rate}  ratio {raw_quant / cmp_s:.2f}")
-    print(
-        f"reference cache: {ref.bytes_per_token:.0f} B/token in memory, {disk:.0f} B/token on disk"
-    )
+    for name in args.configs.split(","):
+        config: QuantConfig = parse_config(name)
+        quant = backends.get(config.method).load(files, spec, config, "cpu").model
+        raw_forward_seconds(quant, windows, bs)  # warm-up (bnb repacks on first use)
+        raw_q = raw_forward_seconds(quant, windows, bs)
+        stats, cmp_s = timed(evaluate.compare_pass, quant, windows, ref, bs)
+        exact = evaluate.compare_pass(quant, windows, ref, bs, baseline=base).kl_exact
+        assert exact is not None
+        print(f"raw forward {name:<14}{n / raw_q:8.1f} {rate}")
+        print(f"compare pass {name:<13}{n / cmp_s:8.1f} {rate}  ratio {raw_q / cmp_s:.2f}")
+        cache_kl, exact_kl, lower = stats.kl.mean(), exact.mean(), stats.kl_lower.mean()
+        print(
+            f"  mean KL {name}: from the cache {cache_kl:.5f}, exact {exact_kl:.5f} "
+            f"({100 * (cache_kl / exact_kl - 1):+.2f}%); coarse lower bound "
+            f"{lower:.5f} ({100 * (lower / exact_kl - 1):+.2f}%)"
+        )
+        del quant
 
 
 if __name__ == "__main__":

@@ -77,8 +77,10 @@ def _accepts(model: Any, name: str) -> bool:
 
 def scored_logits(
     model: Any, windows: Windows, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(logits (n, V), targets (n,))`` for each batch of windows, scored rows only.
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per batch of windows, per window: ``(logits (n, V), targets (n,))``, scored rows only.
+
+    The logits are views into the batch's output (no copy).
 
     Where the model supports ``logits_to_keep``, the output head runs only on the positions
     a batch scores (half of them when stride = context/2): fewer FLOPs and less memory.
@@ -93,17 +95,28 @@ def scored_logits(
             extra = {"logits_to_keep": keep} if trim else {}
             logits = model(input_ids=ids, use_cache=False, **extra).logits  # (B, keep, V)
         first = context - keep  # window position of logits[:, 0]
-        rows, targets = [], []
-        for b, start in enumerate(score_from.tolist()):
-            rows.append(logits[b, start - 1 - first : -1])  # position j-1 predicts token j
-            targets.append(ids[b, start:])
-        yield torch.cat(rows), torch.cat(targets)
+        # position j-1 predicts token j
+        yield [
+            (logits[b, start - 1 - first : -1], ids[b, start:])
+            for b, start in enumerate(score_from.tolist())
+        ]
 
 
-def _log_probs(logits: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
-    for start in range(0, logits.shape[0], _ROWS):
-        rows = slice(start, start + _ROWS)
-        yield rows, torch.log_softmax(logits[rows].float(), dim=-1)  # (r, V)
+def _row_chunks(
+    batch: list[tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], slice]]:
+    """Each window's rows, ``_ROWS`` at a time: ``((logits, targets), rows)``."""
+    for logits, targets in batch:
+        for start in range(0, logits.shape[0], _ROWS):
+            yield (logits, targets), slice(start, start + _ROWS)
+
+
+def _log_probs(
+    batch: list[tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(targets (r,), log-probs (r, V))`` of each window, ``_ROWS`` rows at a time."""
+    for (logits, targets), rows in _row_chunks(batch):
+        yield targets[rows], torch.log_softmax(logits[rows].float(), dim=-1)
 
 
 def reference_chunks(
@@ -118,17 +131,17 @@ def reference_chunks(
     """The baseline's reference, one chunk per batch of windows (see ``quantscope.reference``)."""
     generator: torch.Generator | None = None
     with torch.inference_mode():
-        for logits, targets in scored_logits(model, windows, batch_size):
+        for batch in scored_logits(model, windows, batch_size):
             if generator is None:
-                generator = torch.Generator(logits.device).manual_seed(seed)
+                generator = torch.Generator(batch[0][0].device).manual_seed(seed)
             parts = []
-            for rows, lp in _log_probs(logits):
+            for targets, lp in _log_probs(batch):
                 k = min(topk, lp.shape[-1])
                 m = tail_samples if k < lp.shape[-1] else 0
                 values, ids = lp.topk(k, dim=-1)  # (r, k)
                 tail = sample_tail(lp, ids, m, generator) if m else ids[:, :0]  # (r, m)
                 found = (
-                    true_token_logprob(lp, targets[rows]),
+                    true_token_logprob(lp, targets),
                     values,
                     ids.to(torch.int32),
                     log_rest(lp, ids),
@@ -136,7 +149,7 @@ def reference_chunks(
                     lp.gather(-1, tail),
                 )
                 parts.append(Reference(*(t.cpu().numpy() for t in found)))
-            advance(len(targets))
+            advance(sum(len(t) for _, t in batch))
             yield Reference.concat(parts)
 
 
@@ -172,31 +185,44 @@ def compare_pass(
     out: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(TokenStats)}
     base_iter = scored_logits(baseline, windows, batch_size) if baseline is not None else None
     with torch.inference_mode():
-        for logits, targets in scored_logits(model, windows, batch_size):
-            base_logits = next(base_iter)[0] if base_iter is not None else None
-            for rows, lp in _log_probs(logits):
-                ref = cursor.take(lp.shape[0])
-                for name, value in _compare_rows(lp, targets[rows], ref).items():
+        for batch in scored_logits(model, windows, batch_size):
+            base_chunks = _row_chunks(next(base_iter)) if base_iter is not None else None
+            for (logits, targets), rows in _row_chunks(batch):
+                x = logits[rows].float()  # (r, V)
+                lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (r, 1): log p = x - lse
+                ref = cursor.take(x.shape[0])
+                for name, value in _compare_rows(x, lse, targets[rows], ref).items():
                     out[name].append(value)
-                if base_logits is not None:
+                if base_chunks is not None:
+                    (base_logits, _), _ = next(base_chunks)
                     lp_b = torch.log_softmax(base_logits[rows].float(), dim=-1)
-                    out["kl_exact"].append(kl_full(lp_b, lp).double().cpu().numpy())
-            advance(len(targets))
+                    out["kl_exact"].append(kl_full(lp_b, x - lse).double().cpu().numpy())
+            advance(sum(len(t) for _, t in batch))
     return TokenStats(**{name: np.concatenate(parts) for name, parts in out.items() if parts})
 
 
-def _compare_rows(lp: torch.Tensor, targets: torch.Tensor, ref: Reference) -> dict[str, np.ndarray]:
-    """Per-token comparisons of (r, V) log-probs with r rows of the reference."""
-    dev = lp.device
+def _compare_rows(
+    x: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, ref: Reference
+) -> dict[str, np.ndarray]:
+    """Per-token comparisons of r rows of logits ``x`` (r, V), whose log-normaliser is ``lse``
+    (r, 1), with r rows of the reference. Only the needed log-probs are formed (gathers), so
+    the vocabulary is read twice per row (logsumexp, argmax) and never written."""
+    dev = x.device
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(dev)
 
+    def lp_at(ids: torch.Tensor) -> torch.Tensor:
+        return x.gather(-1, ids) - lse
+
     ids, tail_ids = t(ref.topk_ids).long(), t(ref.tail_ids).long()  # (r, k), (r, m)
-    lp_true = true_token_logprob(lp, targets).double()  # (r,)
-    top_q, top_b, rest_b = lp.gather(-1, ids), t(ref.topk_lp), t(ref.rest_lp)
-    kl = kl_head_tail(top_b, top_q, rest_b, t(ref.tail_lp), lp.gather(-1, tail_ids))
-    low = kl_topk(top_b, top_q, rest_b, log_rest(lp, ids))
+    lp_true = lp_at(targets[:, None]).squeeze(-1).double()  # (r,)
+    top_q, top_b, rest_b = lp_at(ids), t(ref.topk_lp), t(ref.rest_lp)
+    kl = kl_head_tail(top_b, top_q, rest_b, t(ref.tail_lp), lp_at(tail_ids))
+    # q's mass outside the baseline's top k, by subtraction in float64: exact enough for this
+    # diagnostic bound (an error of ~1e-7 in the rest mass, floored at 1e-12).
+    rest_q = (1.0 - top_q.double().exp().sum(-1)).clamp_min(1e-12).log()
+    low = kl_topk(top_b, top_q, rest_b, rest_q)
     base_lp = ref.true_lp.astype(np.float64)
     return {
         "base_nll": -base_lp,
@@ -204,7 +230,7 @@ def _compare_rows(lp: torch.Tensor, targets: torch.Tensor, ref: Reference) -> di
         "nll": (-lp_true).cpu().numpy(),
         "kl": kl.cpu().numpy(),
         "kl_lower": low.cpu().numpy(),
-        "agree": (lp.argmax(-1) == ids[:, 0]).cpu().numpy(),
+        "agree": (x.argmax(-1) == ids[:, 0]).cpu().numpy(),
         "dp": lp_true.exp().cpu().numpy() - np.exp(base_lp),
     }
 
