@@ -51,6 +51,7 @@ class TokenStats:
     nll: np.ndarray
     kl: np.ndarray
     kl_lower: np.ndarray
+    kl_tail_var: np.ndarray
     agree: np.ndarray
     dp: np.ndarray
     kl_exact: np.ndarray | None = None
@@ -218,7 +219,12 @@ def _compare_rows(
     ids, tail_ids = t(ref.topk_ids).long(), t(ref.tail_ids).long()  # (r, k), (r, m)
     lp_true = lp_at(targets[:, None]).squeeze(-1).double()  # (r,)
     top_q, top_b, rest_b = lp_at(ids), t(ref.topk_lp), t(ref.rest_lp)
-    kl = kl_head_tail(top_b, top_q, rest_b, t(ref.tail_lp), lp_at(tail_ids))
+    tail_b, tail_q = t(ref.tail_lp), lp_at(tail_ids)
+    kl = kl_head_tail(top_b, top_q, rest_b, tail_b, tail_q)
+    # Variance of each token's sampled tail term: p_rest² · Var(log p − log q) / m.
+    m = tail_b.shape[-1]
+    ratio_var = (tail_b.double() - tail_q.double()).var(-1) if m > 1 else torch.zeros_like(kl)
+    tail_var = rest_b.double().exp() ** 2 * ratio_var / max(m, 1)
     # q's mass outside the baseline's top k, by subtraction in float64: exact enough for this
     # diagnostic bound (an error of ~1e-7 in the rest mass, floored at 1e-12).
     rest_q = (1.0 - top_q.double().exp().sum(-1)).clamp_min(1e-12).log()
@@ -230,6 +236,7 @@ def _compare_rows(
         "nll": (-lp_true).cpu().numpy(),
         "kl": kl.cpu().numpy(),
         "kl_lower": low.cpu().numpy(),
+        "kl_tail_var": tail_var.cpu().numpy(),
         "agree": (x.argmax(-1) == ids[:, 0]).cpu().numpy(),
         "dp": lp_true.exp().cpu().numpy() - np.exp(base_lp),
     }
@@ -267,6 +274,8 @@ def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
         "kl_p99": p99,
         "kl_max": float(np.max(per_token_kl)),
         "kl_cache_mean": float(ts.kl.mean()),
+        # the cache estimate's own sampling error on the mean (tail samples), not the text's
+        "kl_sampling_se": float(np.sqrt(ts.kl_tail_var.sum()) / len(ts.kl)),
         "kl_lower_mean": float(ts.kl_lower.mean()),
         "kl_exact": float(ts.kl_exact is not None),
         "top1_agree": agree.value,
