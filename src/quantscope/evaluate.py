@@ -115,9 +115,14 @@ def _row_chunks(
 def _log_probs(
     batch: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(targets (r,), log-probs (r, V))`` of each window, ``_ROWS`` rows at a time."""
+    """``(targets (r,), log-probs (r, V))`` of each window, ``_ROWS`` rows at a time.
+
+    Computed as x − logsumexp(x), exactly as the comparison pass does, so a model compared
+    with its own reference gets a KL of exactly zero.
+    """
     for (logits, targets), rows in _row_chunks(batch):
-        yield targets[rows], torch.log_softmax(logits[rows].float(), dim=-1)
+        x = logits[rows].float()
+        yield targets[rows], x - torch.logsumexp(x, dim=-1, keepdim=True)
 
 
 def reference_chunks(
