@@ -148,3 +148,26 @@ def test_two_texts_print_a_per_text_table(tiny_model_dir, tiny_text, tmp_path):
     assert "per text" in result.output
     per_source = json.loads(out.read_text())["configs"][0]["result"]["per_source"]
     assert list(per_source) == [str(tiny_text.resolve()), str(second.resolve())]
+
+
+def test_tables_fit_an_80_column_terminal_without_cropping():
+    from quantscope.report.terminal import ACCURACY, EFFICIENCY, results_tables
+    from quantscope.results import Outcome, RunReport
+
+    metrics = {  # the widest values the bundled model's demo gives
+        "weight_mb": 513.13, "bits_per_weight": 32.0, "linear_bits_per_weight": 32.0,
+        "ppl": 19.343, "ppl_se": 2.231, "dppl_pct": 53.4, "dppl_pct_se": 3.11,
+        "kl_mean": 0.00109, "kl_se": 1.81e-05, "kl_p99": 0.00518, "top1_agree": 0.9741,
+        "top1_agree_se": 0.0033, "dp_rms": 0.194, "prefill_tps": 1517.0, "decode_tps": 28.2,
+        "load_s": 1.66,
+    }  # fmt: skip
+    result = Result("k", "bnb-nf4[double_quant=true]", "m", "d", "s", metrics)
+    report = RunReport("run", [Outcome(result.config, "measured", "", result)], {}, {})
+    console = Console(record=True, width=80)
+    for table in results_tables(report, 80):
+        console.print(table)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text  # nothing cropped
+    for _, narrow, _ in ACCURACY + EFFICIENCY:
+        assert narrow in text

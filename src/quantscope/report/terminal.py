@@ -69,9 +69,7 @@ def results_tables(report: RunReport, width: int) -> list[Table]:
         return [_table(report, COLUMNS, _title(report), one_line=True, status=True)]
     return [
         _table(report, ACCURACY, _title(report) + " · ± se below each value", False, False),
-        _table(
-            report, EFFICIENCY, "bits/weight: all weights (quantized linears only)", False, True
-        ),
+        _table(report, EFFICIENCY, "bits/w: all weights (quantized linears only)", False, False),
     ]
 
 
@@ -79,7 +77,7 @@ def _table(
     report: RunReport, columns: list[Column], title: str, one_line: bool, status: bool
 ) -> Table:
     table = Table(title=title, title_justify="left", show_lines=not one_line and not status)
-    table.add_column("config", no_wrap=True)
+    table.add_column("config", max_width=None if one_line else 14, overflow="fold")
     for wide, narrow, _ in columns:
         table.add_column(wide if one_line else narrow, justify="right", no_wrap=True)
     if status:
