@@ -136,6 +136,13 @@ def run(
     prompts: Annotated[
         Path | None, typer.Option(help="File with one generation prompt per line.")
     ] = None,
+    tasks: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of tasks scored by log-likelihood: cloze, FILE.jsonl (multiple choice), an lm-eval task name or .yaml file."
+        ),
+    ] = "",
+    task_limit: Annotated[int, typer.Option(help="Items per task at most.")] = 200,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write everything as JSON here.")
     ] = None,
@@ -181,6 +188,7 @@ def run(
         outcome_notes,
         results_tables,
         sources_table,
+        tasks_table,
     )
     from quantscope.runner import run as run_spec
 
@@ -209,12 +217,17 @@ def run(
         speed_reps=speed_reps,
         store_path=str(store) if store else None,
         force=force,
+        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+        task_limit=task_limit,
     )
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]  # fmt: skip
     with Progress(*columns, console=err_console, transient=True) as progress:
         report = run_spec(spec, ProgressEvents(progress))
     for table in results_tables(report, console.width):
         console.print(table)
+    task_table = tasks_table(report)
+    if task_table is not None:
+        console.print(task_table)
     per_text = sources_table(report)
     if per_text is not None:
         console.print(per_text)

@@ -328,6 +328,8 @@ class RunSpec:
     speed_reps: int = 3
     store_path: str | None = None
     force: bool = False
+    tasks: tuple[str, ...] = ()
+    task_limit: int = 200
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):

@@ -437,6 +437,44 @@ class PeakMemory:
             self.gpu_mb = torch.cuda.max_memory_allocated() / 2**20
 
 
+# ---------------------------------------------------------------- log-likelihood
+
+
+def loglikelihoods(
+    model: Any,
+    requests: list[tuple[list[int], list[int]]],
+    batch_size: int = 8,
+    max_length: int = 2048,
+) -> list[tuple[float, bool]]:
+    """For each ``(context ids, continuation ids)``: log p(continuation | context) and whether
+    the continuation is the greedy (argmax) choice at every one of its tokens.
+
+    Requests run in batches, right-padded (a causal model's real positions never see the
+    padding); a sequence longer than ``max_length`` keeps its last ``max_length`` tokens.
+    """
+    device = model_device(model)
+    out: list[tuple[float, bool]] = []
+    with torch.inference_mode():
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start : start + batch_size]
+            seqs = [(ctx + cont)[-max_length:] for ctx, cont in chunk]
+            width = max(len(s) for s in seqs) - 1
+            ids = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+            mask = torch.zeros_like(ids)
+            for b, seq in enumerate(seqs):
+                ids[b, : len(seq) - 1] = torch.tensor(seq[:-1])
+                mask[b, : len(seq) - 1] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for b, ((_, cont), seq) in enumerate(zip(chunk, seqs, strict=True)):
+                n = len(cont)
+                rows = logits[b, len(seq) - 1 - n : len(seq) - 1].float()  # (n, V)
+                lp = torch.log_softmax(rows, dim=-1)
+                target = torch.tensor(cont, device=lp.device)
+                ll = float(lp.gather(-1, target[:, None]).sum())
+                out.append((ll, bool((rows.argmax(-1) == target).all())))
+    return out
+
+
 # ---------------------------------------------------------------- generations
 
 

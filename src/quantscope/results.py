@@ -19,7 +19,8 @@ class Result:
     ``metrics`` maps the documented metric names (README, "Columns") to numbers;
     ``generations`` holds per prompt the text, token ids and the first token that differs
     from the baseline; ``meta`` the settings, versions, hardware and file paths behind them;
-    ``per_source`` the accuracy metrics of each text source when a run has several.
+    ``per_source`` the accuracy metrics of each text source when a run has several;
+    ``tasks`` per task and metric the accuracy, flips against the baseline and McNemar's p.
     """
 
     key: str
@@ -32,6 +33,7 @@ class Result:
     meta: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     per_source: dict[str, dict[str, float]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=_nan_safe)  # key order kept (sources)

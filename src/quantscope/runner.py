@@ -17,14 +17,14 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from quantscope import backends, data, evaluate, models
+from quantscope import backends, data, evaluate, models, tasks
 from quantscope.config import DType, Method, QuantConfig, RunSpec
 from quantscope.errors import UserError
 from quantscope.reference import FORMAT as REFERENCE_FORMAT
@@ -111,6 +111,8 @@ class _Context:
     events: Events
     reference: ReferenceCache | None = None
     base_generations: list[dict[str, Any]] | None = None
+    tasks: list[Any] = field(default_factory=list)
+    base_answers: dict[str, dict[str, list[bool]]] | None = None
     baseline_model: Any = None
 
 
@@ -150,8 +152,12 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
     )
     text_name = " + ".join(windows.sources)
     settings = _settings(spec, windows, device, bos)
+    found = [tasks.resolve(name, spec.task_limit) for name in spec.tasks]
+    settings["tasks"] = [t.fingerprint() for t in found]
     fp = digest(settings)
-    return _Context(spec, device, files, tokenizer, windows, text_name, settings, fp, events)
+    ctx = _Context(spec, device, files, tokenizer, windows, text_name, settings, fp, events)
+    ctx.tasks = found
+    return ctx
 
 
 def _encoder(tokenizer: Any) -> Any:
@@ -201,7 +207,9 @@ def ensure_reference(ctx: _Context) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     cache = ReferenceCache(folder / ref_key)
     gen_path = folder / f"{gen_key}.generations.json"
-    if spec.exact or not (cache.exists() and gen_path.is_file()):
+    task_path = folder / f"{digest(*common, settings['tasks'])}.tasks.json"
+    have_tasks = task_path.is_file() or not ctx.tasks
+    if spec.exact or not (cache.exists() and gen_path.is_file() and have_tasks):
         ctx.events.stage("Loading the baseline", None)
         base = backends.get(_baseline_config(spec).method)
         ctx.baseline_model = base.load(
@@ -224,9 +232,36 @@ def ensure_reference(ctx: _Context) -> None:
             ctx.baseline_model, ctx.tokenizer, spec.prompts, spec.max_new_tokens
         )
         gen_path.write_text(json.dumps(ctx.base_generations))
+    if ctx.tasks and task_path.is_file():
+        ctx.base_answers = json.loads(task_path.read_text())
+    elif ctx.tasks:
+        ctx.events.stage("Baseline tasks", None)
+        ctx.base_answers = _answer_tasks(ctx, ctx.baseline_model)
+        task_path.write_text(json.dumps(ctx.base_answers))
     if not spec.exact:
         ctx.baseline_model = None
         _free()
+
+
+def _answer_tasks(ctx: _Context, model: Any) -> dict[str, dict[str, list[bool]]]:
+    """Every task's per-item correctness for ``model``."""
+    return {t.name: t.evaluate(model, ctx.tokenizer, ctx.spec.batch_size * 2) for t in ctx.tasks}
+
+
+def _task_results(ctx: _Context, model: Any) -> dict[str, dict[str, Any]]:
+    """Per task and metric: accuracy, flips against the baseline, McNemar's p, flipped items."""
+    from quantscope.metrics.tasks import compare_answers
+
+    assert ctx.base_answers is not None
+    answers = _answer_tasks(ctx, model)
+    out: dict[str, dict[str, Any]] = {}
+    for task in ctx.tasks:
+        for metric, values in answers[task.name].items():
+            summary = compare_answers(ctx.base_answers[task.name][metric], values)
+            flipped = summary["c2w_items"] + summary["w2c_items"]  # type: ignore[operator]
+            summary["flipped_examples"] = {str(i): task.describe(i) for i in flipped[:10]}
+            out[f"{task.name}:{metric}"] = summary
+    return out
 
 
 def _free() -> None:
@@ -259,6 +294,10 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         ctx.events.stage(f"{config.name}: speed", None)
         vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
         speed = evaluate.speed_metrics(loaded.model, vocab, spec.speed_reps, spec.seed)
+        task_results = {}
+        if ctx.tasks:
+            ctx.events.stage(f"{config.name}: tasks", None)
+            task_results = _task_results(ctx, loaded.model)
         ctx.events.stage(f"{config.name}: generations", None)
         gens = evaluate.generate(loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens)
     for gen, base in zip(gens, ctx.base_generations, strict=True):
@@ -278,6 +317,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         generations=gens,
         meta=_meta(ctx, config, library),
         per_source=per_source,
+        tasks=task_results,
         created=now(),
     )
 

@@ -154,3 +154,22 @@ def sources_table(report: RunReport) -> Table | None:
                 _sig(m["kl_mean"]), _num(100 * m["top1_agree"], 2),
             )  # fmt: skip
     return table
+
+
+def tasks_table(report: RunReport) -> Table | None:
+    """Per task and config: accuracy ± se, its change, flips both ways and McNemar's p."""
+    rows = [(o.config, o.result.tasks) for o in report.outcomes if o.result and o.result.tasks]
+    if not rows:
+        return None
+    table = Table(title="tasks (flips against the baseline; McNemar exact p)", title_justify="left")
+    for header in ("task", "config", "acc %", "Δ pts", "flips ✓→✗ / ✗→✓", "p"):
+        table.add_column(header, justify="left" if header in ("task", "config") else "right")
+    for config, tasks in rows:
+        for name, t in tasks.items():
+            acc = f"{100 * t['accuracy']:.1f} ± {100 * t['accuracy_se']:.1f}"
+            flips = f"{t['correct_to_wrong']} / {t['wrong_to_correct']} ({t['flipped_pct']:.1f}%)"
+            table.add_row(
+                Text(name), Text(config), acc, f"{100 * t['delta']:+.1f}", flips,
+                f"{t['mcnemar_p']:.3g}",
+            )  # fmt: skip
+    return table
