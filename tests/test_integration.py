@@ -75,3 +75,14 @@ def test_reference_cache_kl_is_close_to_exact_kl(tmp_path):
         # top-256 + 64 sampled tail tokens was measured within 0.3% of the exact mean.
         assert m["kl_lower_mean"] <= m["kl_mean"] * (1 + 1e-6)
         assert m["kl_cache_mean"] == pytest.approx(m["kl_mean"], rel=0.01)
+
+
+def test_tasks_on_the_bundled_model(tmp_path):
+    spec = _spec(tmp_path / "t.sqlite", configs="fp32,bnb-nf4",
+                 tasks=("cloze", "examples/python_mc.jsonl"), task_limit=40)  # fmt: skip
+    fp32, nf4 = (o.result.tasks for o in runner.run(spec).outcomes)
+    assert set(nf4) == {"cloze:acc", "python_mc.jsonl:acc", "python_mc.jsonl:acc_norm"}
+    assert all(s["correct_to_wrong"] == s["wrong_to_correct"] == 0 for s in fp32.values())
+    cloze = nf4["cloze:acc"]
+    assert cloze["n"] == 40 and 0.05 < cloze["base_accuracy"] < 0.9  # a real, unsaturated task
+    assert 0.0 <= cloze["mcnemar_p"] <= 1.0

@@ -162,8 +162,10 @@ def tasks_table(report: RunReport) -> Table | None:
     if not rows:
         return None
     table = Table(title="tasks (flips against the baseline; McNemar exact p)", title_justify="left")
-    for header in ("task", "config", "acc %", "Δ pts", "flips ✓→✗ / ✗→✓", "p"):
-        table.add_column(header, justify="left" if header in ("task", "config") else "right")
+    table.add_column("task", overflow="fold", min_width=12)
+    table.add_column("config", overflow="fold")
+    for header in ("acc %", "Δ pts", "flips ✓→✗ / ✗→✓", "p"):
+        table.add_column(header, justify="right")
     for config, tasks in rows:
         for name, t in tasks.items():
             acc = f"{100 * t['accuracy']:.1f} ± {100 * t['accuracy_se']:.1f}"
