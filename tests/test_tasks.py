@@ -168,6 +168,6 @@ def test_unknown_lm_eval_task_is_a_user_error(tiny_model_dir, tiny_text, tmp_pat
     spec = _tiny_spec(
         tiny_model_dir, tiny_text, tmp_path / "r.sqlite", ("no_such_task_xyz",), "fp32"
     )
-    report = runner.run(spec)
-    assert report.outcomes[0].status == "failed"
-    assert "has no task 'no_such_task_xyz'" in report.outcomes[0].reason
+    result = runner.run(spec).outcomes[0].result  # the config is still measured
+    assert result.metrics["kl_mean"] == 0.0 and result.tasks == {}
+    assert "has no task 'no_such_task_xyz'" in result.meta["task_errors"]["no_such_task_xyz"]

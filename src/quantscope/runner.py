@@ -113,6 +113,7 @@ class _Context:
     base_generations: list[dict[str, Any]] | None = None
     tasks: list[Any] = field(default_factory=list)
     base_answers: dict[str, dict[str, list[bool]]] | None = None
+    task_errors: dict[str, str] = field(default_factory=dict)
     baseline_model: Any = None
 
 
@@ -237,15 +238,26 @@ def ensure_reference(ctx: _Context) -> None:
     elif ctx.tasks:
         ctx.events.stage("Baseline tasks", None)
         ctx.base_answers = _answer_tasks(ctx, ctx.baseline_model)
-        task_path.write_text(json.dumps(ctx.base_answers))
+        if not ctx.task_errors:  # cache only a complete set of baseline answers
+            task_path.write_text(json.dumps(ctx.base_answers))
     if not spec.exact:
         ctx.baseline_model = None
         _free()
 
 
 def _answer_tasks(ctx: _Context, model: Any) -> dict[str, dict[str, list[bool]]]:
-    """Every task's per-item correctness for ``model``."""
-    return {t.name: t.evaluate(model, ctx.tokenizer, ctx.spec.batch_size * 2) for t in ctx.tasks}
+    """Every task's per-item correctness for ``model``. A task that cannot run (its data is
+    out of reach, it generates text) is reported in ``ctx.task_errors`` and left out; the
+    config's other measurements go on."""
+    answers = {}
+    for task in ctx.tasks:
+        if task.name in ctx.task_errors:
+            continue
+        try:
+            answers[task.name] = task.evaluate(model, ctx.tokenizer, ctx.spec.batch_size * 2)
+        except UserError as err:
+            ctx.task_errors[task.name] = str(err)
+    return answers
 
 
 def _task_results(ctx: _Context, model: Any) -> dict[str, dict[str, Any]]:
@@ -256,6 +268,8 @@ def _task_results(ctx: _Context, model: Any) -> dict[str, dict[str, Any]]:
     answers = _answer_tasks(ctx, model)
     out: dict[str, dict[str, Any]] = {}
     for task in ctx.tasks:
+        if task.name not in answers or task.name not in ctx.base_answers:
+            continue
         for metric, values in answers[task.name].items():
             summary = compare_answers(ctx.base_answers[task.name][metric], values)
             flipped = summary["c2w_items"] + summary["w2c_items"]  # type: ignore[operator]
@@ -345,6 +359,7 @@ def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
         "text": ctx.text_name,
         "config": config.name,
         "library": library,
+        "task_errors": dict(ctx.task_errors),
         "settings": ctx.settings,
         "hardware": hardware(ctx.device),
     }

@@ -132,6 +132,8 @@ def outcome_notes(report: RunReport) -> list[Text]:
         for o in report.outcomes
         if o.status in ("skipped", "failed")
     ]
+    errors = {k: v for r in report.results for k, v in r.meta.get("task_errors", {}).items()}
+    notes += [Text(f"task {name} left out: {reason}") for name, reason in errors.items()]
     return notes
 
 
