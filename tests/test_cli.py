@@ -171,3 +171,28 @@ def test_tables_fit_an_80_column_terminal_without_cropping():
     assert "…" not in text  # nothing cropped
     for _, narrow, _ in ACCURACY + EFFICIENCY:
         assert narrow in text
+
+
+def test_runs_show_compare_and_report_from_the_store(tiny_model_dir, tiny_text, tmp_path):
+    store = str(tmp_path / "r.sqlite")
+    _run(*_tiny_args(tiny_model_dir, tiny_text, tmp_path, "fp32,bf16"))
+    _run(*_tiny_args(tiny_model_dir, tiny_text, tmp_path, "bf16"), "--seed", "1")
+    listed = json.loads(_run("runs", "--store", store, "--format", "json").output)
+    assert len(listed) == 2 and listed[0]["configs"] == 1  # newest first
+    newest, oldest = listed[0]["run"], listed[1]["run"]
+    csv_out = _run("show", oldest, "--store", store, "--format", "csv").output
+    assert csv_out.splitlines()[0].startswith("config,status,weight_mb")
+    assert [line.split(",")[0] for line in csv_out.splitlines()[1:]] == ["fp32", "bf16"]
+    compared = json.loads(
+        _run("compare", oldest, newest, "--store", store, "--format", "json").output
+    )
+    bf16 = next(r for r in compared if r["config"] == "bf16")
+    assert bf16["kl_mean_diff"] == pytest.approx(bf16["kl_mean_b"] - bf16["kl_mean_a"])
+    fp32 = next(r for r in compared if r["config"] == "fp32")
+    assert fp32["kl_mean_b"] is None  # only in run A
+    html = tmp_path / "r.html"
+    assert _run("report", "latest", "--store", store, "-o", str(html)).exit_code == 0
+    assert "<!DOCTYPE html>" in html.read_text()
+    _user_error(_run("show", "nope", "--store", store), "No run 'nope'")
+    _user_error(_run("show", oldest, "--store", store, "--format", "xml"), "--format must be")
+    _user_error(_run("runs", "--store", str(tmp_path / "none.sqlite")), "No results database")

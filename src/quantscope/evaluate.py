@@ -493,7 +493,7 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 def generate(
     model: Any, tokenizer: Any, prompts: tuple[str, ...], max_new_tokens: int
 ) -> list[dict[str, Any]]:
-    """Greedy continuations of each prompt: ``{"prompt", "ids", "text"}`` per prompt."""
+    """Greedy continuations of each prompt: ``{"prompt", "ids", "text", "tokens"}`` each."""
     device = model_device(model)
     outputs = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -509,7 +509,8 @@ def generate(
             )
         new = [int(i) for i in out[0, ids.shape[1] :].tolist()]
         text = tokenizer.decode(new, skip_special_tokens=True)
-        outputs.append({"prompt": prompt, "ids": new, "text": text})
+        tokens = [tokenizer.decode([i]) for i in new]  # per-token text, for highlighting
+        outputs.append({"prompt": prompt, "ids": new, "text": text, "tokens": tokens})
     return outputs
 
 

@@ -203,7 +203,7 @@ def ensure_reference(ctx: _Context) -> None:
     )  # fmt: skip
     ref_key = digest(REFERENCE_FORMAT, *common, ctx.windows.fingerprint, spec.ref_topk,
                      spec.ref_samples, spec.seed)  # fmt: skip
-    gen_key = digest(*common, list(spec.prompts), spec.max_new_tokens)
+    gen_key = digest("generations-2", *common, list(spec.prompts), spec.max_new_tokens)
     folder = models.cache_dir() / "reference"
     folder.mkdir(parents=True, exist_ok=True)
     cache = ReferenceCache(folder / ref_key)

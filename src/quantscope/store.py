@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from quantscope.errors import UserError
-from quantscope.results import Result
+from quantscope.results import Outcome, Result, RunReport
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -109,6 +109,38 @@ class Store:
             (run_id,),
         ).fetchall()
         return [(status, Result.from_json(body)) for status, body in rows]
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first: id, created, model, number of configs, settings."""
+        rows = self.db.execute(
+            "SELECT r.id, r.created, r.model, r.settings, COUNT(rr.key) FROM runs r "
+            "LEFT JOIN run_results rr ON rr.run_id = r.id GROUP BY r.id "
+            "ORDER BY r.created DESC, r.id DESC"
+        ).fetchall()
+        return [
+            {"run": i, "created": c, "model": m, "configs": n, "settings": json.loads(s)}
+            for i, c, m, s, n in rows
+        ]
+
+    def report(self, run_id: str) -> RunReport:
+        """A stored run as a :class:`RunReport` (``latest`` names the newest run)."""
+        runs = self.runs()
+        if run_id == "latest" and runs:
+            run_id = runs[0]["run"]
+        found = [r for r in runs if r["run"] == run_id]
+        if not found:
+            known = ", ".join(r["run"] for r in runs[:5]) or "none yet"
+            raise UserError(
+                f"No run '{run_id}' in {self.path}; 'quantscope runs' lists them ({known})."
+            )
+        outcomes = [
+            Outcome(result.config, status, "", result)
+            for status, result in self.run_results(run_id)
+        ]
+        first = outcomes[0].result.meta if outcomes and outcomes[0].result else {}
+        keys = ("model", "model_origin", "model_folder", "text", "hardware")
+        provenance = {k: first[k] for k in keys if k in first}
+        return RunReport(run_id, outcomes, found[0]["settings"], provenance)
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])

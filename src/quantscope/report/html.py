@@ -1,0 +1,207 @@
+"""One self-contained HTML file with the whole picture of a run, from stored results only.
+
+Plots are plotly figures with plotly.js inlined (the file loads nothing from the network);
+every piece of model-generated or user-supplied text goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Any
+
+from quantscope.results import Result, RunReport
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+.gen td{text-align:left;vertical-align:top;white-space:pre-wrap;font-family:monospace}
+.diff{background:#ffd7d7}
+.plots{display:flex;flex-wrap:wrap;gap:1em}
+.plot{width:560px;height:420px}
+pre{background:#f6f6f6;padding:1em;overflow:auto}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower is better on both).
+
+    >>> pareto([(1.0, 5.0), (2.0, 1.0), (3.0, 3.0), (1.0, 6.0)])
+    [0, 1]
+    """
+    front = []
+    for i, (x, y) in enumerate(points):
+        beaten = any(
+            (x2 <= x and y2 <= y) and (x2 < x or y2 < y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        )
+        if not beaten:
+            front.append(i)
+    return front
+
+
+def _scatter(
+    results: list[Result], x: str, y: str, title: str, log_y: bool, higher_y: bool = False
+) -> dict[str, Any]:
+    """A plotly figure (as a dict): one point per config with y error bars, the Pareto front
+    joined (lower x is better; lower y too, unless ``higher_y``)."""
+    pts = [(r.metrics.get(x), r.metrics.get(y)) for r in results]
+    keep = [i for i, (a, b) in enumerate(pts) if a is not None and b is not None]
+    sign = -1.0 if higher_y else 1.0
+    front = [keep[i] for i in pareto([(pts[i][0], sign * pts[i][1]) for i in keep])]  # type: ignore[misc,operator]
+    front.sort(key=lambda i: pts[i][0])  # type: ignore[arg-type,return-value]
+    se = {"kl_mean": "kl_se", "ppl": "ppl_se"}.get(y)
+    points = {
+        "type": "scatter", "mode": "markers+text", "name": "configs",
+        "x": [pts[i][0] for i in keep], "y": [pts[i][1] for i in keep],
+        "text": [results[i].config for i in keep], "textposition": "top center",
+        "error_y": {"type": "data", "array": [results[i].metrics.get(se, 0) for i in keep]}
+        if se else None,
+    }  # fmt: skip
+    line = {
+        "type": "scatter", "mode": "lines", "name": "Pareto front",
+        "x": [pts[i][0] for i in front], "y": [pts[i][1] for i in front],
+        "line": {"dash": "dot"},
+    }  # fmt: skip
+    layout = {
+        "title": {"text": title}, "xaxis": {"title": {"text": x}},
+        "yaxis": {"title": {"text": y}, "type": "log" if log_y else "linear"},
+        "margin": {"t": 50},
+    }  # fmt: skip
+    return {"data": [points, line], "layout": layout}
+
+
+_QUANTILES = (("median", "kl_median"), ("p90", "kl_p90"), ("p99", "kl_p99"), ("max", "kl_max"))
+_TASK_HEAD = ("task", "config", "acc %", "Δ pts", "flips ✓→✗ / ✗→✓", "McNemar p", "flipped items")
+
+
+def _kl_distribution(results: list[Result]) -> dict[str, Any]:
+    """Per config, the per-token KL's median, p90, p99 and max (log scale)."""
+    traces = [
+        {"type": "scatter", "mode": "lines+markers", "name": q,
+         "x": [r.config for r in results],
+         "y": [max(r.metrics.get(key) or 0.0, 1e-9) for r in results]}
+        for q, key in _QUANTILES
+    ]  # fmt: skip
+    layout = {"title": {"text": "per-token KL distribution"}, "yaxis": {"type": "log"}}
+    return {"data": traces, "layout": layout}
+
+
+def _results_table(report: RunReport) -> str:
+    head = ["config", "weights MB", "bits/w", "ppl ± se", "Δppl %", "KL mean ± se", "KL p99",
+            "top-1 %", "Δp rms", "prefill tok/s", "decode tok/s", "load s", "status"]  # fmt: skip
+    rows = []
+    for o in report.outcomes:
+        m = o.result.metrics if o.result else {}
+        cells = [o.config] + ([
+            _num(m.get("weight_mb")), _num(m.get("bits_per_weight"), 3),
+            f"{_num(m.get('ppl'))} ± {_num(m.get('ppl_se'), 2)}",
+            f"{_num(m.get('dppl_pct'), 3)} ± {_num(m.get('dppl_pct_se'), 2)}",
+            f"{_num(m.get('kl_mean'), 3)} ± {_num(m.get('kl_se'), 2)}", _num(m.get("kl_p99"), 3),
+            _num(100 * m["top1_agree"] if "top1_agree" in m else None, 4),
+            _num(m.get("dp_rms"), 3), _num(m.get("prefill_tps")), _num(m.get("decode_tps")),
+            _num(m.get("load_s"), 3),
+        ] if m else [""] * 11) + [f"{o.status} {o.reason}".strip()]  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
+    return f"<table>{header}{''.join(rows)}</table>"
+
+
+def _generation_cell(gen: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """The generation's tokens, those that differ from the baseline's at their position marked."""
+    tokens = gen.get("tokens") or [gen.get("text", "")]
+    base_ids = base.get("ids", []) if base else gen.get("ids", [])
+    ids = gen.get("ids", [])
+    parts = []
+    for i, token in enumerate(tokens):
+        same = i < len(ids) and i < len(base_ids) and ids[i] == base_ids[i]
+        parts.append(
+            esc(token)
+            if same or not gen.get("tokens")
+            else f'<span class="diff">{esc(token)}</span>'
+        )
+    return "".join(parts)
+
+
+def _generations(results: list[Result]) -> str:
+    if not results or not results[0].generations:
+        return "<p>No generations.</p>"
+    base = results[0]
+    blocks = []
+    for i, first in enumerate(base.generations):
+        rows = []
+        for r in results:
+            gen = r.generations[i]
+            diff = gen.get("first_diff")
+            where = "same as baseline" if diff is None else f"first differs at token {diff}"
+            rows.append(f"<tr><td>{esc(r.config)}<br><small>{esc(where)}</small></td>"
+                        f"<td>{_generation_cell(gen, base.generations[i])}</td></tr>")  # fmt: skip
+        blocks.append(
+            f"<h3>Prompt: {esc(first['prompt'])}</h3><table class='gen'>{''.join(rows)}</table>"
+        )
+    return "".join(blocks)
+
+
+def _tasks(results: list[Result]) -> str:
+    rows = []
+    for r in results:
+        for name, t in r.tasks.items():
+            flipped = "; ".join(esc(v) for v in list(t.get("flipped_examples", {}).values())[:3])
+            rows.append(
+                f"<tr><td>{esc(name)}</td><td>{esc(r.config)}</td>"
+                f"<td>{100 * t['accuracy']:.1f} ± {100 * t['accuracy_se']:.1f}</td>"
+                f"<td>{100 * t['delta']:+.1f}</td><td>{t['correct_to_wrong']} / "
+                f"{t['wrong_to_correct']} ({t['flipped_pct']:.1f}%)</td>"
+                f"<td>{t['mcnemar_p']:.3g}</td><td style='text-align:left'>{flipped}</td></tr>"
+            )
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in _TASK_HEAD)
+    return f"<h2>Tasks</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def render_html(report: RunReport) -> str:
+    """The report of a run as one self-contained HTML document."""
+    from plotly.offline import get_plotlyjs
+
+    results = report.results
+    figures = [
+        _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", log_y=True),
+        _scatter(results, "weight_mb", "ppl", "perplexity vs weight MB", log_y=False),
+        _scatter(results, "kl_mean", "decode_tps", "decode tokens/s vs KL", False, higher_y=True),
+        _kl_distribution(results),
+    ]
+    divs = "".join(f'<div class="plot" id="plot{i}"></div>' for i in range(len(figures)))
+    calls = "".join(
+        f"Plotly.newPlot('plot{i}', {json.dumps(f['data'])}, {json.dumps(f['layout'])}, "
+        "{staticPlot: false, displaylogo: false});"
+        for i, f in enumerate(figures)
+    )
+    settings = json.dumps(
+        {"settings": report.settings, "provenance": report.provenance}, indent=2, default=str
+    )
+    title = f"quantscope · {report.provenance.get('model', '')} · run {report.run_id}"
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+        f"<h1>{esc(title)}</h1><h2>Results</h2>{_results_table(report)}"
+        f"<h2>Tradeoffs</h2><p>Lower-left is better; the dotted line joins the Pareto front.</p>"
+        f"<div class='plots'>{divs}</div>{_tasks(results)}"
+        f"<h2>Generations (greedy; differing tokens marked)</h2>{_generations(results)}"
+        f"<h2>Settings, versions, hardware</h2><pre>{esc(settings)}</pre>"
+        f"<script>{calls}</script></body></html>"
+    )
