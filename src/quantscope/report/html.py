@@ -199,7 +199,7 @@ def render_html(report: RunReport) -> str:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
         f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
         f"<h1>{esc(title)}</h1><h2>Results</h2>{_results_table(report)}"
-        f"<h2>Tradeoffs</h2><p>Lower-left is better; the dotted line joins the Pareto front.</p>"
+        f"<h2>Tradeoffs</h2><p>Less memory, lower KL and perplexity, more tokens/s are better; the dotted line joins the Pareto front (the configs no other config beats on both axes); error bars are ± 1 se.</p>"
         f"<div class='plots'>{divs}</div>{_tasks(results)}"
         f"<h2>Generations (greedy; differing tokens marked)</h2>{_generations(results)}"
         f"<h2>Settings, versions, hardware</h2><pre>{esc(settings)}</pre>"
