@@ -85,6 +85,10 @@ def _scatter(
     return {"data": [points, line], "layout": layout}
 
 
+_HOW_TO_READ = (
+    "Less memory, lower KL and perplexity and more tokens/s are better; the dotted line joins "
+    "the Pareto front (the configs no other config beats on both axes); error bars are ± 1 se."
+)
 _QUANTILES = (("median", "kl_median"), ("p90", "kl_p90"), ("p99", "kl_p99"), ("max", "kl_max"))
 _TASK_HEAD = ("task", "config", "acc %", "Δ pts", "flips ✓→✗ / ✗→✓", "McNemar p", "flipped items")
 
@@ -199,7 +203,7 @@ def render_html(report: RunReport) -> str:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
         f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
         f"<h1>{esc(title)}</h1><h2>Results</h2>{_results_table(report)}"
-        f"<h2>Tradeoffs</h2><p>Less memory, lower KL and perplexity, more tokens/s are better; the dotted line joins the Pareto front (the configs no other config beats on both axes); error bars are ± 1 se.</p>"
+        f"<h2>Tradeoffs</h2><p>{_HOW_TO_READ}</p>"
         f"<div class='plots'>{divs}</div>{_tasks(results)}"
         f"<h2>Generations (greedy; differing tokens marked)</h2>{_generations(results)}"
         f"<h2>Settings, versions, hardware</h2><pre>{esc(settings)}</pre>"
