@@ -27,7 +27,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[bnb]"
-	$(BIN)/quantscope run --json quantscope-demo.json
+	$(BIN)/quantscope run --json quantscope-demo.json --report quantscope-demo.html
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks

@@ -245,6 +245,11 @@ def run(
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
         console.print(f"JSON written to {escape(str(json_path))}")
+    where = report.provenance.get("store", "")
+    console.print(
+        f"Stored in {escape(str(where))} as run {report.run_id}; "
+        f"'quantscope report {report.run_id} -o report.html' draws the tradeoff plots."
+    )
     if any(o.status == "failed" for o in report.outcomes):
         raise typer.Exit(1)
 
