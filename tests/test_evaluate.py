@@ -231,3 +231,29 @@ def test_reference_streams_from_disk_chunk_by_chunk(files, windows, tmp_path):
     streamed = evaluate.compare_pass(quant, windows, cache.cursor(), batch_size=2)
     in_memory = evaluate.compare_pass(quant, windows, whole, batch_size=2)
     np.testing.assert_array_equal(streamed.kl, in_memory.kl)
+
+
+def test_module_patterns_quantize_exactly_the_selected_linears(files):
+    from quantscope.config import parse_config, select_modules
+
+    names = backends.get(Method.BNB_NF4).linear_names(files, model_spec(str(files.folder)))
+    assert len(names) == 2 * 7 + 1  # 7 linears per block, plus lm_head
+    config = parse_config("bnb-nf4[include=model.layers.0,skip=down_proj]")
+    expected = select_modules(names, config.include, (*config.skip, "lm_head"))
+    assert expected == [
+        n for n in names if n.startswith("model.layers.0.") and "down_proj" not in n
+    ]
+    loaded = backends.get(Method.BNB_NF4).load(files, model_spec(str(files.folder)), config, "cpu")
+    assert sorted(loaded.quantized) == sorted(expected)  # exactly these six, nothing else
+    _forward(loaded.model)
+    fp = evaluate.weight_footprint(loaded)
+    # Bytes add up exactly: fp32 for every weight not selected, the 4-bit weights and their
+    # state (read back from the tensors) for the selected ones.
+    fp32 = evaluate.weight_footprint(_load(files, Method.FP32))
+    modules = dict(loaded.model.named_modules())
+    quant_numel = sum(modules[n].in_features * modules[n].out_features for n in expected)
+    state = loaded.state()
+    quant_bytes = sum(modules[n].weight.nbytes + sum(t.nbytes for t in state[n]) for n in expected)
+    assert fp["weight_bytes"] == fp32["weight_bytes"] - 4 * quant_numel + quant_bytes
+    assert fp["params"] == fp32["params"]
+    assert 4.25 <= fp["linear_bits_per_weight"] <= 4.6

@@ -14,6 +14,7 @@ Everything downstream receives these objects, never loose keyword arguments.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -62,9 +63,9 @@ PARAMS_OF: dict[Method, tuple[str, ...]] = {
     Method.FP32: (),
     Method.BF16: (),
     Method.FP16: (),
-    Method.BNB_INT8: ("threshold", "skip"),
-    Method.BNB_NF4: ("double_quant", "compute_dtype", "skip"),
-    Method.BNB_FP4: ("double_quant", "compute_dtype", "skip"),
+    Method.BNB_INT8: ("threshold", "include", "skip"),
+    Method.BNB_NF4: ("double_quant", "compute_dtype", "include", "skip"),
+    Method.BNB_FP4: ("double_quant", "compute_dtype", "include", "skip"),
 }
 
 
@@ -82,7 +83,8 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 class QuantConfig:
     """One quantization config: a method and its validated parameters.
 
-    ``skip`` lists module-name patterns kept in full precision (bitsandbytes' skip-modules).
+    Which linear layers are quantized is data: ``include`` (when given) and ``skip`` are
+    module-name patterns, ``;``-separated on the command line (see :func:`select_modules`).
 
     >>> QuantConfig(Method.BNB_INT8, threshold=4.0).name
     'bnb-int8[threshold=4.0]'
@@ -92,6 +94,7 @@ class QuantConfig:
     threshold: float = 6.0
     double_quant: bool = False
     compute_dtype: DType = DType.FP32
+    include: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -133,6 +136,38 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
+def matches(name: str, pattern: str) -> bool:
+    """Whether a module name matches a pattern: a glob (``*``, ``?``, ``[...]``) over the whole
+    dotted name, or plain dotted components at its start or end.
+
+    >>> [matches("model.layers.1.mlp.down_proj", p) for p in
+    ...  ("down_proj", "mlp.down_proj", "model.layers.1", "model.layers.1*", "layers.1", "proj")]
+    [True, True, True, True, False, False]
+    >>> matches("model.layers.11.mlp.up_proj", "model.layers.1")
+    False
+    """
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern or name.startswith(pattern + ".") or name.endswith("." + pattern)
+
+
+def select_modules(
+    names: list[str], include: tuple[str, ...] = (), skip: tuple[str, ...] = ("lm_head",)
+) -> list[str]:
+    """The names (in order) to quantize: those matching any ``include`` pattern (all when
+    none is given) and no ``skip`` pattern.
+
+    >>> names = ["model.layers.0.mlp.down_proj", "model.layers.0.self_attn.q_proj",
+    ...          "model.layers.1.mlp.down_proj", "lm_head"]
+    >>> select_modules(names, skip=("lm_head", "down_proj"))
+    ['model.layers.0.self_attn.q_proj']
+    >>> select_modules(names, include=("model.layers.1",))
+    ['model.layers.1.mlp.down_proj']
+    """
+    chosen = [n for n in names if not include or any(matches(n, p) for p in include)]
+    return [n for n in chosen if not any(matches(n, p) for p in skip)]
+
+
 def _parse_value(method: Method, key: str, raw: str) -> object:
     if key == "threshold":
         try:
@@ -150,7 +185,7 @@ def _parse_value(method: Method, key: str, raw: str) -> object:
             raise UserError(
                 f"compute_dtype must be one of {', '.join(d.value for d in DType)}, got '{raw}'."
             ) from None
-    if key == "skip":
+    if key in ("skip", "include"):
         return tuple(p for p in raw.split(";") if p)
     allowed = PARAMS_OF[method]
     raise UserError(

@@ -8,10 +8,11 @@ always keeps) stay in the baseline's precision.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from quantscope.backends import Backend, LoadedModel
-from quantscope.config import Method, ModelSpec, QuantConfig
+from quantscope.config import Method, ModelSpec, QuantConfig, select_modules
 from quantscope.models import ModelFiles, torch_dtype
 
 
@@ -36,11 +37,33 @@ class BitsAndBytesBackend(Backend):
             return "bitsandbytes has no MPS backend; use --device cpu."
         return None
 
-    def quantization_config(self, config: QuantConfig) -> Any:
+    def skip_list(self, config: QuantConfig, names: list[str]) -> list[str] | None:
+        """bitsandbytes' skip list for a config: None (transformers' default, which keeps
+        ``lm_head``) without patterns, else the exact names of every linear not selected."""
+        if not config.include and not config.skip:
+            return None
+        keep = set(select_modules(names, config.include, (*config.skip, "lm_head")))
+        return [re.escape(n) for n in names if n not in keep]
+
+    def linear_names(self, files: ModelFiles, spec: ModelSpec) -> list[str]:
+        """The model's linear layer names, from its config on the meta device (no weights)."""
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(
+            str(files.folder), trust_remote_code=spec.trust_remote_code
+        )
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, trust_remote_code=spec.trust_remote_code
+            )
+        return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+    def quantization_config(self, config: QuantConfig, names: list[str]) -> Any:
         """The transformers ``BitsAndBytesConfig`` for a quantscope config."""
         from transformers import BitsAndBytesConfig
 
-        skip = [*list(config.skip), "lm_head"] if config.skip else None
+        skip = self.skip_list(config, names)
         if config.method is Method.BNB_INT8:
             return BitsAndBytesConfig(
                 load_in_8bit=True, llm_int8_threshold=config.threshold, llm_int8_skip_modules=skip
@@ -56,9 +79,11 @@ class BitsAndBytesBackend(Backend):
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
     ) -> LoadedModel:
+        names = self.linear_names(files, spec)
         model, seconds = self.from_pretrained(
             files, spec, config, device,
-            dtype=torch_dtype(spec.dtype), quantization_config=self.quantization_config(config),
+            dtype=torch_dtype(spec.dtype),
+            quantization_config=self.quantization_config(config, names),
         )  # fmt: skip
         bnb = _import_bnb()
         kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
