@@ -60,6 +60,7 @@ EFFICIENCY: list[Column] = [
 ]
 COLUMNS = EFFICIENCY[:2] + ACCURACY + EFFICIENCY[2:]
 WIDE = 170  # terminal columns needed for the one-table layout
+MIN_WINDOWS = 10  # fewer clusters make a cluster-robust standard error itself unreliable
 
 
 def results_tables(report: RunReport, width: int) -> list[Table]:
@@ -132,6 +133,14 @@ def outcome_notes(report: RunReport) -> list[Text]:
         for o in report.outcomes
         if o.status in ("skipped", "failed")
     ]
+    windows = report.settings.get("windows")
+    if isinstance(windows, int) and windows < MIN_WINDOWS:
+        notes.append(
+            Text(
+                f"only {windows} windows: the ± (cluster-robust, per window) are themselves "
+                f"uncertain below {MIN_WINDOWS} windows; raise --tokens for trustworthy errors."
+            )
+        )
     errors = {k: v for r in report.results for k, v in r.meta.get("task_errors", {}).items()}
     notes += [Text(f"task {name} left out: {reason}") for name, reason in errors.items()]
     return notes
