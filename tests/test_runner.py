@@ -119,7 +119,7 @@ def test_reference_is_cached_on_disk_and_reused(tiny_model_dir, tiny_text, tmp_p
     def no_reference(*args, **kwargs):
         raise AssertionError("reference pass recomputed")
 
-    monkeypatch.setattr(evaluate, "reference_pass", no_reference)
+    monkeypatch.setattr(evaluate, "reference_chunks", no_reference)
     report = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "b.sqlite", configs="bf16"))
     assert report.outcomes[0].status == "measured"
 

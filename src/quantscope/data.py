@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -242,3 +243,29 @@ def scored_targets(windows: Windows) -> np.ndarray:
     """The true next tokens in scoring order, (N,): what every metric is scored against."""
     parts = [row[start:] for row, start in zip(windows.ids, windows.score_from, strict=True)]
     return np.concatenate(parts)
+
+
+def encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+    """A text's own token ids (no special tokens added) with ``tokenizer``."""
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return encode
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts BOS first by itself (Llama's do, SmolLM2's does not)."""
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
+def prefix_token(tokenizer: Any) -> int:
+    """The token put before a text (``--bos``) or an empty task context: BOS, else EOS, as
+    lm-evaluation-harness does."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise UserError(
+            "This tokenizer has neither a BOS nor an EOS token, which --bos and tasks need."
+        )
+    return int(token)

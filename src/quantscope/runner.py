@@ -11,14 +11,10 @@ True
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,13 +23,13 @@ import torch
 from quantscope import backends, data, evaluate, models, tasks
 from quantscope.config import DType, Method, QuantConfig, RunSpec
 from quantscope.errors import UserError
+from quantscope.provenance import digest, hardware, versions
 from quantscope.reference import FORMAT as REFERENCE_FORMAT
 from quantscope.reference import ReferenceCache
 from quantscope.results import Outcome, Result, RunReport
 from quantscope.store import Store, now
 
 log = logging.getLogger(__name__)
-_LIBRARIES = ("torch", "transformers", "bitsandbytes", "accelerate", "numpy", "quantscope")
 
 
 class Events(Protocol):
@@ -57,38 +53,6 @@ class LogEvents:
 
     def outcome(self, outcome: Outcome) -> None:
         log.info("%s: %s %s", outcome.config, outcome.status, outcome.reason)
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries that shape the numbers (absent ones are left out)."""
-    found = {"python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def hardware(device: str) -> dict[str, Any]:
-    """The machine the numbers were measured on."""
-    info: dict[str, Any] = {
-        "device": device,
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
-    return info
-
-
-def digest(*parts: object) -> str:
-    """A short stable hash of JSON-serialisable parts."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_store() -> Path:
@@ -147,9 +111,9 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
     sources = data.read_sources(spec.data)
-    bos = spec.data.bos if spec.data.bos is not None else _adds_bos(tokenizer)
+    bos = spec.data.bos if spec.data.bos is not None else data.adds_bos(tokenizer)
     windows = data.build_windows(
-        sources, _encoder(tokenizer), spec.data, _prefix(tokenizer) if bos else None
+        sources, data.encoder(tokenizer), spec.data, data.prefix_token(tokenizer) if bos else None
     )
     text_name = " + ".join(windows.sources)
     settings = _settings(spec, windows, device, bos)
@@ -159,27 +123,6 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
     ctx = _Context(spec, device, files, tokenizer, windows, text_name, settings, fp, events)
     ctx.tasks = found
     return ctx
-
-
-def _encoder(tokenizer: Any) -> Any:
-    def encode(text: str) -> list[int]:  # the text's own tokens, no special tokens added
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    return encode
-
-
-def _adds_bos(tokenizer: Any) -> bool:
-    """Whether the tokenizer puts BOS first by itself (Llama's do, SmolLM2's does not)."""
-    ids = tokenizer("a")["input_ids"]
-    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
-
-
-def _prefix(tokenizer: Any) -> int:
-    """The token put before each text with ``bos``: BOS, else EOS (lm-evaluation-harness's rule)."""
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if token is None:
-        raise UserError("--bos needs a tokenizer with a BOS or EOS token; this one has neither.")
-    return int(token)
 
 
 def result_key(ctx: _Context, config: QuantConfig) -> str:

@@ -56,10 +56,6 @@ class Backend(ABC):
     ) -> LoadedModel:
         """Load the baseline weights from ``files`` under ``config`` onto ``device``."""
 
-    def version(self) -> str:
-        """The backing library's version, for the result's provenance."""
-        return ""
-
     def from_pretrained(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str, **extra: Any
     ) -> tuple[Any, float]:

@@ -95,12 +95,6 @@ class BitsAndBytesBackend(Backend):
 
         return LoadedModel(model, seconds, quantized, state, f"bitsandbytes {bnb.__version__}")
 
-    def version(self) -> str:
-        try:
-            return str(_import_bnb().__version__)
-        except ImportError:
-            return ""
-
 
 def quant_state_tensors(module: Any) -> list[Any]:
     """Tensors of a bnb linear's quantization state that are not parameters or buffers.

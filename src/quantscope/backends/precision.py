@@ -28,11 +28,6 @@ class PrecisionBackend(Backend):
         model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
         return LoadedModel(model, seconds, linear_weights(model), dict, "torch")
 
-    def version(self) -> str:
-        import torch
-
-        return str(torch.__version__)
-
 
 def _bf16_ok() -> bool:
     import torch

@@ -14,8 +14,6 @@ All functions take log-probabilities (already normalised) and return one value p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 
@@ -116,9 +114,3 @@ def log_rest(lp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def true_token_logprob(lp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) per row. (N, V), (N,) → (N,)"""
     return lp.gather(-1, targets[:, None]).squeeze(-1)
-
-
-def chunked_log_softmax(logits: torch.Tensor, rows: int = 1024) -> Iterator[torch.Tensor]:
-    """float32 log-softmax of (N, V) logits, ``rows`` rows at a time, to bound memory."""
-    for start in range(0, logits.shape[0], rows):
-        yield torch.log_softmax(logits[start : start + rows].float(), dim=-1)

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from quantscope.errors import UserError
-
 Encode = Callable[[str], list[int]]
 
 
@@ -88,11 +86,3 @@ def encode_pair(
     whole = encode(context + continuation)
     ctx = encode(context)
     return whole[: len(ctx)], whole[len(ctx) :]
-
-
-def prefix_token(tokenizer: Any) -> int:
-    """The token an empty context is replaced by: BOS, else EOS."""
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if token is None:
-        raise UserError("This tokenizer has neither BOS nor EOS; tasks need one of them.")
-    return int(token)

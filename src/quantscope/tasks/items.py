@@ -8,9 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from quantscope.data import encoder, prefix_token
 from quantscope.errors import UserError
 from quantscope.evaluate import loglikelihoods
-from quantscope.tasks import Task, TaskItem, encode_pair, prefix_token
+from quantscope.tasks import Task, TaskItem, encode_pair
 
 _WORD = re.compile(r"^(.*\S)\s+([A-Za-z]{3,})[.!?]?$", re.DOTALL)
 
@@ -21,9 +22,7 @@ class ItemTask(Task):
     items: list[TaskItem]
 
     def evaluate(self, model: Any, tokenizer: Any, batch_size: int) -> dict[str, list[bool]]:
-        def encode(text: str) -> list[int]:
-            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
+        encode = encoder(tokenizer)
         prefix = prefix_token(tokenizer)
         requests, owners = [], []
         for i, item in enumerate(self.items):

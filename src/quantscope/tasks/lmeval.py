@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from quantscope.data import encoder, prefix_token
 from quantscope.errors import UserError
 from quantscope.evaluate import loglikelihoods
-from quantscope.tasks import Task, encode_pair, prefix_token
+from quantscope.tasks import Task, encode_pair
 
 
 def _lm_eval() -> Any:
@@ -35,9 +36,7 @@ def make_lm(model: Any, tokenizer: Any, batch_size: int = 8, max_length: int = 2
         def __init__(self) -> None:
             super().__init__()
             self.prefix = prefix_token(tokenizer)
-
-        def _encode(self, text: str) -> list[int]:
-            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._encode = encoder(tokenizer)
 
         def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
             pairs = [encode_pair(self._encode, r.args[0], r.args[1], self.prefix) for r in requests]

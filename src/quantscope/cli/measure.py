@@ -1,53 +1,22 @@
-"""The command line: one subcommand = one function that calls the runner or a report.
-
-A :class:`~quantscope.errors.UserError` becomes one red sentence and exit code 2.
-"""
+"""Commands that measure: ``run``, and what this machine supports (``methods``, ``doctor``)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from quantscope import config as cfg
+from quantscope.cli.common import app, console, err_console, user_errors
 from quantscope.errors import UserError
 from quantscope.results import Outcome
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Measure what quantizing a language model costs in accuracy and buys in memory and speed.",
-)
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """Turn UserError into one sentence on stderr and exit code 2; Ctrl-C into exit 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}")
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]Interrupted; every config finished so far is stored.[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 class ProgressEvents:
@@ -254,108 +223,6 @@ def run(
         raise typer.Exit(1)
 
 
-def _open_store(store: Path | None) -> Any:
-    from quantscope.runner import default_store
-    from quantscope.store import Store
-
-    path = store or default_store()
-    if not Path(path).is_file():
-        raise UserError(
-            f"No results database at '{path}'; run 'quantscope run' first or pass --store."
-        )
-    return Store(path)
-
-
-def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
-    from quantscope.report.formats import render, rich_table
-
-    if fmt == "table":
-        console.print(rich_table(rows, title))
-    else:
-        text = render(rows, fmt)  # plain text for pipes: no rich wrapping
-        print(text, end="" if text.endswith("\n") else "\n")
-
-
-FormatOption = Annotated[str, typer.Option("--format", help="table, md, csv or json.")]
-StoreOption = Annotated[
-    Path | None, typer.Option(help="Results database; default $QUANTSCOPE_CACHE/results.sqlite.")
-]
-
-
-def _check_format(fmt: str) -> None:
-    from quantscope.report.formats import Format
-
-    if fmt not in {f.value for f in Format}:
-        raise UserError(f"--format must be table, md, csv or json, got '{fmt}'.")
-
-
-@app.command()
-@user_errors
-def runs(store: StoreOption = None, fmt: FormatOption = "table") -> None:
-    """List the stored runs, newest first."""
-    _check_format(fmt)
-    rows = [
-        {"run": r["run"], "created": r["created"], "model": r["model"], "configs": r["configs"],
-         "tokens": r["settings"].get("tokens_scored")}
-        for r in _open_store(store).runs()
-    ]  # fmt: skip
-    _emit(rows, fmt, "runs")
-
-
-@app.command()
-@user_errors
-def show(
-    run_id: Annotated[str, typer.Argument(metavar="RUN", help="A run id, or 'latest'.")],
-    store: StoreOption = None,
-    fmt: FormatOption = "table",
-) -> None:
-    """Show one stored run: one row per config."""
-    from quantscope.report.formats import run_rows
-    from quantscope.report.terminal import results_tables
-
-    _check_format(fmt)
-    report = _open_store(store).report(run_id)
-    if fmt == "table":
-        for table in results_tables(report, console.width):
-            console.print(table)
-        return
-    _emit(run_rows(report), fmt, f"run {report.run_id}")
-
-
-@app.command()
-@user_errors
-def compare(
-    run_a: Annotated[str, typer.Argument(metavar="RUN_A")],
-    run_b: Annotated[str, typer.Argument(metavar="RUN_B")],
-    store: StoreOption = None,
-    fmt: FormatOption = "table",
-) -> None:
-    """Compare two runs config by config (same model at two times, or two models)."""
-    from quantscope.report.formats import compare_rows
-
-    _check_format(fmt)
-    opened = _open_store(store)
-    a, b = opened.report(run_a), opened.report(run_b)
-    title = f"A = {a.run_id} ({a.provenance.get('model', '')}) · B = {b.run_id} ({b.provenance.get('model', '')})"
-    _emit(compare_rows(a, b), fmt, title)
-
-
-@app.command()
-@user_errors
-def report(
-    run_id: Annotated[str, typer.Argument(metavar="RUN", help="A run id, or 'latest'.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
-        "report.html"
-    ),
-    store: StoreOption = None,
-) -> None:
-    """Write one self-contained HTML report of a stored run (tables, tradeoff plots, generations)."""
-    from quantscope.report.html import render_html
-
-    output.write_text(render_html(_open_store(store).report(run_id)), encoding="utf-8")
-    console.print(f"Report written to {escape(str(output))}")
-
-
 def _availability(device: str) -> list[tuple[str, str, str, str]]:
     from quantscope import backends
 
@@ -388,7 +255,7 @@ def doctor() -> None:
     import torch
 
     from quantscope.models import bundled_gguf, cache_dir, resolve_device
-    from quantscope.runner import versions
+    from quantscope.provenance import versions
 
     device = resolve_device("auto")
     table = Table(title="quantscope doctor", show_header=False)
@@ -428,21 +295,3 @@ def _bnb_backend() -> str:
 
     where = "cuda" if torch.cuda.is_available() else "cpu"
     return f"bitsandbytes {bnb.__version__} on {where}"
-
-
-def main() -> None:
-    """Console-script entry point."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
-    app()
-
-
-def quiet_libraries() -> None:
-    """Silence the libraries' own progress bars and notices: quantscope draws its own."""
-    import os
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    for name in ("transformers", "bitsandbytes", "accelerate", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,4 +1,4 @@
-"""The passes: baseline reference, streamed comparison, efficiency, generations.
+"""The accuracy passes: the baseline's reference pass and the streamed comparison.
 
 Memory stays flat in the length of the text: logits live one batch of windows at a time and
 only per-token scalars (and the baseline's top-k log-probs) are kept.
@@ -6,10 +6,7 @@ only per-token scalars (and the baseline's top-k log-probs) are kept.
 
 from __future__ import annotations
 
-import inspect
 import math
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -17,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantscope.backends import LoadedModel
 from quantscope.data import Windows
+from quantscope.evaluate.device import accepts, model_device
 from quantscope.metrics import stats
 from quantscope.metrics.divergence import (
     kl_full,
@@ -62,20 +59,6 @@ class TokenStats:
         return replace(self, **{k: v[mask] for k, v in values.items() if v is not None})
 
 
-def model_device(model: Any) -> torch.device:
-    """The device of the model's first parameter (where inputs must go)."""
-    return next(model.parameters()).device
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _accepts(model: Any, name: str) -> bool:
-    return name in inspect.signature(model.forward).parameters
-
-
 def scored_logits(
     model: Any, windows: Windows, batch_size: int
 ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -87,7 +70,7 @@ def scored_logits(
     a batch scores (half of them when stride = context/2): fewer FLOPs and less memory.
     """
     device = model_device(model)
-    trim = _accepts(model, "logits_to_keep")
+    trim = accepts(model, "logits_to_keep")
     context = windows.ids.shape[1]
     for _, ids_np, score_from in windows.batches(batch_size):
         ids = torch.from_numpy(ids_np).to(device)  # (B, C)
@@ -160,16 +143,10 @@ def reference_chunks(
 
 
 def reference_pass(
-    model: Any,
-    windows: Windows,
-    topk: int,
-    batch_size: int,
-    advance: Advance = _noop,
-    tail_samples: int = 64,
-    seed: int = 0,
+    model: Any, windows: Windows, topk: int, batch_size: int, **options: Any
 ) -> Reference:
     """The whole reference in memory (for tests and small texts; runs stream to disk)."""
-    chunks = reference_chunks(model, windows, topk, batch_size, advance, tail_samples, seed)
+    chunks = reference_chunks(model, windows, topk, batch_size, **options)
     return Reference.concat(list(chunks))
 
 
@@ -291,238 +268,3 @@ def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
         "ref_tail_mass_mean": float(np.clip(ts.rest_mass, 0.0, 1.0).mean()),
     }
     return out
-
-
-# ---------------------------------------------------------------- efficiency
-
-
-def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
-    """Bytes of weights as held (params, buffers, quantization state), and bits per weight.
-
-    Call it after a forward pass: some kernels repack weights at first use.
-
-    Each tensor's bytes count once (tied embeddings count once). ``params`` is
-    the logical weight count: quantized linears count in_features × out_features, however
-    their data is packed.
-    """
-    model = loaded.model
-    modules = dict(model.named_modules())
-    seen: set[tuple[int, int]] = set()
-
-    def nbytes(t: torch.Tensor) -> int:
-        if t.device.type == "meta":
-            return 0
-        # A tensor's own bytes (weights loaded from safetensors may be views into one
-        # shared buffer, so storage sizes would overcount); tied weights share data_ptr.
-        key = (t.data_ptr(), t.nbytes)
-        if key in seen:
-            return 0
-        seen.add(key)
-        return int(t.nbytes)
-
-    linear_bytes = linear_params = 0
-    quant_ptrs: set[int] = set()
-    state = loaded.state()
-    for name, logical in loaded.quantized.items():
-        module = modules[name]
-        tensors = [module.weight, *state.get(name, [])]
-        linear_bytes += sum(nbytes(t) for t in tensors)
-        linear_params += logical
-        quant_ptrs.add(module.weight.data_ptr())
-    total_bytes, params = linear_bytes, linear_params
-    for p in list(model.parameters()) + list(model.buffers()):
-        is_quant = p.data_ptr() in quant_ptrs
-        counted = nbytes(p)
-        total_bytes += counted
-        if counted and not is_quant and isinstance(p, torch.nn.Parameter):
-            params += p.numel()
-    return {
-        "weight_bytes": float(total_bytes),
-        "weight_mb": total_bytes / 2**20,
-        "params": float(params),
-        "bits_per_weight": 8.0 * total_bytes / params,
-        "linear_bits_per_weight": 8.0 * linear_bytes / linear_params if linear_params else math.nan,
-        "quantized_linears": float(len(loaded.quantized)),
-    }
-
-
-def prefill_speed(model: Any, vocab: int, length: int, reps: int, seed: int) -> list[float]:
-    """Tokens per second of one forward pass over ``length`` tokens, after one warm-up."""
-    device = model_device(model)
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (1, length), generator=gen).to(device)
-    rates = []
-    with torch.inference_mode():
-        for rep in range(reps + 1):
-            _sync(device)
-            start = time.perf_counter()
-            model(input_ids=ids, use_cache=False)
-            _sync(device)
-            if rep:  # rep 0 is the warm-up
-                rates.append(length / (time.perf_counter() - start))
-    return rates
-
-
-def decode_speed(
-    model: Any, vocab: int, prompt: int, steps: int, reps: int, seed: int
-) -> list[float]:
-    """Tokens per second of greedy one-token steps with the KV cache, after one warm-up."""
-    device = model_device(model)
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (1, prompt), generator=gen).to(device)
-    name = "cache" if _accepts(model, "cache") else "past_key_values"  # transformers ≥ 5.2x
-    rates = []
-    with torch.inference_mode():
-        for rep in range(reps + 1):
-            out = model(input_ids=ids, use_cache=True)
-            past, nxt = getattr(out, name), out.logits[:, -1:].argmax(-1)  # (1, 1)
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                out = model(input_ids=nxt, use_cache=True, **{name: past})
-                past, nxt = getattr(out, name), out.logits[:, -1:].argmax(-1)
-            _sync(device)
-            if rep:
-                rates.append(steps / (time.perf_counter() - start))
-    return rates
-
-
-def speed_metrics(model: Any, vocab: int, reps: int, seed: int) -> dict[str, float]:
-    """Prefill (128 tokens) and decode (24 steps after a 64-token prompt) throughput."""
-    out: dict[str, float] = {}
-    for label, rates in (
-        ("prefill_tps", prefill_speed(model, vocab, 128, reps, seed)),
-        ("decode_tps", decode_speed(model, vocab, 64, 24, reps, seed)),
-    ):
-        median, low, high = stats.median_spread(rates)
-        out.update({label: median, f"{label}_min": low, f"{label}_max": high})
-    return out
-
-
-class PeakMemory:
-    """Peak resident memory of this process (sampled every 10 ms) and of the GPU, in MiB.
-
-    >>> with PeakMemory() as peak:
-    ...     _ = bytearray(1)
-    >>> peak.rss_mb > 0
-    True
-    """
-
-    def __init__(self, interval: float = 0.01) -> None:
-        self.interval = interval
-        self.rss_mb = 0.0
-        self.gpu_mb = math.nan
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        import psutil
-
-        process = psutil.Process()
-        while True:
-            self.rss_mb = max(self.rss_mb, process.memory_info().rss / 2**20)
-            if self._stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> PeakMemory:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if torch.cuda.is_available():
-            self.gpu_mb = torch.cuda.max_memory_allocated() / 2**20
-
-
-# ---------------------------------------------------------------- log-likelihood
-
-
-def loglikelihoods(
-    model: Any,
-    requests: list[tuple[list[int], list[int]]],
-    batch_size: int = 8,
-    max_length: int = 2048,
-) -> list[tuple[float, bool]]:
-    """For each ``(context ids, continuation ids)``: log p(continuation | context) and whether
-    the continuation is the greedy (argmax) choice at every one of its tokens.
-
-    Requests run in batches, right-padded (a causal model's real positions never see the
-    padding); a sequence longer than ``max_length`` keeps its last ``max_length`` tokens.
-    """
-    device = model_device(model)
-    out: list[tuple[float, bool]] = []
-    with torch.inference_mode():
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start : start + batch_size]
-            seqs = [(ctx + cont)[-max_length:] for ctx, cont in chunk]
-            width = max(len(s) for s in seqs) - 1
-            ids = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
-            mask = torch.zeros_like(ids)
-            for b, seq in enumerate(seqs):
-                ids[b, : len(seq) - 1] = torch.tensor(seq[:-1])
-                mask[b, : len(seq) - 1] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for b, ((_, cont), seq) in enumerate(zip(chunk, seqs, strict=True)):
-                n = len(cont)
-                rows = logits[b, len(seq) - 1 - n : len(seq) - 1].float()  # (n, V)
-                lp = torch.log_softmax(rows, dim=-1)
-                target = torch.tensor(cont, device=lp.device)
-                ll = float(lp.gather(-1, target[:, None]).sum())
-                out.append((ll, bool((rows.argmax(-1) == target).all())))
-    return out
-
-
-# ---------------------------------------------------------------- generations
-
-
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of a prompt, through the chat template when the tokenizer has one."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
-    return [int(i) for i in tokenizer(prompt)["input_ids"]]
-
-
-def generate(
-    model: Any, tokenizer: Any, prompts: tuple[str, ...], max_new_tokens: int
-) -> list[dict[str, Any]]:
-    """Greedy continuations of each prompt: ``{"prompt", "ids", "text", "tokens"}`` each."""
-    device = model_device(model)
-    outputs = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for prompt in prompts:
-        ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-            )
-        new = [int(i) for i in out[0, ids.shape[1] :].tolist()]
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        tokens = [tokenizer.decode([i]) for i in new]  # per-token text, for highlighting
-        outputs.append({"prompt": prompt, "ids": new, "text": text, "tokens": tokens})
-    return outputs
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """Index of the first token where two generations differ; None when identical.
-
-    >>> first_difference([1, 2, 3], [1, 2, 4]), first_difference([1, 2], [1, 2])
-    (2, None)
-    >>> first_difference([1, 2], [1, 2, 3])
-    2
-    """
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))

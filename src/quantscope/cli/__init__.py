@@ -1,0 +1,33 @@
+"""The command line: one subcommand = one function that calls the runner or a report.
+
+A :class:`~quantscope.errors.UserError` becomes one red sentence and exit code 2. The
+commands live in ``measure`` (run, methods, doctor) and ``browse`` (runs, show, compare,
+report); importing them registers them on :data:`app`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from quantscope.cli import browse, measure  # noqa: F401  (registers the commands)
+from quantscope.cli.common import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    app()
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' own progress bars and notices: quantscope draws its own."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for name in ("transformers", "bitsandbytes", "accelerate", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)

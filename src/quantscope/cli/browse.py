@@ -1,0 +1,114 @@
+"""Commands over stored results: ``runs``, ``show``, ``compare``, ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from quantscope.cli.common import app, console, user_errors
+from quantscope.errors import UserError
+
+
+def _open_store(store: Path | None) -> Any:
+    from quantscope.runner import default_store
+    from quantscope.store import Store
+
+    path = store or default_store()
+    if not Path(path).is_file():
+        raise UserError(
+            f"No results database at '{path}'; run 'quantscope run' first or pass --store."
+        )
+    return Store(path)
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
+    from quantscope.report.formats import render, rich_table
+
+    if fmt == "table":
+        console.print(rich_table(rows, title))
+    else:
+        text = render(rows, fmt)  # plain text for pipes: no rich wrapping
+        print(text, end="" if text.endswith("\n") else "\n")
+
+
+FormatOption = Annotated[str, typer.Option("--format", help="table, md, csv or json.")]
+StoreOption = Annotated[
+    Path | None, typer.Option(help="Results database; default $QUANTSCOPE_CACHE/results.sqlite.")
+]
+
+
+def _check_format(fmt: str) -> None:
+    from quantscope.report.formats import Format
+
+    if fmt not in {f.value for f in Format}:
+        raise UserError(f"--format must be table, md, csv or json, got '{fmt}'.")
+
+
+@app.command()
+@user_errors
+def runs(store: StoreOption = None, fmt: FormatOption = "table") -> None:
+    """List the stored runs, newest first."""
+    _check_format(fmt)
+    rows = [
+        {"run": r["run"], "created": r["created"], "model": r["model"], "configs": r["configs"],
+         "tokens": r["settings"].get("tokens_scored")}
+        for r in _open_store(store).runs()
+    ]  # fmt: skip
+    _emit(rows, fmt, "runs")
+
+
+@app.command()
+@user_errors
+def show(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="A run id, or 'latest'.")],
+    store: StoreOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Show one stored run: one row per config."""
+    from quantscope.report.formats import run_rows
+    from quantscope.report.terminal import results_tables
+
+    _check_format(fmt)
+    report = _open_store(store).report(run_id)
+    if fmt == "table":
+        for table in results_tables(report, console.width):
+            console.print(table)
+        return
+    _emit(run_rows(report), fmt, f"run {report.run_id}")
+
+
+@app.command()
+@user_errors
+def compare(
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B")],
+    store: StoreOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Compare two runs config by config (same model at two times, or two models)."""
+    from quantscope.report.formats import compare_rows
+
+    _check_format(fmt)
+    opened = _open_store(store)
+    a, b = opened.report(run_a), opened.report(run_b)
+    title = f"A = {a.run_id} ({a.provenance.get('model', '')}) · B = {b.run_id} ({b.provenance.get('model', '')})"
+    _emit(compare_rows(a, b), fmt, title)
+
+
+@app.command()
+@user_errors
+def report(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="A run id, or 'latest'.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    store: StoreOption = None,
+) -> None:
+    """Write one self-contained HTML report of a stored run (tables, tradeoff plots, generations)."""
+    from quantscope.report.html import render_html
+
+    output.write_text(render_html(_open_store(store).report(run_id)), encoding="utf-8")
+    console.print(f"Report written to {escape(str(output))}")

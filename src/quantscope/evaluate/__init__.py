@@ -1,0 +1,50 @@
+"""The passes: baseline reference, streamed comparison, efficiency, generations.
+
+One module per part: ``accuracy`` (reference and comparison passes, accuracy metrics),
+``efficiency`` (weight bytes, speed, peak memory), ``generation`` (greedy generations and
+log-likelihood scoring); ``device`` holds what they share.
+"""
+
+from quantscope.evaluate.accuracy import (
+    Advance,
+    TokenStats,
+    accuracy_metrics,
+    compare_pass,
+    reference_chunks,
+    reference_pass,
+    scored_logits,
+)
+from quantscope.evaluate.device import model_device
+from quantscope.evaluate.efficiency import (
+    PeakMemory,
+    decode_speed,
+    prefill_speed,
+    speed_metrics,
+    weight_footprint,
+)
+from quantscope.evaluate.generation import (
+    encode_prompt,
+    first_difference,
+    generate,
+    loglikelihoods,
+)
+
+__all__ = [
+    "Advance",
+    "PeakMemory",
+    "TokenStats",
+    "accuracy_metrics",
+    "compare_pass",
+    "decode_speed",
+    "encode_prompt",
+    "first_difference",
+    "generate",
+    "loglikelihoods",
+    "model_device",
+    "prefill_speed",
+    "reference_chunks",
+    "reference_pass",
+    "scored_logits",
+    "speed_metrics",
+    "weight_footprint",
+]

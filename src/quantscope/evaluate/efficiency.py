@@ -1,0 +1,155 @@
+"""Efficiency: weight bytes as held, prefill and decode throughput, peak memory."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import torch
+
+from quantscope.backends import LoadedModel
+from quantscope.evaluate.device import accepts, model_device, sync
+from quantscope.metrics import stats
+
+
+def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
+    """Bytes of weights as held (params, buffers, quantization state), and bits per weight.
+
+    Call it after a forward pass: some kernels repack weights at first use.
+
+    Each tensor's bytes count once (tied embeddings count once). ``params`` is
+    the logical weight count: quantized linears count in_features × out_features, however
+    their data is packed.
+    """
+    model = loaded.model
+    modules = dict(model.named_modules())
+    seen: set[tuple[int, int]] = set()
+
+    def nbytes(t: torch.Tensor) -> int:
+        if t.device.type == "meta":
+            return 0
+        # A tensor's own bytes (weights loaded from safetensors may be views into one
+        # shared buffer, so storage sizes would overcount); tied weights share data_ptr.
+        key = (t.data_ptr(), t.nbytes)
+        if key in seen:
+            return 0
+        seen.add(key)
+        return int(t.nbytes)
+
+    linear_bytes = linear_params = 0
+    quant_ptrs: set[int] = set()
+    state = loaded.state()
+    for name, logical in loaded.quantized.items():
+        module = modules[name]
+        tensors = [module.weight, *state.get(name, [])]
+        linear_bytes += sum(nbytes(t) for t in tensors)
+        linear_params += logical
+        quant_ptrs.add(module.weight.data_ptr())
+    total_bytes, params = linear_bytes, linear_params
+    for p in list(model.parameters()) + list(model.buffers()):
+        is_quant = p.data_ptr() in quant_ptrs
+        counted = nbytes(p)
+        total_bytes += counted
+        if counted and not is_quant and isinstance(p, torch.nn.Parameter):
+            params += p.numel()
+    return {
+        "weight_bytes": float(total_bytes),
+        "weight_mb": total_bytes / 2**20,
+        "params": float(params),
+        "bits_per_weight": 8.0 * total_bytes / params,
+        "linear_bits_per_weight": 8.0 * linear_bytes / linear_params if linear_params else math.nan,
+        "quantized_linears": float(len(loaded.quantized)),
+    }
+
+
+def prefill_speed(model: Any, vocab: int, length: int, reps: int, seed: int) -> list[float]:
+    """Tokens per second of one forward pass over ``length`` tokens, after one warm-up."""
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, length), generator=gen).to(device)
+    rates = []
+    with torch.inference_mode():
+        for rep in range(reps + 1):
+            sync(device)
+            start = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            sync(device)
+            if rep:  # rep 0 is the warm-up
+                rates.append(length / (time.perf_counter() - start))
+    return rates
+
+
+def decode_speed(
+    model: Any, vocab: int, prompt: int, steps: int, reps: int, seed: int
+) -> list[float]:
+    """Tokens per second of greedy one-token steps with the KV cache, after one warm-up."""
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, prompt), generator=gen).to(device)
+    name = "cache" if accepts(model, "cache") else "past_key_values"  # transformers ≥ 5.2x
+    rates = []
+    with torch.inference_mode():
+        for rep in range(reps + 1):
+            out = model(input_ids=ids, use_cache=True)
+            past, nxt = getattr(out, name), out.logits[:, -1:].argmax(-1)  # (1, 1)
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                out = model(input_ids=nxt, use_cache=True, **{name: past})
+                past, nxt = getattr(out, name), out.logits[:, -1:].argmax(-1)
+            sync(device)
+            if rep:
+                rates.append(steps / (time.perf_counter() - start))
+    return rates
+
+
+def speed_metrics(model: Any, vocab: int, reps: int, seed: int) -> dict[str, float]:
+    """Prefill (128 tokens) and decode (24 steps after a 64-token prompt) throughput."""
+    out: dict[str, float] = {}
+    for label, rates in (
+        ("prefill_tps", prefill_speed(model, vocab, 128, reps, seed)),
+        ("decode_tps", decode_speed(model, vocab, 64, 24, reps, seed)),
+    ):
+        median, low, high = stats.median_spread(rates)
+        out.update({label: median, f"{label}_min": low, f"{label}_max": high})
+    return out
+
+
+class PeakMemory:
+    """Peak resident memory of this process (sampled every 10 ms) and of the GPU, in MiB.
+
+    >>> with PeakMemory() as peak:
+    ...     _ = bytearray(1)
+    >>> peak.rss_mb > 0
+    True
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.rss_mb = 0.0
+        self.gpu_mb = math.nan
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            self.rss_mb = max(self.rss_mb, process.memory_info().rss / 2**20)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if torch.cuda.is_available():
+            self.gpu_mb = torch.cuda.max_memory_allocated() / 2**20
