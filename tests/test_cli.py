@@ -196,3 +196,27 @@ def test_runs_show_compare_and_report_from_the_store(tiny_model_dir, tiny_text, 
     _user_error(_run("show", "nope", "--store", store), "No run 'nope'")
     _user_error(_run("show", oldest, "--store", store, "--format", "xml"), "--format must be")
     _user_error(_run("runs", "--store", str(tmp_path / "none.sqlite")), "No results database")
+
+
+def test_sensitivity_and_search_commands(tiny_model_dir, tiny_text, tmp_path):
+    """The commands print the ranking and the front, write HTML and JSON, save the config
+    file, and an unmeetable budget exits 1 with the closest point."""
+    common = ["--model", str(tiny_model_dir), "--config", "bnb-nf4", "--calib-tokens", "300",
+              "--calib-context", "64", "--calib-stride", "48",
+              "--store", str(tmp_path / "r.sqlite")]  # fmt: skip
+    found = _run("sensitivity", *common, "--json", str(tmp_path / "s.json"),
+                 "--report", str(tmp_path / "s.html"))  # fmt: skip
+    assert found.exit_code == 0, found.output
+    assert "Sensitivity to bnb-nf4" in found.output and "layers.0" in found.output
+    study = json.loads((tmp_path / "s.json").read_text())
+    assert len(study["units"]) == 2 and "Plotly.newPlot" in (tmp_path / "s.html").read_text()
+    done = _run("search", *common, "--fallback", "bf16", "--max-ppl-increase", "1000%",
+                "--text", str(tiny_text), "--tokens", "300", "--context", "64", "--stride", "32",
+                "--save", str(tmp_path / "m.json"))  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "m.json" in done.output and json.loads((tmp_path / "m.json").read_text())["config"]
+    missed = _run("search", *common, "--max-kl", "1e-12", "--text", str(tiny_text),
+                  "--tokens", "300", "--context", "64", "--stride", "32")  # fmt: skip
+    assert missed.exit_code == 1 and "Closest" in missed.output
+    _user_error(_run("search", *common), "Give an accuracy budget")
+    _user_error(_run("search", *common, "--max-ppl-increase", "two"), "percentage")

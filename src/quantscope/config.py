@@ -63,10 +63,11 @@ PARAMS_OF: dict[Method, tuple[str, ...]] = {
     Method.FP32: (),
     Method.BF16: (),
     Method.FP16: (),
-    Method.BNB_INT8: ("threshold", "include", "skip"),
-    Method.BNB_NF4: ("double_quant", "compute_dtype", "include", "skip"),
-    Method.BNB_FP4: ("double_quant", "compute_dtype", "include", "skip"),
+    Method.BNB_INT8: ("threshold", "dtype", "include", "skip"),
+    Method.BNB_NF4: ("double_quant", "compute_dtype", "dtype", "include", "skip"),
+    Method.BNB_FP4: ("double_quant", "compute_dtype", "dtype", "include", "skip"),
 }
+CONFIG_FILE_FORMAT = 1
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -85,6 +86,9 @@ class QuantConfig:
 
     Which linear layers are quantized is data: ``include`` (when given) and ``skip`` are
     module-name patterns, ``;``-separated on the command line (see :func:`select_modules`).
+    ``dtype`` is the precision of everything not quantized (skipped linears, embeddings,
+    norms); None keeps the baseline's. ``label`` is a display name (from a config file); it is
+    not part of the config's identity, which is :attr:`name`.
 
     >>> QuantConfig(Method.BNB_INT8, threshold=4.0).name
     'bnb-int8[threshold=4.0]'
@@ -94,8 +98,10 @@ class QuantConfig:
     threshold: float = 6.0
     double_quant: bool = False
     compute_dtype: DType = DType.FP32
+    dtype: DType | None = None
     include: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
+    label: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.threshold <= 0:
@@ -104,7 +110,9 @@ class QuantConfig:
             )
         allowed = PARAMS_OF[self.method]
         for f in fields(self):
-            if f.name != "method" and f.name not in allowed and getattr(self, f.name) != f.default:
+            if f.name in ("method", "label") or f.name in allowed:
+                continue
+            if getattr(self, f.name) != f.default:
                 raise UserError(
                     f"'{self.method.value}' takes no parameter '{f.name}'; "
                     f"its parameters are: {', '.join(allowed) or 'none'}."
@@ -116,10 +124,15 @@ class QuantConfig:
         parts = []
         for f in sorted(fields(self), key=lambda f: f.name):
             value = getattr(self, f.name)
-            if f.name == "method" or value == f.default:
+            if f.name in ("method", "label") or value == f.default:
                 continue
             parts.append(f"{f.name}={_format_value(value)}")
         return self.method.value + (f"[{','.join(parts)}]" if parts else "")
+
+    @property
+    def display(self) -> str:
+        """What tables show: the label when there is one, else the canonical name."""
+        return self.label or self.name
 
     @property
     def is_4bit(self) -> bool:
@@ -178,12 +191,12 @@ def _parse_value(method: Method, key: str, raw: str) -> object:
         if raw.lower() not in ("true", "false", "1", "0"):
             raise UserError(f"double_quant must be true or false, got '{raw}'.")
         return raw.lower() in ("true", "1")
-    if key == "compute_dtype":
+    if key in ("compute_dtype", "dtype"):
         try:
             return DType(raw)
         except ValueError:
             raise UserError(
-                f"compute_dtype must be one of {', '.join(d.value for d in DType)}, got '{raw}'."
+                f"{key} must be one of {', '.join(d.value for d in DType)}, got '{raw}'."
             ) from None
     if key in ("skip", "include"):
         return tuple(p for p in raw.split(";") if p)
@@ -242,11 +255,45 @@ def split_config_list(text: str) -> list[str]:
     return [i.strip() for i in items if i.strip()]
 
 
+def read_config_file(path: str | Path) -> QuantConfig:
+    """A config saved as a JSON file (``quantscope search`` writes them): its ``config`` is
+    parsed as on the command line, its ``label`` names it in tables.
+
+    >>> import json, tempfile, os
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = os.path.join(d, "mix.json")
+    ...     _ = open(path, "w").write(json.dumps({"format": 1, "label": "mix",
+    ...                                           "config": "bnb-nf4[skip=down_proj]"}))
+    ...     c = read_config_file(path)
+    >>> c.display, c.skip
+    ('mix', ('down_proj',))
+    """
+    import json
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"No such config file '{path}'; 'quantscope search' writes them.")
+    try:
+        body = json.loads(file.read_text(encoding="utf-8"))
+        text, label = body["config"], str(body.get("label") or file.stem)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(
+            f"'{path}' is not a quantscope config file (JSON with a \"config\" string)."
+        ) from None
+    if body.get("format", CONFIG_FILE_FORMAT) != CONFIG_FILE_FORMAT:
+        raise UserError(f"'{path}' has config file format {body.get('format')}; expected 1.")
+    config = parse_config(str(text))
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    return QuantConfig(**values | {"label": label})
+
+
 def parse_config_list(text: str) -> tuple[QuantConfig, ...]:
-    """Parse ``--configs``; duplicates are dropped, order kept."""
+    """Parse ``--configs``: config names, or ``.json`` config files; duplicates are dropped,
+    order kept."""
     configs: list[QuantConfig] = []
     for item in split_config_list(text):
-        config = parse_config(item)
+        is_file = item.endswith(".json")
+        config = read_config_file(item) if is_file else parse_config(item)
         if config not in configs:
             configs.append(config)
     if not configs:

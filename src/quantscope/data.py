@@ -109,6 +109,13 @@ def read_sources(spec: DataSpec) -> list[TextSource]:
     return sources or [TextSource(BUNDLED_TEXT_NAME, bundled_text("eval"))]
 
 
+def training_sources(spec: DataSpec) -> list[TextSource]:
+    """Text for calibration or training, never evaluated on: ``spec.texts`` (files), or else
+    the training part of the bundled text."""
+    sources = [_read_file(Path(p).expanduser(), spec.field) for p in spec.texts]
+    return sources or [TextSource(f"{BUNDLED_TEXT_NAME} [train]", bundled_text("train"))]
+
+
 def _read_file(path: Path, field: str) -> TextSource:
     if not path.is_file():
         raise UserError(f"No such text file '{path}'; pass an existing file with --text.")

@@ -102,3 +102,77 @@ class RunReport:
                 for o in self.outcomes
             ],
         }
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One switchable part: a linear layer, or every linear of one block."""
+
+    name: str
+    layer: int | None
+    kind: str
+    linears: tuple[str, ...]
+    params: int
+
+
+@dataclass
+class Study:
+    """A finished sensitivity study: per unit and mode, calibration KL and Δppl."""
+
+    key: str
+    settings: dict[str, Any]
+    units: list[Unit]
+    rows: dict[tuple[str, str], dict[str, float]]
+    costs: dict[str, float]
+
+    @property
+    def all_quantized(self) -> dict[str, float]:
+        return self.rows[("*", "all")]
+
+    @property
+    def none_quantized(self) -> dict[str, float]:
+        return self.rows[("*", "none")]
+
+    def ranking(self) -> list[dict[str, Any]]:
+        """One row per unit, most sensitive first (by KL with only it quantized, else by the
+        KL it saves when it alone is kept in the fallback precision)."""
+        full = self.all_quantized["kl"]
+        out = []
+        for unit in self.units:
+            row: dict[str, Any] = {
+                "unit": unit.name, "layer": unit.layer, "kind": unit.kind,
+                "params": unit.params, "mb_to_keep": self.costs[unit.name],
+            }  # fmt: skip
+            for mode, prefix in (("only", "only"), ("all-but", "all_but")):
+                found = self.rows.get((unit.name, mode))
+                if found:
+                    row.update({f"{prefix}_{k}": v for k, v in found.items()})
+            if "all_but_kl" in row:
+                row["gain"] = full - row["all_but_kl"]
+            out.append(row)
+        key = "only_kl" if "only" in self.settings["modes"] else "gain"
+        return sorted(out, key=lambda r: -r[key])
+
+    def matrix(self, mode: str = "only") -> tuple[list[int], list[str], list[list[float]]]:
+        """Layers × kinds of one mode's KL (NaN where a layer has no such unit), for a heatmap."""
+        cells = {(u.layer, u.kind): self.rows[(u.name, mode)]["kl"] for u in self.units
+                 if (u.name, mode) in self.rows and u.layer is not None}  # fmt: skip
+        layers = sorted({layer for layer, _ in cells})
+        kinds = list(dict.fromkeys(kind for _, kind in cells))
+        return layers, kinds, [[cells.get((la, k), math.nan) for k in kinds] for la in layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "settings": self.settings,
+            "units": [asdict(u) for u in self.units],
+            "rows": [{"unit": u, "mode": m, **v} for (u, m), v in self.rows.items()],
+            "costs": self.costs,
+        }
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Study:
+        units = [Unit(**{**u, "linears": tuple(u["linears"])}) for u in body["units"]]
+        rows = {(r["unit"], r["mode"]): {k: v for k, v in r.items() if k not in ("unit", "mode")}
+                for r in body["rows"]}  # fmt: skip
+        return cls(body["key"], body["settings"], units, rows, body["costs"])

@@ -234,9 +234,9 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
     backend = backends.get(config.method)
     torch.manual_seed(spec.seed)
     with evaluate.PeakMemory() as peak:
-        ctx.events.stage(f"{config.name}: loading", None)
+        ctx.events.stage(f"{config.display}: loading", None)
         loaded = backend.load(ctx.files, spec.model, config, ctx.device)
-        ctx.events.stage(f"{config.name}: accuracy pass", ctx.windows.n_scored)
+        ctx.events.stage(f"{config.display}: accuracy pass", ctx.windows.n_scored)
         start = time.perf_counter()
         token_stats = evaluate.compare_pass(
             loaded.model, ctx.windows, ref.cursor(), spec.batch_size, ctx.events.advance,
@@ -248,14 +248,14 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         accuracy = evaluate.accuracy_metrics(token_stats, clusters)
         per_source = _per_source(ctx.windows, token_stats, clusters)
         accuracy["ref_disk_bytes_per_token"] = ref.info()["disk_bytes_per_token"]
-        ctx.events.stage(f"{config.name}: speed", None)
+        ctx.events.stage(f"{config.display}: speed", None)
         vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
         speed = evaluate.speed_metrics(loaded.model, vocab, spec.speed_reps, spec.seed)
         task_results = {}
         if ctx.tasks:
-            ctx.events.stage(f"{config.name}: tasks", None)
+            ctx.events.stage(f"{config.display}: tasks", None)
             task_results = _task_results(ctx, loaded.model)
-        ctx.events.stage(f"{config.name}: generations", None)
+        ctx.events.stage(f"{config.display}: generations", None)
         gens = evaluate.generate(loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens)
     for gen, base in zip(gens, ctx.base_generations, strict=True):
         gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
@@ -266,7 +266,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
     metrics.update(peak_rss_mb=peak.rss_mb, peak_gpu_mb=peak.gpu_mb)
     return Result(
         key=key,
-        config=config.name,
+        config=config.display,
         model_fingerprint=ctx.files.fingerprint,
         data_fingerprint=ctx.windows.fingerprint,
         settings_fingerprint=ctx.settings_fp,
@@ -301,6 +301,7 @@ def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
         "model_kind": ctx.files.kind.value,
         "text": ctx.text_name,
         "config": config.name,
+        "label": config.label,
         "library": library,
         "task_errors": dict(ctx.task_errors),
         "settings": ctx.settings,
@@ -345,22 +346,22 @@ def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position
     stored = None if ctx.spec.force else store.get(key)
     if stored is not None:
         store.link(run_id, key, position, "reused")
-        return Outcome(config.name, "reused", "already measured with these settings", stored)
+        return Outcome(config.display, "reused", "already measured with these settings", stored)
     reason = backends.get(config.method).available(config.method, ctx.device)
     if reason:
-        return Outcome(config.name, "skipped", reason)
+        return Outcome(config.display, "skipped", reason)
     try:
         if ctx.reference is None:
             ensure_reference(ctx)
         result = measure(ctx, config, key)
     except UserError as err:
         _free()
-        return Outcome(config.name, "failed", str(err))
+        return Outcome(config.display, "failed", str(err))
     except (RuntimeError, ValueError, TypeError, AssertionError, ImportError, OSError) as err:
         log.debug("config %s failed", config.name, exc_info=True)
         _free()
-        return Outcome(config.name, "failed", f"{type(err).__name__}: {err}")
+        return Outcome(config.display, "failed", f"{type(err).__name__}: {err}")
     result = Result.from_json(result.to_json())  # exactly what a rerun will read back
     store.put(result)
     store.link(run_id, key, position, "measured")
-    return Outcome(config.name, "measured", "", result)
+    return Outcome(config.display, "measured", "", result)

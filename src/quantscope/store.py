@@ -22,7 +22,7 @@ from typing import Any
 from quantscope.errors import UserError
 from quantscope.results import Outcome, Result, RunReport
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added studies (sensitivity, search) and their rows; 1 is upgraded
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS run_results (
     run_id TEXT NOT NULL REFERENCES runs(id), key TEXT NOT NULL REFERENCES results(key),
     position INTEGER NOT NULL, status TEXT NOT NULL, PRIMARY KEY (run_id, key)
+);
+CREATE TABLE IF NOT EXISTS studies (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, created TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_rows (
+    key TEXT NOT NULL, unit TEXT NOT NULL, mode TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (key, unit, mode)
 );
 """
 
@@ -55,9 +62,11 @@ class Store:
             found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except (OSError, sqlite3.DatabaseError) as err:
             raise UserError(f"Cannot use '{self.path}' as a results database: {err}.") from None
-        if found is None:
+        if found is None or found[0] == "1":  # version 1 lacked only the study tables
             with self.db:
-                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
         elif int(found[0]) != SCHEMA_VERSION:
             raise UserError(
                 f"'{self.path}' has results schema {found[0]}, this quantscope reads "
@@ -141,6 +150,41 @@ class Store:
         keys = ("model", "model_origin", "model_folder", "text", "hardware")
         provenance = {k: first[k] for k in keys if k in first}
         return RunReport(run_id, outcomes, found[0]["settings"], provenance)
+
+    def put_study(self, key: str, kind: str, body: dict[str, Any]) -> None:
+        """Insert or replace a study (a sensitivity analysis or a search); committed at once."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?)",
+                (key, kind, now(), json.dumps(body, default=str)),
+            )
+
+    def get_study(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT body FROM studies WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def studies(self, kind: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(key, created, body) of every study of ``kind``, newest first."""
+        rows = self.db.execute(
+            "SELECT key, created, body FROM studies WHERE kind=? ORDER BY created DESC, rowid DESC",
+            (kind,),
+        ).fetchall()
+        return [(k, c, json.loads(b)) for k, c, b in rows]
+
+    def put_row(self, key: str, unit: str, mode: str, body: dict[str, Any]) -> None:
+        """One finished measurement of a study, committed before the next one starts."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO study_rows VALUES (?, ?, ?, ?)",
+                (key, unit, mode, json.dumps(body, default=str)),
+            )
+
+    def rows(self, key: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """A study's measurements so far, by (unit, mode)."""
+        found = self.db.execute(
+            "SELECT unit, mode, body FROM study_rows WHERE key=?", (key,)
+        ).fetchall()
+        return {(unit, mode): json.loads(body) for unit, mode, body in found}
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])

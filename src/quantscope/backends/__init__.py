@@ -40,6 +40,20 @@ class LoadedModel:
     library: str = ""
 
 
+@dataclass(frozen=True)
+class Emulation:
+    """A method's weight numerics in plain torch, for fast what-if passes on the baseline.
+
+    ``weight(W)`` gives the weights (same shape and dtype) the method computes with;
+    ``nbytes(out_features, in_features)`` the bytes it holds for such a linear's weight and
+    quantization state. ``note`` says what the emulation leaves out (empty when nothing).
+    """
+
+    weight: Callable[[Any], Any]
+    nbytes: Callable[[int, int], int]
+    note: str = ""
+
+
 class Backend(ABC):
     """One quantization library; each module in this package defines ``BACKEND``."""
 
@@ -55,6 +69,10 @@ class Backend(ABC):
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
     ) -> LoadedModel:
         """Load the baseline weights from ``files`` under ``config`` onto ``device``."""
+
+    def emulate(self, config: QuantConfig) -> Emulation | None:
+        """The config's weight numerics in torch, or None when the backend cannot say."""
+        return None
 
     def from_pretrained(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str, **extra: Any

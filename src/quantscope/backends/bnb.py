@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel
+from quantscope.backends import Backend, Emulation, LoadedModel
 from quantscope.config import Method, ModelSpec, QuantConfig, select_modules
 from quantscope.models import ModelFiles, torch_dtype
 
@@ -82,7 +82,7 @@ class BitsAndBytesBackend(Backend):
         names = self.linear_names(files, spec)
         model, seconds = self.from_pretrained(
             files, spec, config, device,
-            dtype=torch_dtype(spec.dtype),
+            dtype=torch_dtype(config.dtype or spec.dtype),
             quantization_config=self.quantization_config(config, names),
         )  # fmt: skip
         bnb = _import_bnb()
@@ -94,6 +94,41 @@ class BitsAndBytesBackend(Backend):
             return {name: quant_state_tensors(module) for name, module in modules.items()}
 
         return LoadedModel(model, seconds, quantized, state, f"bitsandbytes {bnb.__version__}")
+
+    def emulate(self, config: QuantConfig) -> Emulation:
+        """4-bit: bitsandbytes' own quantize/dequantize (block size 64, as transformers uses);
+        the CPU kernel then multiplies at about bf16 precision, which this leaves out.
+        8-bit: row-wise absmax int8 weights; LLM.int8's fp16 path for outlier activation
+        columns is left out, so it overstates int8's error a little."""
+        if config.method is Method.BNB_INT8:
+            return Emulation(
+                _int8_rows, lambda o, i: o * i + 4 * o, "outlier columns (threshold) left out"
+            )
+        quant_type = "nf4" if config.method is Method.BNB_NF4 else "fp4"
+
+        def weight(w: Any) -> Any:
+            functional = _import_bnb().functional
+            packed, state = functional.quantize_4bit(
+                w.float().contiguous(), blocksize=_BLOCK, quant_type=quant_type,
+                compress_statistics=config.double_quant,
+            )  # fmt: skip
+            return functional.dequantize_4bit(packed, state).to(w.dtype)
+
+        def nbytes(out_f: int, in_f: int) -> int:
+            blocks = -(-out_f * in_f // _BLOCK)
+            absmax = blocks + 4 * -(-blocks // 256) if config.double_quant else 4 * blocks
+            return -(-out_f * in_f // 2) + absmax
+
+        return Emulation(weight, nbytes, "bf16-precision CPU matmul left out")
+
+
+_BLOCK = 64  # transformers' BitsAndBytesConfig default bnb_4bit block size
+
+
+def _int8_rows(w: Any) -> Any:
+    """Row-wise absmax int8 round trip: each output row scaled so its largest |w| is 127."""
+    scale = w.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0  # (out, 1)
+    return ((w.float() / scale).round().clamp(-127, 127) * scale).to(w.dtype)
 
 
 def quant_state_tensors(module: Any) -> list[Any]:

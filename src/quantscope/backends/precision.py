@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel
+from quantscope.backends import Backend, Emulation, LoadedModel
 from quantscope.config import DType, Method, ModelSpec, QuantConfig
 from quantscope.models import ModelFiles, torch_dtype
 
@@ -27,6 +27,22 @@ class PrecisionBackend(Backend):
         dtype = torch_dtype(_DTYPE[config.method])
         model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
         return LoadedModel(model, seconds, linear_weights(model), dict, "torch")
+
+    def emulate(self, config: QuantConfig) -> Emulation:
+        return rounding(_DTYPE[config.method])
+
+
+def rounding(dtype: DType) -> Emulation:
+    """Weights rounded to ``dtype`` and held in their own dtype (activations are not)."""
+    import torch
+
+    target = torch_dtype(dtype)
+    size = torch.empty((), dtype=target).element_size()
+    return Emulation(
+        weight=lambda w: w.to(target).to(w.dtype),
+        nbytes=lambda out_f, in_f: out_f * in_f * size,
+        note="" if dtype is DType.FP32 else "weights rounded; activations stay in fp32",
+    )
 
 
 def _bf16_ok() -> bool:

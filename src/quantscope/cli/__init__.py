@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from quantscope.cli import browse, measure  # noqa: F401  (registers the commands)
+from quantscope.cli import browse, measure, mixed  # noqa: F401  (registers the commands)
 from quantscope.cli.common import app
 
 __all__ = ["app", "main"]

@@ -111,3 +111,21 @@ def median_spread(samples: ArrayLike) -> tuple[float, float, float]:
     """
     values = np.asarray(samples, dtype=np.float64)
     return float(np.median(values)), float(values.min()), float(values.max())
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower is better on both).
+
+    >>> pareto([(1.0, 5.0), (2.0, 1.0), (3.0, 3.0), (1.0, 6.0)])
+    [0, 1]
+    """
+    front = []
+    for i, (x, y) in enumerate(points):
+        beaten = any(
+            (x2 <= x and y2 <= y) and (x2 < x or y2 < y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        )
+        if not beaten:
+            front.append(i)
+    return front

@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+from quantscope.metrics.stats import pareto
 from quantscope.results import Result, RunReport
 
 _STYLE = """
@@ -26,6 +27,9 @@ pre{background:#f6f6f6;padding:1em;overflow:auto}
 """
 
 
+PLOTS = "<!--plots-->"  # where page() puts the figures (escaped text cannot contain "<")
+
+
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -34,24 +38,6 @@ def _num(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}g}"
-
-
-def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both axes (lower is better on both).
-
-    >>> pareto([(1.0, 5.0), (2.0, 1.0), (3.0, 3.0), (1.0, 6.0)])
-    [0, 1]
-    """
-    front = []
-    for i, (x, y) in enumerate(points):
-        beaten = any(
-            (x2 <= x and y2 <= y) and (x2 < x or y2 < y)
-            for j, (x2, y2) in enumerate(points)
-            if j != i
-        )
-        if not beaten:
-            front.append(i)
-    return front
 
 
 def _scatter(
@@ -180,8 +166,6 @@ def _tasks(results: list[Result]) -> str:
 
 def render_html(report: RunReport) -> str:
     """The report of a run as one self-contained HTML document."""
-    from plotly.offline import get_plotlyjs
-
     results = report.results
     figures = [
         _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", log_y=True),
@@ -189,23 +173,32 @@ def render_html(report: RunReport) -> str:
         _scatter(results, "kl_mean", "decode_tps", "decode tokens/s vs KL", False, higher_y=True),
         _kl_distribution(results),
     ]
+    settings = {"settings": report.settings, "provenance": report.provenance}
+    title = f"quantscope · {report.provenance.get('model', '')} · run {report.run_id}"
+    body = (
+        f"<h2>Results</h2>{_results_table(report)}"
+        f"<h2>Tradeoffs</h2><p>{_HOW_TO_READ}</p>{PLOTS}{_tasks(results)}"
+        f"<h2>Generations (greedy; differing tokens marked)</h2>{_generations(results)}"
+    )
+    return page(title, body, figures, settings)
+
+
+def page(title: str, body: str, figures: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """A self-contained HTML document: ``body`` (already escaped HTML) with :data:`PLOTS` where
+    the plotly ``figures`` go, then the settings as JSON."""
+    from plotly.offline import get_plotlyjs
+
     divs = "".join(f'<div class="plot" id="plot{i}"></div>' for i in range(len(figures)))
     calls = "".join(
         f"Plotly.newPlot('plot{i}', {json.dumps(f['data'])}, {json.dumps(f['layout'])}, "
         "{staticPlot: false, displaylogo: false});"
         for i, f in enumerate(figures)
     )
-    settings = json.dumps(
-        {"settings": report.settings, "provenance": report.provenance}, indent=2, default=str
-    )
-    title = f"quantscope · {report.provenance.get('model', '')} · run {report.run_id}"
+    text = json.dumps(settings, indent=2, default=str)
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
         f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
-        f"<h1>{esc(title)}</h1><h2>Results</h2>{_results_table(report)}"
-        f"<h2>Tradeoffs</h2><p>{_HOW_TO_READ}</p>"
-        f"<div class='plots'>{divs}</div>{_tasks(results)}"
-        f"<h2>Generations (greedy; differing tokens marked)</h2>{_generations(results)}"
-        f"<h2>Settings, versions, hardware</h2><pre>{esc(settings)}</pre>"
+        f"<h1>{esc(title)}</h1>{body.replace(PLOTS, f'<div class=plots>{divs}</div>')}"
+        f"<h2>Settings, versions, hardware</h2><pre>{esc(text)}</pre>"
         f"<script>{calls}</script></body></html>"
     )
