@@ -220,3 +220,18 @@ def test_sensitivity_and_search_commands(tiny_model_dir, tiny_text, tmp_path):
     assert missed.exit_code == 1 and "Closest" in missed.output
     _user_error(_run("search", *common), "Give an accuracy budget")
     _user_error(_run("search", *common, "--max-ppl-increase", "two"), "percentage")
+
+
+def test_recover_command(tiny_model_dir, tiny_text, tmp_path):
+    args = ["recover", "--model", str(tiny_model_dir), "--config", "bnb-nf4", "--steps", "3",
+            "--rank", "4", "--seq-len", "64", "--text", str(tiny_text), "--tokens", "300",
+            "--context", "64", "--stride", "32", "--out", str(tmp_path / "ad"),
+            "--store", str(tmp_path / "r.sqlite"), "--json", str(tmp_path / "r.json")]  # fmt: skip
+    done = _run(*args)
+    assert done.exit_code == 0, done.output
+    text = " ".join(done.output.split())
+    assert "of the KL gap" in text and "Trained 3 steps" in text and "Reuse it" in text
+    body = json.loads((tmp_path / "r.json").read_text())
+    assert body["training"]["steps"] == 3 and (tmp_path / "ad" / "adapter_config.json").is_file()
+    _user_error(_run(*args, "--kl-weight", "2"), "--kl-weight must be between 0 and 1")
+    _user_error(_run("run", "--configs", f"bnb-nf4+lora={tmp_path}"), "not a LoRA adapter folder")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class Method(str, Enum):
     BNB_INT8 = "bnb-int8"
     BNB_NF4 = "bnb-nf4"
     BNB_FP4 = "bnb-fp4"
+    RTN = "rtn"
 
 
 class ModelKind(str, Enum):
@@ -66,8 +67,10 @@ PARAMS_OF: dict[Method, tuple[str, ...]] = {
     Method.BNB_INT8: ("threshold", "dtype", "include", "skip"),
     Method.BNB_NF4: ("double_quant", "compute_dtype", "dtype", "include", "skip"),
     Method.BNB_FP4: ("double_quant", "compute_dtype", "dtype", "include", "skip"),
+    Method.RTN: ("bits", "group", "sym", "dtype", "include", "skip"),
 }
 CONFIG_FILE_FORMAT = 1
+_ANY_METHOD = ("method", "lora", "label")  # fields every method takes
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -88,7 +91,8 @@ class QuantConfig:
     module-name patterns, ``;``-separated on the command line (see :func:`select_modules`).
     ``dtype`` is the precision of everything not quantized (skipped linears, embeddings,
     norms); None keeps the baseline's. ``label`` is a display name (from a config file); it is
-    not part of the config's identity, which is :attr:`name`.
+    not part of the config's identity, which is :attr:`name`. ``lora`` is a peft LoRA adapter
+    folder applied on top (``bnb-nf4+lora=PATH``).
 
     >>> QuantConfig(Method.BNB_INT8, threshold=4.0).name
     'bnb-int8[threshold=4.0]'
@@ -96,11 +100,15 @@ class QuantConfig:
 
     method: Method
     threshold: float = 6.0
+    bits: int = 4
+    group: int = 128
+    sym: bool = True
     double_quant: bool = False
     compute_dtype: DType = DType.FP32
     dtype: DType | None = None
     include: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
+    lora: str = ""
     label: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -108,9 +116,16 @@ class QuantConfig:
             raise UserError(
                 f"threshold must be positive (got {self.threshold}); LLM.int8 uses 6.0."
             )
+        if not 2 <= self.bits <= 8:
+            raise UserError(f"bits must be between 2 and 8, got {self.bits}.")
+        if self.group < 0 or (self.group and self.group % 2):
+            raise UserError(
+                f"group must be an even number of weights, or 0 for one group per row; "
+                f"got {self.group}."
+            )
         allowed = PARAMS_OF[self.method]
         for f in fields(self):
-            if f.name in ("method", "label") or f.name in allowed:
+            if f.name in _ANY_METHOD or f.name in allowed:
                 continue
             if getattr(self, f.name) != f.default:
                 raise UserError(
@@ -124,10 +139,11 @@ class QuantConfig:
         parts = []
         for f in sorted(fields(self), key=lambda f: f.name):
             value = getattr(self, f.name)
-            if f.name in ("method", "label") or value == f.default:
+            if f.name in _ANY_METHOD or value == f.default:
                 continue
             parts.append(f"{f.name}={_format_value(value)}")
-        return self.method.value + (f"[{','.join(parts)}]" if parts else "")
+        lora = f"+lora={self.lora}" if self.lora else ""
+        return self.method.value + (f"[{','.join(parts)}]" if parts else "") + lora
 
     @property
     def display(self) -> str:
@@ -187,9 +203,14 @@ def _parse_value(method: Method, key: str, raw: str) -> object:
             return float(raw)
         except ValueError:
             raise UserError(f"threshold must be a number, got '{raw}'.") from None
-    if key == "double_quant":
+    if key in ("bits", "group"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise UserError(f"{key} must be a whole number, got '{raw}'.") from None
+    if key in ("double_quant", "sym"):
         if raw.lower() not in ("true", "false", "1", "0"):
-            raise UserError(f"double_quant must be true or false, got '{raw}'.")
+            raise UserError(f"{key} must be true or false, got '{raw}'.")
         return raw.lower() in ("true", "1")
     if key in ("compute_dtype", "dtype"):
         try:
@@ -215,7 +236,13 @@ def parse_config(text: str) -> QuantConfig:
 
     >>> parse_config("bnb-int8[threshold=5,skip=lm_head;mlp.down_proj]").skip
     ('lm_head', 'mlp.down_proj')
+
+    ``+lora=PATH`` applies a peft LoRA adapter folder on top of the config.
     """
+    text, _, lora = text.strip().partition("+lora=")
+    if lora:
+        base, folder = parse_config(text), _adapter_folder(lora)
+        return replace(base, lora=folder, label=f"{base.display}+lora={Path(folder).name}")
     match = _CONFIG_RE.match(text.strip())
     if not match:
         raise UserError(f"Cannot read config '{text}'; write it as name or name[key=value,...].")
@@ -235,6 +262,17 @@ def parse_config(text: str) -> QuantConfig:
             raise UserError(f"Parameter '{item}' of '{name}' needs a value: write {item}=VALUE.")
         values[key.strip()] = _parse_value(method, key.strip(), raw.strip())
     return QuantConfig(method, **values)  # type: ignore[arg-type]
+
+
+def _adapter_folder(text: str) -> str:
+    """The absolute path of a LoRA adapter folder (one holding ``adapter_config.json``)."""
+    folder = Path(text.strip()).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(
+            f"'{text}' is not a LoRA adapter folder (no adapter_config.json); pass the folder "
+            "'quantscope recover' or peft's save_pretrained wrote."
+        )
+    return str(folder.resolve())
 
 
 def split_config_list(text: str) -> list[str]:
@@ -283,8 +321,7 @@ def read_config_file(path: str | Path) -> QuantConfig:
     if body.get("format", CONFIG_FILE_FORMAT) != CONFIG_FILE_FORMAT:
         raise UserError(f"'{path}' has config file format {body.get('format')}; expected 1.")
     config = parse_config(str(text))
-    values = {f.name: getattr(config, f.name) for f in fields(config)}
-    return QuantConfig(**values | {"label": label})
+    return replace(config, label=label)
 
 
 def parse_config_list(text: str) -> tuple[QuantConfig, ...]:

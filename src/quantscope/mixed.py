@@ -20,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -410,8 +410,7 @@ def chosen_config(study: StudySpec, order: list[Unit], k: int, label: str) -> Qu
     base = study.config
     dtype = study.fallback if study.fallback not in (None, study.model.dtype) else base.dtype
     skip = (*base.skip, *(u.name for u in order[:k]))
-    values = {f.name: getattr(base, f.name) for f in fields(base)}
-    return QuantConfig(**values | {"skip": skip, "dtype": dtype, "label": label})
+    return replace(base, skip=skip, dtype=dtype, label=label)
 
 
 def search(spec: SearchSpec, events: Events | None = None) -> SearchResult:

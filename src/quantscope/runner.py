@@ -126,7 +126,13 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
 
 
 def result_key(ctx: _Context, config: QuantConfig) -> str:
-    return digest(ctx.files.fingerprint, config.name, ctx.windows.fingerprint, ctx.settings_fp)
+    adapter = ""
+    if config.lora:
+        from quantscope.backends import lora
+
+        adapter = lora.fingerprint(config.lora)  # a retrained adapter is measured again
+    parts = (ctx.files.fingerprint, config.name, ctx.windows.fingerprint, ctx.settings_fp)
+    return digest(*parts, adapter) if adapter else digest(*parts)
 
 
 def _baseline_config(spec: RunSpec) -> QuantConfig:
@@ -236,6 +242,10 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
     with evaluate.PeakMemory() as peak:
         ctx.events.stage(f"{config.display}: loading", None)
         loaded = backend.load(ctx.files, spec.model, config, ctx.device)
+        if config.lora:
+            from quantscope.backends import lora
+
+            loaded = lora.attach(loaded, config.lora, spec.model.allow_pickle)
         ctx.events.stage(f"{config.display}: accuracy pass", ctx.windows.n_scored)
         start = time.perf_counter()
         token_stats = evaluate.compare_pass(
@@ -259,10 +269,11 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         gens = evaluate.generate(loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens)
     for gen, base in zip(gens, ctx.base_generations, strict=True):
         gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
-    library, load_s = loaded.library, loaded.load_s
+    library, load_s, quantize_s = loaded.library, loaded.load_s, loaded.quantize_s
     del loaded
     _free()
     metrics = {**footprint, **accuracy, **speed, "load_s": load_s, "eval_s": eval_s}
+    metrics["quantize_s"] = quantize_s
     metrics.update(peak_rss_mb=peak.rss_mb, peak_gpu_mb=peak.gpu_mb)
     return Result(
         key=key,
@@ -348,6 +359,10 @@ def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position
         store.link(run_id, key, position, "reused")
         return Outcome(config.display, "reused", "already measured with these settings", stored)
     reason = backends.get(config.method).available(config.method, ctx.device)
+    if not reason and config.lora:
+        from quantscope.backends import lora
+
+        reason = lora.available()
     if reason:
         return Outcome(config.display, "skipped", reason)
     try:

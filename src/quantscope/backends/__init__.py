@@ -31,6 +31,9 @@ class LoadedModel:
     and codebooks, row scales), so that weight bytes are counted from the tensors actually
     held. It is a function because some kernels repack their state at the first forward pass
     (bitsandbytes on CPU turns float32 absmax into bfloat16), so it is read after inference.
+    ``packed`` is for fake quantization (weights held in float): per quantized module, the
+    bytes its packed format would hold, counted instead of the float tensor. ``quantize_s``
+    is the part of the time spent quantizing, when the backend can tell it from loading.
     """
 
     model: Any
@@ -38,6 +41,8 @@ class LoadedModel:
     quantized: dict[str, int] = field(default_factory=dict)
     state: Callable[[], dict[str, list[Any]]] = dict
     library: str = ""
+    packed: dict[str, int] = field(default_factory=dict)
+    quantize_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ _REGISTRY: dict[Method, str] = {
     Method.BNB_INT8: "quantscope.backends.bnb:BACKEND",
     Method.BNB_NF4: "quantscope.backends.bnb:BACKEND",
     Method.BNB_FP4: "quantscope.backends.bnb:BACKEND",
+    Method.RTN: "quantscope.backends.rtn:BACKEND",
 }
 
 

@@ -25,9 +25,11 @@ def main() -> None:
 def quiet_libraries() -> None:
     """Silence the libraries' own progress bars and notices: quantscope draws its own."""
     import os
+    import warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    for name in ("transformers", "bitsandbytes", "accelerate", "huggingface_hub"):
+    warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notes
+    for name in ("transformers", "bitsandbytes", "accelerate", "huggingface_hub", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -44,7 +44,8 @@ def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
     for name, logical in loaded.quantized.items():
         module = modules[name]
         tensors = [module.weight, *state.get(name, [])]
-        linear_bytes += sum(nbytes(t) for t in tensors)
+        held = sum(nbytes(t) for t in tensors)
+        linear_bytes += loaded.packed.get(name, held)
         linear_params += logical
         quant_ptrs.add(module.weight.data_ptr())
     total_bytes, params = linear_bytes, linear_params

@@ -166,3 +166,24 @@ def _front_figure(search: dict[str, Any]) -> dict[str, Any]:
     layout = {"title": {"text": "KL vs weight MB"}, "xaxis": {"title": {"text": "MB"}},
               "yaxis": {"title": {"text": "KL"}, "type": "log"}}  # fmt: skip
     return {"data": data, "layout": layout}
+
+
+def recovery_table(result: dict[str, Any]) -> Table:
+    """Baseline, plain quantized and recovered configs, and the share of each gap closed."""
+    table = Table(title="LoRA recovery on the evaluation text", title_justify="left")
+    for header in ("config", "weights MB", "ppl ± se", "Δppl % ± se", "KL ± se"):
+        table.add_column(header, justify="left" if header == "config" else "right")
+    table.columns[0].no_wrap = True
+    for name, m in result["configs"].items():
+        table.add_row(
+            Text(name), _g(m["weight_mb"], 4), f"{_g(m['ppl'], 4)} ± {_g(m['ppl_se'], 2)}",
+            f"{_g(m['dppl_pct'])} ± {_g(m['dppl_pct_se'], 2)}",
+            f"{_g(m['kl_mean'])} ± {_g(m['kl_se'], 2)}",
+        )  # fmt: skip
+    kl, kl_se = result["kl_recovery"]
+    ppl, ppl_se = result["ppl_recovery"]
+    table.caption = (
+        f"recovered: {100 * kl:.1f} ± {100 * kl_se:.1f} % of the KL gap, "
+        f"{100 * ppl:.1f} ± {100 * ppl_se:.1f} % of the log-perplexity gap (se conservative)"
+    )
+    return table
