@@ -55,7 +55,7 @@ class BackendConformance:
 
     def test_logits_are_finite_and_shaped(self, loaded: Any) -> None:
         ids = torch.tensor([list(range(2, 34))])
-        with torch.inference_mode():
+        with torch.no_grad():
             logits = loaded.model(input_ids=ids).logits
         assert logits.shape == (1, 32, 320)
         assert torch.isfinite(logits.float()).all()
@@ -71,7 +71,7 @@ class BackendConformance:
         assert 0 < kl <= self.max_kl, kl
 
     def test_bytes_fit_the_bit_width(self, loaded: Any) -> None:
-        with torch.inference_mode():
+        with torch.no_grad():
             loaded.model(input_ids=torch.tensor([[1, 2, 3]]))  # some kernels repack at first use
         footprint = evaluate.weight_footprint(loaded)
         low, high = self.bits

@@ -47,3 +47,60 @@ def test_rtn_kl_follows_bit_width(tiny_model_dir):
 
     kls = [kl_of(tiny_model_dir, f"rtn[bits={b},group=64]") for b in (8, 4, 3, 2)]
     assert kls == sorted(kls) and kls[0] < 0.01 < kls[1]
+
+
+class TestQuantoInt8(BackendConformance):
+    config = "quanto-int8"
+    max_kl = 3e-3  # measured 0.00137
+    bits = (8.0, 8.5)  # int8 + a float32 scale per output row (64 or 128 inputs here)
+
+
+class TestQuantoInt4(BackendConformance):
+    config = "quanto-int4"
+    max_kl = 0.6  # measured 0.291
+    bits = (4.5, 5.0)  # packed int4 + float32 scale and shift per group
+
+
+class TestHqq4(BackendConformance):
+    config = "hqq[bits=4,group=64]"
+    max_kl = 0.6  # measured 0.279
+    bits = (5.0, 5.0)  # 4 bits + float32 scale and zero per 64 weights
+
+
+def test_kl_follows_bit_width_within_quanto_and_hqq(tiny_model_dir):
+    """Measured: quanto 8/4/2 bits 0.0014, 0.29, 1.84; hqq 8/4/3/2 bits 0.00097, 0.28, 0.82,
+    1.84."""
+    from conformance import kl_of
+
+    for configs in (
+        ["quanto-int8", "quanto-int4", "quanto-int2"],
+        [f"hqq[bits={b},group=64]" for b in (8, 4, 3, 2)],
+    ):
+        kls = [kl_of(tiny_model_dir, c) for c in configs]
+        assert kls == sorted(kls), dict(zip(configs, kls, strict=True))
+
+
+class TestTorchaoInt8WeightOnly(BackendConformance):
+    config = "torchao-int8wo"
+    max_kl = 3e-3  # measured 0.00143
+    bits = (8.0, 8.6)  # int8 + float32 scale and int8 zero point per row
+
+
+class TestTorchaoInt8Dynamic(BackendConformance):
+    config = "torchao-int8dq"
+    max_kl = 7e-3  # measured 0.00315 (activations are quantized too)
+    bits = (8.0, 8.6)
+
+
+class TestTorchaoIntx4(BackendConformance):
+    config = "torchao-intx[bits=4,group=32]"
+    max_kl = 0.65  # measured 0.309
+    bits = (9.25, 9.25)  # the CPU layout holds each 4-bit value in an int8, + scale and zero
+
+
+def test_torchao_intx_kl_follows_bit_width(tiny_model_dir):
+    """Measured: 8/4/2 bits 0.0012, 0.31, 1.91."""
+    from conformance import kl_of
+
+    kls = [kl_of(tiny_model_dir, f"torchao-intx[bits={b},group=32]") for b in (8, 4, 2)]
+    assert kls == sorted(kls)

@@ -41,6 +41,15 @@ class Method(str, Enum):
     BNB_NF4 = "bnb-nf4"
     BNB_FP4 = "bnb-fp4"
     RTN = "rtn"
+    QUANTO_INT8 = "quanto-int8"
+    QUANTO_INT4 = "quanto-int4"
+    QUANTO_INT2 = "quanto-int2"
+    QUANTO_FP8 = "quanto-fp8"
+    HQQ = "hqq"
+    TORCHAO_INT8WO = "torchao-int8wo"
+    TORCHAO_INT8DQ = "torchao-int8dq"
+    TORCHAO_INT4WO = "torchao-int4wo"
+    TORCHAO_INTX = "torchao-intx"
 
 
 class ModelKind(str, Enum):
@@ -68,6 +77,15 @@ PARAMS_OF: dict[Method, tuple[str, ...]] = {
     Method.BNB_NF4: ("double_quant", "compute_dtype", "dtype", "include", "skip"),
     Method.BNB_FP4: ("double_quant", "compute_dtype", "dtype", "include", "skip"),
     Method.RTN: ("bits", "group", "sym", "dtype", "include", "skip"),
+    Method.QUANTO_INT8: ("dtype", "include", "skip"),
+    Method.QUANTO_INT4: ("dtype", "include", "skip"),
+    Method.QUANTO_INT2: ("dtype", "include", "skip"),
+    Method.QUANTO_FP8: ("dtype", "include", "skip"),
+    Method.HQQ: ("bits", "group", "dtype", "include", "skip"),
+    Method.TORCHAO_INT8WO: ("dtype", "include", "skip"),
+    Method.TORCHAO_INT8DQ: ("dtype", "include", "skip"),
+    Method.TORCHAO_INT4WO: ("group", "dtype", "include", "skip"),
+    Method.TORCHAO_INTX: ("bits", "group", "dtype", "include", "skip"),
 }
 CONFIG_FILE_FORMAT = 1
 _ANY_METHOD = ("method", "lora", "label")  # fields every method takes

@@ -111,6 +111,15 @@ _REGISTRY: dict[Method, str] = {
     Method.BNB_NF4: "quantscope.backends.bnb:BACKEND",
     Method.BNB_FP4: "quantscope.backends.bnb:BACKEND",
     Method.RTN: "quantscope.backends.rtn:BACKEND",
+    Method.QUANTO_INT8: "quantscope.backends.quanto:BACKEND",
+    Method.QUANTO_INT4: "quantscope.backends.quanto:BACKEND",
+    Method.QUANTO_INT2: "quantscope.backends.quanto:BACKEND",
+    Method.QUANTO_FP8: "quantscope.backends.quanto:BACKEND",
+    Method.HQQ: "quantscope.backends.hqq:BACKEND",
+    Method.TORCHAO_INT8WO: "quantscope.backends.torchao:BACKEND",
+    Method.TORCHAO_INT8DQ: "quantscope.backends.torchao:BACKEND",
+    Method.TORCHAO_INT4WO: "quantscope.backends.torchao:BACKEND",
+    Method.TORCHAO_INTX: "quantscope.backends.torchao:BACKEND",
 }
 
 

@@ -31,5 +31,15 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notes
-    for name in ("transformers", "bitsandbytes", "accelerate", "huggingface_hub", "peft"):
+    for name in (
+        "transformers",
+        "bitsandbytes",
+        "accelerate",
+        "huggingface_hub",
+        "peft",
+        "torchao",
+        "torch.utils._pytree",
+        "optimum.quanto",
+        "hqq",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)

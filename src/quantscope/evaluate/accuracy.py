@@ -75,7 +75,7 @@ def scored_logits(
     for _, ids_np, score_from in windows.batches(batch_size):
         ids = torch.from_numpy(ids_np).to(device)  # (B, C)
         keep = context - int(score_from.min()) + 1 if trim else context
-        with torch.inference_mode():
+        with torch.no_grad():
             extra = {"logits_to_keep": keep} if trim else {}
             logits = model(input_ids=ids, use_cache=False, **extra).logits  # (B, keep, V)
         first = context - keep  # window position of logits[:, 0]
@@ -119,7 +119,7 @@ def reference_chunks(
 ) -> Iterator[Reference]:
     """The baseline's reference, one chunk per batch of windows (see ``quantscope.reference``)."""
     generator: torch.Generator | None = None
-    with torch.inference_mode():
+    with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size):
             if generator is None:
                 generator = torch.Generator(batch[0][0].device).manual_seed(seed)
@@ -167,7 +167,7 @@ def compare_pass(
     cursor = reference.cursor() if isinstance(reference, Reference) else reference
     out: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(TokenStats)}
     base_iter = scored_logits(baseline, windows, batch_size) if baseline is not None else None
-    with torch.inference_mode():
+    with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size):
             base_chunks = _row_chunks(next(base_iter)) if base_iter is not None else None
             for (logits, targets), rows in _row_chunks(batch):

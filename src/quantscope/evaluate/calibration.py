@@ -38,7 +38,7 @@ class Calibration:
 
 def _batches(model: Any, windows: Windows, batch_size: int) -> Any:
     """Per batch of windows: (targets (R,), logits (R, V)) of every scored row."""
-    with torch.inference_mode():
+    with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size):
             yield torch.cat([t for _, t in batch]), torch.cat([x for x, _ in batch]).float()
 

@@ -30,6 +30,10 @@ def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
     def nbytes(t: torch.Tensor) -> int:
         if t.device.type == "meta":
             return 0
+        if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+            # a tensor subclass (quanto, torchao) holds its data in inner tensors
+            inner, _ = t.__tensor_flatten__()
+            return sum(nbytes(getattr(t, name)) for name in inner)
         # A tensor's own bytes (weights loaded from safetensors may be views into one
         # shared buffer, so storage sizes would overcount); tied weights share data_ptr.
         key = (t.data_ptr(), t.nbytes)
@@ -39,21 +43,18 @@ def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
         return int(t.nbytes)
 
     linear_bytes = linear_params = 0
-    quant_ptrs: set[int] = set()
     state = loaded.state()
     for name, logical in loaded.quantized.items():
-        module = modules[name]
-        tensors = [module.weight, *state.get(name, [])]
+        weight = getattr(modules[name], "weight", None)  # HQQ keeps it in state() instead
+        tensors = [t for t in (weight, *state.get(name, [])) if isinstance(t, torch.Tensor)]
         held = sum(nbytes(t) for t in tensors)
         linear_bytes += loaded.packed.get(name, held)
         linear_params += logical
-        quant_ptrs.add(module.weight.data_ptr())
     total_bytes, params = linear_bytes, linear_params
     for p in list(model.parameters()) + list(model.buffers()):
-        is_quant = p.data_ptr() in quant_ptrs
-        counted = nbytes(p)
+        counted = nbytes(p)  # 0 for the quantized weights counted above
         total_bytes += counted
-        if counted and not is_quant and isinstance(p, torch.nn.Parameter):
+        if counted and isinstance(p, torch.nn.Parameter):
             params += p.numel()
     return {
         "weight_bytes": float(total_bytes),
@@ -71,7 +72,7 @@ def prefill_speed(model: Any, vocab: int, length: int, reps: int, seed: int) -> 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, length), generator=gen).to(device)
     rates = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for rep in range(reps + 1):
             sync(device)
             start = time.perf_counter()
@@ -91,7 +92,7 @@ def decode_speed(
     ids = torch.randint(0, vocab, (1, prompt), generator=gen).to(device)
     name = "cache" if accepts(model, "cache") else "past_key_values"  # transformers ≥ 5.2x
     rates = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for rep in range(reps + 1):
             out = model(input_ids=ids, use_cache=True)
             past, nxt = getattr(out, name), out.logits[:, -1:].argmax(-1)  # (1, 1)

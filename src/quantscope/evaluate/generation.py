@@ -23,7 +23,7 @@ def loglikelihoods(
     """
     device = model_device(model)
     out: list[tuple[float, bool]] = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for start in range(0, len(requests), batch_size):
             chunk = requests[start : start + batch_size]
             seqs = [(ctx + cont)[-max_length:] for ctx, cont in chunk]
@@ -65,7 +65,7 @@ def generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for prompt in prompts:
         ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
-        with torch.inference_mode():
+        with torch.no_grad():
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),

@@ -1,0 +1,71 @@
+"""optimum-quanto: int8, int4 and int2 weights (``quanto-int8``, ``quanto-int4``,
+``quanto-int2``), and float8 weights (``quanto-fp8``) where the GPU has float8.
+
+The model is loaded in the baseline's precision, then ``quantize`` + ``freeze`` replace the
+selected linears by quanto's ``QLinear`` (int4/int2 in groups of 128 along the input, as
+quanto does). Weight bytes count the inner tensors of quanto's weight tensors (packed data,
+scales, shifts). optimum-quanto is imported only here, inside functions.
+"""
+
+from __future__ import annotations
+
+import time
+
+from quantscope.backends import Backend, LoadedModel
+from quantscope.config import Method, ModelSpec, QuantConfig, select_modules
+from quantscope.models import ModelFiles, torch_dtype
+
+_QTYPE = {
+    Method.QUANTO_INT8: "qint8",
+    Method.QUANTO_INT4: "qint4",
+    Method.QUANTO_INT2: "qint2",
+    Method.QUANTO_FP8: "qfloat8",
+}
+
+
+class QuantoBackend(Backend):
+    name = "optimum-quanto"
+    methods = tuple(_QTYPE)
+
+    def available(self, method: Method, device: str) -> str | None:
+        try:
+            import optimum.quanto  # noqa: F401
+        except ImportError as err:
+            return f"optimum-quanto is not installed ({err}); pip install 'quantscope[quanto]'."
+        if method is Method.QUANTO_FP8:
+            import torch
+
+            if not device.startswith("cuda") or torch.cuda.get_device_capability(device) < (8, 9):
+                return (
+                    "float8 weights need an NVIDIA GPU with compute capability 8.9+ (Ada, Hopper)."
+                )
+        return None
+
+    def load(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> LoadedModel:
+        import optimum.quanto as quanto
+        import torch
+
+        dtype = torch_dtype(config.dtype or spec.dtype)
+        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
+        linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        chosen = set(select_modules(linears, config.include, (*config.skip, "lm_head")))
+        start = time.perf_counter()
+        qtype = getattr(quanto, _QTYPE[config.method])
+        quanto.quantize(model, weights=qtype, exclude=[n for n in linears if n not in chosen])
+        quanto.freeze(model)
+        quantize_s = time.perf_counter() - start
+        modules = {n: m for n, m in model.named_modules() if isinstance(m, quanto.QLinear)}
+        quantized = {n: m.in_features * m.out_features for n, m in modules.items()}
+        library = f"optimum-quanto {_version('optimum-quanto')}"
+        return LoadedModel(model, seconds, quantized, dict, library, quantize_s=quantize_s)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+BACKEND = QuantoBackend()
