@@ -22,9 +22,9 @@ def rtn(w: Any, bits: int, group: int, sym: bool) -> Any:
     """Round-to-nearest quantize-dequantize of a (out, in) weight, in groups along ``in``.
 
     >>> import torch
-    >>> w = torch.tensor([[0.1, -0.4, 0.25, 1.0]])
+    >>> w = torch.tensor([[0.1, -0.6, 0.25, 1.0]])
     >>> rtn(w, bits=2, group=0, sym=True).tolist()  # levels: -2, -1, 0, 1 times 1.0
-    [[0.0, 0.0, 0.0, 1.0]]
+    [[0.0, -1.0, 0.0, 1.0]]
     >>> rtn(w, bits=8, group=2, sym=False).sub(w).abs().max().item() < 0.002
     True
     """
