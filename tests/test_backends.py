@@ -55,6 +55,12 @@ class TestQuantoInt8(BackendConformance):
     bits = (8.0, 8.5)  # int8 + a float32 scale per output row (64 or 128 inputs here)
 
 
+class TestQuantoFp8(BackendConformance):
+    config = "quanto-fp8"
+    max_kl = 0.05  # measured 0.024 (e4m3 keeps 3 mantissa bits)
+    bits = (8.0, 8.5)
+
+
 class TestQuantoInt4(BackendConformance):
     config = "quanto-int4"
     max_kl = 0.6  # measured 0.291

@@ -1,5 +1,6 @@
 """optimum-quanto: int8, int4 and int2 weights (``quanto-int8``, ``quanto-int4``,
-``quanto-int2``), and float8 weights (``quanto-fp8``) where the GPU has float8.
+``quanto-int2``), and float8 (e4m3) weights (``quanto-fp8``; stored in float8 everywhere,
+multiplied in the model's precision, so it runs on CPU too).
 
 The model is loaded in the baseline's precision, then ``quantize`` + ``freeze`` replace the
 selected linears by quanto's ``QLinear`` (int4/int2 in groups of 128 along the input, as
@@ -32,13 +33,6 @@ class QuantoBackend(Backend):
             import optimum.quanto  # noqa: F401
         except ImportError as err:
             return f"optimum-quanto is not installed ({err}); pip install 'quantscope[quanto]'."
-        if method is Method.QUANTO_FP8:
-            import torch
-
-            if not device.startswith("cuda") or torch.cuda.get_device_capability(device) < (8, 9):
-                return (
-                    "float8 weights need an NVIDIA GPU with compute capability 8.9+ (Ada, Hopper)."
-                )
         return None
 
     def load(
