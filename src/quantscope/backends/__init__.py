@@ -102,6 +102,32 @@ class Backend(ABC):
         model.eval()
         return model, seconds
 
+    def float_model(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> tuple[Any, float, dict[str, Any], list[str]]:
+        """The baseline in ``config.dtype`` (else the baseline's), the seconds it took, its
+        linear layers by name, and the names ``config`` selects to quantize (``lm_head`` is
+        kept): the start of every backend that quantizes a loaded float model."""
+        import torch
+
+        from quantscope.config import select_modules
+        from quantscope.models import torch_dtype
+
+        dtype = torch_dtype(config.dtype or spec.dtype)
+        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
+        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        chosen = select_modules(list(linears), config.include, (*config.skip, "lm_head"))
+        return model, seconds, linears, chosen
+
+
+def missing(module: str, extra: str) -> str | None:
+    """None when ``module`` imports, else one sentence saying how to install it."""
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        return f"{module} is not installed ({err}); pip install 'quantscope[{extra}]'."
+    return None
+
 
 _REGISTRY: dict[Method, str] = {
     Method.FP32: "quantscope.backends.precision:BACKEND",

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel
-from quantscope.config import Method, ModelSpec, QuantConfig, select_modules
+from quantscope.backends import Backend, LoadedModel, missing
+from quantscope.config import Method, ModelSpec, QuantConfig
 from quantscope.models import ModelFiles, torch_dtype
 
 
@@ -23,11 +23,7 @@ class HqqBackend(Backend):
     methods = (Method.HQQ,)
 
     def available(self, method: Method, device: str) -> str | None:
-        try:
-            import hqq  # noqa: F401
-        except ImportError as err:
-            return f"hqq is not installed ({err}); pip install 'quantscope[hqq]'."
-        return None
+        return missing("hqq", "hqq")
 
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
@@ -35,10 +31,8 @@ class HqqBackend(Backend):
         import torch
         from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
+        model, seconds, linears, chosen = self.float_model(files, spec, config, device)
         dtype = torch_dtype(config.dtype or spec.dtype)
-        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        chosen = select_modules(list(linears), config.include, (*config.skip, "lm_head"))
         quant = BaseQuantizeConfig(nbits=config.bits, group_size=config.group or None)
         start = time.perf_counter()
         for name in chosen:  # each chosen linear replaced by hqq's own layer

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 
-from quantscope.backends import Backend, LoadedModel
-from quantscope.config import Method, ModelSpec, QuantConfig, select_modules
-from quantscope.models import ModelFiles, torch_dtype
+from quantscope.backends import Backend, LoadedModel, missing
+from quantscope.config import Method, ModelSpec, QuantConfig
+from quantscope.models import ModelFiles
 
 _QTYPE = {
     Method.QUANTO_INT8: "qint8",
@@ -29,22 +29,15 @@ class QuantoBackend(Backend):
     methods = tuple(_QTYPE)
 
     def available(self, method: Method, device: str) -> str | None:
-        try:
-            import optimum.quanto  # noqa: F401
-        except ImportError as err:
-            return f"optimum-quanto is not installed ({err}); pip install 'quantscope[quanto]'."
-        return None
+        return missing("optimum.quanto", "quanto")
 
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
     ) -> LoadedModel:
         import optimum.quanto as quanto
-        import torch
 
-        dtype = torch_dtype(config.dtype or spec.dtype)
-        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
-        linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-        chosen = set(select_modules(linears, config.include, (*config.skip, "lm_head")))
+        model, seconds, linears, selected = self.float_model(files, spec, config, device)
+        chosen = set(selected)
         start = time.perf_counter()
         qtype = getattr(quanto, _QTYPE[config.method])
         quanto.quantize(model, weights=qtype, exclude=[n for n in linears if n not in chosen])

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from quantscope.backends import Backend, Emulation, LoadedModel
-from quantscope.config import Method, ModelSpec, QuantConfig, select_modules
+from quantscope.config import Method, ModelSpec, QuantConfig
 from quantscope.errors import UserError
-from quantscope.models import ModelFiles, torch_dtype
+from quantscope.models import ModelFiles
 
 
 def rtn(w: Any, bits: int, group: int, sym: bool) -> Any:
@@ -84,10 +84,7 @@ class RtnBackend(Backend):
 
         import torch
 
-        dtype = torch_dtype(config.dtype or spec.dtype)
-        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        chosen = select_modules(list(linears), config.include, (*config.skip, "lm_head"))
+        model, seconds, linears, chosen = self.float_model(files, spec, config, device)
         start = time.perf_counter()
         with torch.no_grad():
             for name in chosen:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel
-from quantscope.config import Method, ModelSpec, QuantConfig, select_modules
-from quantscope.models import ModelFiles, torch_dtype
+from quantscope.backends import Backend, LoadedModel, missing
+from quantscope.config import Method, ModelSpec, QuantConfig
+from quantscope.models import ModelFiles
 
 
 class TorchaoBackend(Backend):
@@ -28,10 +28,9 @@ class TorchaoBackend(Backend):
     )
 
     def available(self, method: Method, device: str) -> str | None:
-        try:
-            import torchao  # noqa: F401
-        except ImportError as err:
-            return f"torchao is not installed ({err}); pip install 'quantscope[torchao]'."
+        reason = missing("torchao", "torchao")
+        if reason:
+            return reason
         if method is Method.TORCHAO_INT4WO and not device.startswith("cuda"):
             return "torchao's int4 weight-only kernels need a CUDA GPU; on CPU use torchao-intx."
         return None
@@ -60,14 +59,11 @@ class TorchaoBackend(Backend):
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
     ) -> LoadedModel:
-        import torch
         import torchao
         from torchao.quantization import quantize_
 
-        dtype = torch_dtype(config.dtype or spec.dtype)
-        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        chosen = set(select_modules(list(linears), config.include, (*config.skip, "lm_head")))
+        model, seconds, linears, selected = self.float_model(files, spec, config, device)
+        chosen = set(selected)
         start = time.perf_counter()
         quantize_(model, self.quant_config(config), filter_fn=lambda _m, fqn: fqn in chosen)
         quantize_s = time.perf_counter() - start
