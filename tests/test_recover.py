@@ -190,3 +190,20 @@ def test_adapter_inputs_explain_themselves(tmp_path, tiny_model_dir):
         _spec(tiny_model_dir, tmp_path, config=parse_config(f"bnb-nf4+lora={tmp_path}"))
     with pytest.raises(UserError, match="kl-weight"):
         _spec(tiny_model_dir, tmp_path, kl_weight=2.0)
+
+
+def test_ctrl_c_saves_the_adapter_so_far(tiny_model_dir, tmp_path):
+    """Ctrl-C during training (raised here from the progress callback at step 2) stops it and
+    saves the adapter trained so far, which loads as a config."""
+
+    def interrupt(step: int, loss: float, kl: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    trained = train(_spec(tiny_model_dir, tmp_path, steps=10), on_step=interrupt)
+    assert trained.interrupted and trained.steps == 2
+    saved = json.loads((Path(trained.adapter) / "quantscope-recover.json").read_text())
+    assert saved["interrupted"] and saved["steps"] == 2
+    assert parse_config(f"bnb-nf4+lora={trained.adapter}").lora == trained.adapter
+    with pytest.raises(KeyboardInterrupt):  # recover() stops there too, without evaluating
+        recover(_spec(tiny_model_dir, tmp_path / "again", steps=10), on_step=interrupt)
