@@ -11,6 +11,7 @@ never imports bitsandbytes (or any other optional dependency). ``available()`` a
 from __future__ import annotations
 
 import importlib
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ class LoadedModel:
     state: Callable[[], dict[str, list[Any]]] = dict
     library: str = ""
     packed: dict[str, int] = field(default_factory=dict)
-    quantize_s: float = 0.0
+    quantize_s: float = math.nan  # NaN: quantized while loading, not separable
 
 
 @dataclass(frozen=True)
