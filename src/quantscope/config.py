@@ -50,6 +50,7 @@ class Method(str, Enum):
     TORCHAO_INT8DQ = "torchao-int8dq"
     TORCHAO_INT4WO = "torchao-int4wo"
     TORCHAO_INTX = "torchao-intx"
+    GGUF = "gguf"
 
 
 class ModelKind(str, Enum):
@@ -86,6 +87,7 @@ PARAMS_OF: dict[Method, tuple[str, ...]] = {
     Method.TORCHAO_INT8DQ: ("dtype", "include", "skip"),
     Method.TORCHAO_INT4WO: ("group", "dtype", "include", "skip"),
     Method.TORCHAO_INTX: ("bits", "group", "dtype", "include", "skip"),
+    Method.GGUF: ("qtype", "file"),
 }
 CONFIG_FILE_FORMAT = 1
 _ANY_METHOD = ("method", "lora", "label")  # fields every method takes
@@ -124,6 +126,8 @@ class QuantConfig:
     double_quant: bool = False
     compute_dtype: DType = DType.FP32
     dtype: DType | None = None
+    qtype: str = "Q8_0"
+    file: str = ""
     include: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
     lora: str = ""
@@ -239,6 +243,10 @@ def _parse_value(method: Method, key: str, raw: str) -> object:
             ) from None
     if key in ("skip", "include"):
         return tuple(p for p in raw.split(";") if p)
+    if key == "qtype":
+        return raw.upper()
+    if key == "file":
+        return str(Path(raw).expanduser().resolve())
     allowed = PARAMS_OF[method]
     raise UserError(
         f"'{method.value}' has no parameter '{key}'.{did_you_mean(key, allowed)} "

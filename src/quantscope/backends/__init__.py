@@ -44,6 +44,7 @@ class LoadedModel:
     library: str = ""
     packed: dict[str, int] = field(default_factory=dict)
     quantize_s: float = math.nan  # NaN: quantized while loading, not separable
+    footprint: dict[str, float] | None = None  # weight bytes read from a file (GGUF)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ _REGISTRY: dict[Method, str] = {
     Method.TORCHAO_INT8DQ: "quantscope.backends.torchao:BACKEND",
     Method.TORCHAO_INT4WO: "quantscope.backends.torchao:BACKEND",
     Method.TORCHAO_INTX: "quantscope.backends.torchao:BACKEND",
+    Method.GGUF: "quantscope.backends.gguf:BACKEND",
 }
 
 

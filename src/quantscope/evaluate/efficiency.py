@@ -23,6 +23,8 @@ def weight_footprint(loaded: LoadedModel) -> dict[str, float]:
     the logical weight count: quantized linears count in_features × out_features, however
     their data is packed.
     """
+    if loaded.footprint is not None:  # a file the backend measured (GGUF)
+        return dict(loaded.footprint)
     model = loaded.model
     modules = dict(model.named_modules())
     seen: set[tuple[int, int]] = set()

@@ -1,0 +1,190 @@
+"""llama.cpp GGUF (``gguf[qtype=Q4_K_M]``, or ``gguf[file=PATH]`` for a file you have).
+
+The numbers are llama.cpp's own: the file is evaluated by llama.cpp (llama-cpp-python) with
+logits for every position, behind a small adapter that the passes call like a transformers
+model. ``qtype`` quantizes with llama.cpp's ``llama_model_quantize`` from the baseline's own
+GGUF file (a baseline given as a GGUF file, like the bundled one: its de-quantized weights are
+exactly the baseline, so re-quantizing the file quantizes the baseline). Weight bytes, bits
+per weight and the tensor type mix are read from the file. llama_cpp is imported only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from quantscope.backends import Backend, LoadedModel, missing
+from quantscope.config import Method, ModelKind, ModelSpec, QuantConfig
+from quantscope.errors import UserError
+from quantscope.models import ModelFiles, cache_dir
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+class LlamaCppModel:
+    """llama.cpp behind the interface the passes use: ``forward`` → ``.logits`` (B, T, V) for
+    every position, incremental calls with ``past_key_values``, greedy ``generate``, and one
+    empty parameter so the device is found."""
+
+    def __init__(self, path: Path, config: Any, n_ctx: int) -> None:
+        from llama_cpp import Llama
+
+        torch = _torch()
+        self.llm = Llama(
+            model_path=str(path), logits_all=True, n_ctx=n_ctx, n_batch=n_ctx,
+            n_threads=torch.get_num_threads(), verbose=False,
+        )  # fmt: skip
+        self.config = config
+        self.anchor = torch.nn.Parameter(torch.zeros(0))
+        self.training = False
+
+    def parameters(self) -> Any:
+        yield self.anchor
+
+    def buffers(self) -> Any:
+        return iter(())
+
+    def named_modules(self) -> Any:
+        return iter(())
+
+    def eval(self) -> LlamaCppModel:
+        return self
+
+    def _run(self, ids: list[int], keep: bool) -> Any:
+        torch = _torch()
+        if not keep:
+            self.llm.reset()
+        start = self.llm.n_tokens
+        self.llm.eval(ids)
+        return torch.from_numpy(self.llm.scores[start : start + len(ids)].copy())  # (T, V)
+
+    def __call__(
+        self, input_ids: Any, attention_mask: Any = None, use_cache: bool = False,
+        past_key_values: Any = None, **_: Any,
+    ) -> Any:  # fmt: skip
+        torch = _torch()
+        rows = []
+        for b, row in enumerate(input_ids.tolist()):
+            n = int(attention_mask[b].sum()) if attention_mask is not None else len(row)
+            logits = self._run(row[:n], keep=past_key_values is not None)
+            pad = torch.zeros((len(row) - n, logits.shape[1]), dtype=logits.dtype)
+            rows.append(torch.cat([logits, pad]))
+        return SimpleNamespace(logits=torch.stack(rows), past_key_values=self, cache=self)
+
+    forward = __call__
+
+    def generate(self, input_ids: Any, max_new_tokens: int, **_: Any) -> Any:
+        """Greedy continuation of one prompt, stopping after the EOS token as transformers does."""
+        torch = _torch()
+        ids = input_ids[0].tolist()
+        logits = self._run(ids, keep=False)
+        out, eos = list(ids), getattr(self.config, "eos_token_id", None)
+        for _step in range(max_new_tokens):
+            nxt = int(logits[-1].argmax())
+            out.append(nxt)
+            if nxt == eos:
+                break
+            logits = self._run([nxt], keep=True)
+        return torch.tensor([out])
+
+
+def file_footprint(path: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """Bytes, bits per weight and tensor-type mix of a GGUF file, from its tensor table."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    total = params = linear_bytes = linear_params = 0
+    mix: Counter[str] = Counter()
+    for t in reader.tensors:
+        total += int(t.n_bytes)
+        params += int(t.n_elements)
+        if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2:
+            linear_bytes += int(t.n_bytes)
+            linear_params += int(t.n_elements)
+            mix[t.tensor_type.name] += 1
+    footprint = {
+        "weight_bytes": float(total), "weight_mb": total / 2**20, "params": float(params),
+        "bits_per_weight": 8.0 * total / params,
+        "linear_bits_per_weight": 8.0 * linear_bytes / linear_params,
+        "quantized_linears": float(sum(mix.values())),
+    }  # fmt: skip
+    return footprint, dict(mix)
+
+
+def _ftype(qtype: str) -> int:
+    import llama_cpp
+
+    value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}", None)
+    if value is None:
+        known = sorted(n.removeprefix("LLAMA_FTYPE_MOSTLY_") for n in dir(llama_cpp)
+                       if n.startswith("LLAMA_FTYPE_MOSTLY_"))  # fmt: skip
+        raise UserError(f"llama.cpp has no quantization type '{qtype}'; it has {', '.join(known)}.")
+    return int(value)
+
+
+def quantize_file(source: Path, qtype: str) -> tuple[Path, float]:
+    """``source`` quantized to ``qtype`` by llama.cpp, cached; the path and seconds it took."""
+    import llama_cpp
+
+    head = hashlib.sha256(f"{source.resolve()}:{source.stat().st_size}".encode()).hexdigest()[:12]
+    target = cache_dir() / "gguf" / f"{source.stem}-{head}-{qtype.upper()}.gguf"
+    if target.is_file():
+        return target, 0.0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _ftype(qtype)
+    params.allow_requantize = True
+    tmp = target.with_suffix(".tmp")
+    start = time.perf_counter()
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise UserError(f"llama.cpp could not quantize '{source}' to {qtype} (code {code}).")
+    tmp.rename(target)
+    return target, seconds
+
+
+class GgufBackend(Backend):
+    name = "llama.cpp"
+    methods = (Method.GGUF,)
+
+    def available(self, method: Method, device: str) -> str | None:
+        return missing("llama_cpp", "gguf")
+
+    def load(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> LoadedModel:
+        from transformers import AutoConfig
+
+        if config.file:
+            path, quantize_s = Path(config.file).expanduser(), float("nan")
+            if not path.is_file():
+                raise UserError(f"No such GGUF file '{config.file}'.")
+        elif files.kind in (ModelKind.BUNDLED, ModelKind.GGUF_FILE):
+            path, quantize_s = quantize_file(Path(files.origin), config.qtype)
+        else:
+            raise UserError(
+                "gguf[qtype=…] quantizes the baseline's own GGUF file; for a Hugging Face "
+                "model, convert it with llama.cpp's convert_hf_to_gguf.py and pass "
+                "gguf[file=PATH]."
+            )
+        start = time.perf_counter()
+        model = LlamaCppModel(path, AutoConfig.from_pretrained(str(files.folder)), n_ctx=2048)
+        seconds = time.perf_counter() - start
+        footprint, mix = file_footprint(path)
+        import llama_cpp
+
+        library = f"llama.cpp via llama-cpp-python {llama_cpp.__version__}; types {mix}"
+        return LoadedModel(model, seconds, {}, dict, library, quantize_s=quantize_s,
+                           footprint=footprint)  # fmt: skip
+
+
+BACKEND = GgufBackend()
