@@ -113,7 +113,8 @@ def test_calibration_kl_equals_direct_full_vocabulary_kl(tiny_model_dir):
 
 def test_emulated_kl_tracks_the_real_bitsandbytes_model(tiny_model_dir, tmp_path):
     """With every unit quantized, the emulated model's calibration KL is within 10% of the real
-    bitsandbytes model's (measured: within 2%; the CPU kernel multiplies at bf16 precision)."""
+    bitsandbytes model's (measured: 0.289 vs 0.291, 0.6%; the CPU kernel multiplies at bf16
+    precision)."""
     spec = _study(tiny_model_dir, tmp_path, modes=("only",))
     prepared = bench(spec, runner.LogEvents())
     emulated = prepared.measure(prepared.units)["kl"]

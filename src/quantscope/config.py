@@ -93,6 +93,15 @@ CONFIG_FILE_FORMAT = 1
 _ANY_METHOD = ("method", "lora", "label")  # fields every method takes
 
 
+def precision_config(dtype: DType) -> QuantConfig:
+    """The plain floating-point config of a dtype: how a baseline or a fallback is loaded.
+
+    >>> precision_config(DType.BF16).name
+    'bf16'
+    """
+    return QuantConfig(Method(dtype.value))
+
+
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     """A ' Did you mean X?' suffix for the closest choice, or '' when nothing is close.
 

@@ -29,15 +29,13 @@ import numpy as np
 import torch
 
 from quantscope import backends, data, models
-from quantscope.config import DataSpec, DType, Method, ModelSpec, QuantConfig, RunSpec
+from quantscope.config import DataSpec, ModelSpec, QuantConfig, RunSpec, precision_config
 from quantscope.errors import UserError
 from quantscope.provenance import digest, versions
 from quantscope.runner import Events, LogEvents, default_store
 from quantscope.store import Store, now
 
 log = logging.getLogger(__name__)
-
-_PRECISION = {DType.FP32: Method.FP32, DType.BF16: Method.BF16, DType.FP16: Method.FP16}
 
 
 @dataclass(frozen=True)
@@ -183,7 +181,7 @@ def train(
     next_batch = training_batches(ids, spec.seq_len, spec.batch_size, spec.seed)
     torch.manual_seed(spec.seed)
     events.stage("Loading the teacher (baseline) and the student", None)
-    base = QuantConfig(_PRECISION[spec.model.dtype])
+    base = precision_config(spec.model.dtype)
     teacher = backends.get(base.method).load(files, spec.model, base, device).model
     student = student_model(spec, files, device)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -312,7 +310,7 @@ def recover(
     recovered = replace(
         spec.config, lora=folder, label=f"{spec.config.display}+lora={Path(folder).name}"
     )
-    base = QuantConfig(_PRECISION[spec.model.dtype])
+    base = precision_config(spec.model.dtype)
     run_spec = RunSpec(model=spec.model, configs=(base, spec.config, recovered),
                        data=spec.evaluation, device=spec.device, seed=spec.seed,
                        store_path=spec.store_path)  # fmt: skip

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from quantscope import backends, data, evaluate, models, tasks
-from quantscope.config import DType, Method, QuantConfig, RunSpec
+from quantscope.config import QuantConfig, RunSpec, precision_config
 from quantscope.errors import UserError
 from quantscope.provenance import digest, hardware, versions
 from quantscope.reference import FORMAT as REFERENCE_FORMAT
@@ -135,11 +135,6 @@ def result_key(ctx: _Context, config: QuantConfig) -> str:
     return digest(*parts, adapter) if adapter else digest(*parts)
 
 
-def _baseline_config(spec: RunSpec) -> QuantConfig:
-    method = {DType.FP32: Method.FP32, DType.BF16: Method.BF16, DType.FP16: Method.FP16}
-    return QuantConfig(method[spec.model.dtype])
-
-
 def ensure_reference(ctx: _Context) -> None:
     """Find the baseline's reference pass and generations in the cache, or compute them.
 
@@ -161,10 +156,10 @@ def ensure_reference(ctx: _Context) -> None:
     have_tasks = task_path.is_file() or not ctx.tasks
     if spec.exact or not (cache.exists() and gen_path.is_file() and have_tasks):
         ctx.events.stage("Loading the baseline", None)
-        base = backends.get(_baseline_config(spec).method)
-        ctx.baseline_model = base.load(
-            ctx.files, spec.model, _baseline_config(spec), ctx.device
-        ).model
+        base = precision_config(spec.model.dtype)
+        ctx.baseline_model = (
+            backends.get(base.method).load(ctx.files, spec.model, base, ctx.device).model
+        )
     if not cache.exists():
         ctx.events.stage("Reference pass (baseline)", ctx.windows.n_scored)
         cache.write(

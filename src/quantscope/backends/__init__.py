@@ -122,6 +122,13 @@ class Backend(ABC):
         return model, seconds, linears, chosen
 
 
+def package_version(name: str) -> str:
+    """The installed version of a distribution, for the ``library`` a result records."""
+    from importlib.metadata import version
+
+    return version(name)
+
+
 def missing(module: str, extra: str) -> str | None:
     """None when ``module`` imports, else one sentence saying how to install it."""
     try:

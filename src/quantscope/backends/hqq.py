@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel, missing
+from quantscope.backends import Backend, LoadedModel, missing, package_version
 from quantscope.config import Method, ModelSpec, QuantConfig
 from quantscope.models import ModelFiles, torch_dtype
 
@@ -46,7 +46,7 @@ class HqqBackend(Backend):
         def state() -> dict[str, list[Any]]:
             return {n: [m.W_q, *_meta_tensors(m.meta)] for n, m in modules.items()}
 
-        library = f"hqq {_version()}"
+        library = f"hqq {package_version('hqq')}"
         return LoadedModel(model, seconds, quantized, state, library, quantize_s=quantize_s)
 
 
@@ -61,12 +61,6 @@ def _meta_tensors(meta: dict[str, Any]) -> list[Any]:
         elif isinstance(value, dict):
             found.extend(_meta_tensors(value))
     return found
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("hqq")
 
 
 BACKEND = HqqBackend()

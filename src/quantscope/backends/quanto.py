@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from quantscope.backends import Backend, LoadedModel, missing
+from quantscope.backends import Backend, LoadedModel, missing, package_version
 from quantscope.config import Method, ModelSpec, QuantConfig
 from quantscope.models import ModelFiles
 
@@ -45,14 +45,8 @@ class QuantoBackend(Backend):
         quantize_s = time.perf_counter() - start
         modules = {n: m for n, m in model.named_modules() if isinstance(m, quanto.QLinear)}
         quantized = {n: m.in_features * m.out_features for n, m in modules.items()}
-        library = f"optimum-quanto {_version('optimum-quanto')}"
+        library = f"optimum-quanto {package_version('optimum-quanto')}"
         return LoadedModel(model, seconds, quantized, dict, library, quantize_s=quantize_s)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 BACKEND = QuantoBackend()
