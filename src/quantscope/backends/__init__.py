@@ -156,6 +156,7 @@ _REGISTRY: dict[Method, str] = {
     Method.TORCHAO_INT4WO: "quantscope.backends.torchao:BACKEND",
     Method.TORCHAO_INTX: "quantscope.backends.torchao:BACKEND",
     Method.GGUF: "quantscope.backends.gguf:BACKEND",
+    Method.GPTQ: "quantscope.backends.gptq:BACKEND",
 }
 
 
