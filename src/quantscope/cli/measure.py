@@ -248,6 +248,25 @@ def methods(device: Annotated[str, typer.Option(help="Device to check against.")
     console.print(table)
 
 
+@app.command("gguf-converter")
+@user_errors
+def gguf_converter(
+    into: Annotated[
+        Path | None, typer.Option(help="Folder to put it in; default: quantscope's cache.")
+    ] = None,
+) -> None:
+    """Fetch llama.cpp's convert_hf_to_gguf.py (from the source package of the installed
+    llama-cpp-python, by pip), so gguf[qtype=…] can convert Hugging Face models."""
+    from quantscope.backends import gguf
+
+    reason = gguf.BACKEND.available(cfg.Method.GGUF, "cpu")
+    if reason:
+        raise UserError(reason)
+    folder = gguf.fetch_converter(into)
+    hint = f"; set {gguf.CONVERTER_ENV}={folder} to use it" if into else ""
+    console.print(f"llama.cpp's converter is in {escape(str(folder))}{escape(hint)}")
+
+
 @app.command()
 @user_errors
 def doctor() -> None:
