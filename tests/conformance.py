@@ -36,22 +36,29 @@ class BackendConformance:
     max_kl: ClassVar[float]
     bits: ClassVar[tuple[float, float]]
     linears: ClassVar[int] = 14  # 7 in each of 2 layers; lm_head is kept
+    vocab: ClassVar[int] = 320
 
     @pytest.fixture(scope="class")
     @classmethod
-    def loaded(cls, tiny_model_dir: Path) -> Any:
+    def model_dir(cls, tiny_model_dir: Path) -> Path:
+        """The model quantized: the tiny one, unless a backend needs another kind."""
+        return tiny_model_dir
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def loaded(cls, model_dir: Path) -> Any:
         qc = parse_config(cls.config)
         backend = backends.get(qc.method)
         reason = backend.available(qc.method, "cpu")
         if reason:
             pytest.skip(f"{cls.config} cannot run here: {reason}")
-        ms = model_spec(str(tiny_model_dir))
+        ms = model_spec(str(model_dir))
         return backend.load(models.resolve(ms), ms, qc, "cpu")
 
     @pytest.fixture(scope="class")
     @classmethod
-    def windows(cls, tiny_model_dir: Path) -> data.Windows:
-        ms = model_spec(str(tiny_model_dir))
+    def windows(cls, model_dir: Path) -> data.Windows:
+        ms = model_spec(str(model_dir))
         tokenizer = models.load_tokenizer(models.resolve(ms), ms)
         return data.build_windows(data.read_sources(WINDOWS), data.encoder(tokenizer), WINDOWS)
 
@@ -59,13 +66,13 @@ class BackendConformance:
         ids = torch.tensor([list(range(2, 34))])
         with torch.no_grad():
             logits = loaded.model(input_ids=ids).logits
-        assert logits.shape == (1, 32, 320)
+        assert logits.shape == (1, 32, self.vocab)
         assert torch.isfinite(logits.float()).all()
 
     def test_kl_to_the_baseline_fits_the_bit_width(
-        self, loaded: Any, windows: data.Windows, tiny_model_dir: Path
+        self, loaded: Any, windows: data.Windows, model_dir: Path
     ) -> None:
-        ms = model_spec(str(tiny_model_dir))
+        ms = model_spec(str(model_dir))
         base = backends.get(parse_config("fp32").method).load(
             models.resolve(ms), ms, parse_config("fp32"), "cpu"
         )
@@ -80,21 +87,21 @@ class BackendConformance:
         assert low <= footprint["linear_bits_per_weight"] <= high
         assert footprint["quantized_linears"] == self.linears
 
-    def test_generation_works(self, loaded: Any, tiny_model_dir: Path) -> None:
-        ms = model_spec(str(tiny_model_dir))
+    def test_generation_works(self, loaded: Any, model_dir: Path) -> None:
+        ms = model_spec(str(model_dir))
         tokenizer = models.load_tokenizer(models.resolve(ms), ms)
         (gen,) = evaluate.generate(loaded.model, tokenizer, ("Hello there",), 5)
-        assert 1 <= len(gen["ids"]) <= 5 and all(0 <= i < 320 for i in gen["ids"])
+        assert 1 <= len(gen["ids"]) <= 5 and all(0 <= i < self.vocab for i in gen["ids"])
 
     def test_unavailable_is_a_clean_skip_with_its_reason(
-        self, tiny_model_dir: Path, tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, model_dir: Path, tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         qc = parse_config(self.config)
         backend = backends.get(qc.method)
         monkeypatch.setattr(
             backend, "available", lambda method, device: "no such accelerator here."
         )
-        spec = RunSpec(model=model_spec(str(tiny_model_dir)), configs=(qc,),
+        spec = RunSpec(model=model_spec(str(model_dir)), configs=(qc,),
                        data=DataSpec((str(tiny_text),), tokens=200, context=64, stride=32),
                        store_path=str(tmp_path / "r.sqlite"))  # fmt: skip
         (outcome,) = runner.run(spec).outcomes

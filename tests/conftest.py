@@ -61,6 +61,44 @@ def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     return folder
 
 
+def build_tiny_smollm(folder: Path, seed: int = 0) -> Path:
+    """The tiny random Llama with the bundled SmolLM2 tokenizer (49,152 tokens): one that
+    llama.cpp's converter recognizes (it refuses pre-tokenizers it does not know)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantscope import models
+    from quantscope.config import model_spec
+
+    spec = model_spec(None)
+    tokenizer = models.load_tokenizer(models.resolve(spec), spec)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_converter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """llama.cpp's converter: $QUANTSCOPE_LLAMA_CPP, else fetched by pip as users do."""
+    import os
+
+    from quantscope.backends import gguf
+
+    found = os.environ.get(gguf.CONVERTER_ENV)
+    return Path(found) if found else gguf.fetch_converter(tmp_path_factory.mktemp("llama.cpp"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny random model folder (config.json, safetensors, tokenizer)."""
