@@ -235,3 +235,19 @@ def test_recover_command(tiny_model_dir, tiny_text, tmp_path):
     assert body["training"]["steps"] == 3 and (tmp_path / "ad" / "adapter_config.json").is_file()
     _user_error(_run(*args, "--kl-weight", "2"), "--kl-weight must be between 0 and 1")
     _user_error(_run("run", "--configs", f"bnb-nf4+lora={tmp_path}"), "not a LoRA adapter folder")
+
+
+def test_gguf_converter_fetches_llama_cpp_s_script_and_doctor_finds_it(tmp_path, monkeypatch):
+    """The converter of the installed llama-cpp-python, fetched by pip from its source package
+    (a package registry: reachable here and in CI)."""
+    if backends.get(Method.GGUF).available(Method.GGUF, "cpu"):
+        pytest.skip("llama-cpp-python is not installed")
+    target = tmp_path / "llama.cpp"
+    fetched = _run("gguf-converter", "--into", str(target))
+    assert fetched.exit_code == 0, fetched.output
+    assert (target / "convert_hf_to_gguf.py").is_file()
+    assert (target / "gguf-py" / "gguf" / "__init__.py").is_file()
+    assert (target / "conversion").is_dir()
+    monkeypatch.setenv("QUANTSCOPE_LLAMA_CPP", str(target))
+    doctor = " ".join(_run("doctor").output.split())
+    assert "HF → GGUF converter" in doctor and "gguf-converter' to fetch" not in doctor

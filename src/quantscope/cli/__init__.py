@@ -41,5 +41,7 @@ def quiet_libraries() -> None:
         "torch.utils._pytree",
         "optimum.quanto",
         "hqq",
+        "tokenicer",
+        "torch._dynamo",  # gptqmodel's CPU kernels recompile per layer; the speed columns say it
     ):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -294,6 +294,7 @@ def doctor() -> None:
     table.add_row("bitsandbytes backend", _bnb_backend())
     for method, backend_name, _, why in _availability(device):
         table.add_row(f"config {method}", f"{backend_name}: {why}")
+    table.add_row("HF → GGUF converter", _converter())
     try:
         table.add_row("bundled model", str(bundled_gguf()))
     except UserError as err:
@@ -302,6 +303,17 @@ def doctor() -> None:
     free = shutil.disk_usage(cache).free / 2**30
     table.add_row("cache", f"{cache} ({free:,.1f} GiB free)")
     console.print(table)
+
+
+def _converter() -> str:
+    from quantscope.backends import gguf
+
+    if gguf.BACKEND.available(cfg.Method.GGUF, "cpu"):
+        return "needs llama-cpp-python (pip install 'quantscope[gguf]')"
+    try:
+        return str(gguf.converter())
+    except UserError as err:
+        return str(err)
 
 
 def _bnb_backend() -> str:
