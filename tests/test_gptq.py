@@ -49,15 +49,15 @@ def dequantize(tensors: dict[str, torch.Tensor], prefix: str, bits: int) -> torc
     return (scales[g] * (q - zeros[g]).float()).T  # (out, in)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(("bits", "act_order"), [(4, False), (8, False), (4, True)])
 def test_the_model_computes_with_the_weights_in_the_gptq_file(
-    tiny_model_dir: Path, bits: int
+    tiny_model_dir: Path, bits: int, act_order: bool
 ) -> None:
     from safetensors.torch import load_file
 
     ms = model_spec(str(tiny_model_dir))
     files = models.resolve(ms)
-    qc = parse_config(f"gptq[bits={bits},group=32,{SMALL},dtype=bf16]")
+    qc = parse_config(f"gptq[bits={bits},group=32,{SMALL},dtype=bf16,act_order={act_order}]")
     loaded = backends.get(qc.method).load(files, ms, qc, "cpu")
     folder, _ = gptq.quantize(files, ms, qc, "cpu")
     tensors = load_file(str(folder / "model.safetensors"))
@@ -74,6 +74,9 @@ def test_the_model_computes_with_the_weights_in_the_gptq_file(
         err = (got - expected).abs().max() / expected.abs().max()
         assert err < 0.01, (name, float(err))
         assert weight.shape == (layer.out_features, layer.in_features)
+        g_idx = tensors[f"{name}.g_idx"]
+        contiguous = torch.equal(g_idx, torch.arange(len(g_idx), dtype=g_idx.dtype) // 32)
+        assert contiguous != act_order  # act order maps inputs to groups out of order
 
 
 def test_gptq_beats_round_to_nearest_at_the_same_width(tiny_model_dir: Path) -> None:

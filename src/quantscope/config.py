@@ -71,25 +71,26 @@ DEFAULT_PROMPTS = (
 )
 
 _BNB_4BIT = (Method.BNB_NF4, Method.BNB_FP4)
+_REST = ("dtype", "include", "skip")  # what stays in float, and in which precision
 PARAMS_OF: dict[Method, tuple[str, ...]] = {
     Method.FP32: (),
     Method.BF16: (),
     Method.FP16: (),
-    Method.BNB_INT8: ("threshold", "dtype", "include", "skip"),
-    Method.BNB_NF4: ("double_quant", "compute_dtype", "dtype", "include", "skip"),
-    Method.BNB_FP4: ("double_quant", "compute_dtype", "dtype", "include", "skip"),
-    Method.RTN: ("bits", "group", "sym", "dtype", "include", "skip"),
-    Method.QUANTO_INT8: ("dtype", "include", "skip"),
-    Method.QUANTO_INT4: ("dtype", "include", "skip"),
-    Method.QUANTO_INT2: ("dtype", "include", "skip"),
-    Method.QUANTO_FP8: ("dtype", "include", "skip"),
-    Method.HQQ: ("bits", "group", "dtype", "include", "skip"),
-    Method.TORCHAO_INT8WO: ("dtype", "include", "skip"),
-    Method.TORCHAO_INT8DQ: ("dtype", "include", "skip"),
-    Method.TORCHAO_INT4WO: ("group", "dtype", "include", "skip"),
-    Method.TORCHAO_INTX: ("bits", "group", "dtype", "include", "skip"),
+    Method.BNB_INT8: ("threshold", *_REST),
+    Method.BNB_NF4: ("double_quant", "compute_dtype", *_REST),
+    Method.BNB_FP4: ("double_quant", "compute_dtype", *_REST),
+    Method.RTN: ("bits", "group", "sym", *_REST),
+    Method.QUANTO_INT8: _REST,
+    Method.QUANTO_INT4: _REST,
+    Method.QUANTO_INT2: _REST,
+    Method.QUANTO_FP8: _REST,
+    Method.HQQ: ("bits", "group", *_REST),
+    Method.TORCHAO_INT8WO: _REST,
+    Method.TORCHAO_INT8DQ: _REST,
+    Method.TORCHAO_INT4WO: ("group", *_REST),
+    Method.TORCHAO_INTX: ("bits", "group", *_REST),
     Method.GGUF: ("qtype", "file"),
-    Method.GPTQ: ("bits", "group", "sym", "samples", "seqlen", "calib", "dtype", "include", "skip"),
+    Method.GPTQ: ("bits", "group", "sym", "act_order", "samples", "seqlen", "calib", *_REST),
 }
 GPTQ_BITS = (2, 3, 4, 8)  # the widths gptqmodel packs
 CONFIG_FILE_FORMAT = 1
@@ -135,6 +136,7 @@ class QuantConfig:
     bits: int = 4
     group: int = 128
     sym: bool = True
+    act_order: bool = False
     double_quant: bool = False
     compute_dtype: DType = DType.FP32
     dtype: DType | None = None
@@ -252,7 +254,7 @@ def _parse_value(method: Method, key: str, raw: str) -> object:
             return int(raw)
         except ValueError:
             raise UserError(f"{key} must be a whole number, got '{raw}'.") from None
-    if key in ("double_quant", "sym"):
+    if key in ("double_quant", "sym", "act_order"):
         if raw.lower() not in ("true", "false", "1", "0"):
             raise UserError(f"{key} must be true or false, got '{raw}'.")
         return raw.lower() in ("true", "1")

@@ -1,5 +1,9 @@
 """GPTQ through gptqmodel (``gptq[bits=4,group=64,samples=64,seqlen=256,calib=PATH]``).
 
+``act_order=true`` quantizes columns in order of decreasing activation size (GPTQ's
+``desc_act``: a group index maps each input to its group); by default gptqmodel's
+group-aware reordering is used instead, which keeps groups contiguous.
+
 GPTQ quantizes each linear from second-order statistics of its inputs, so it needs
 calibration text: ``samples`` sequences of ``seqlen`` tokens, cut one after another from
 ``calib`` (a text file) or else from the training part of the bundled text, which is never
@@ -145,6 +149,7 @@ def quantize(
     dtype = torch_dtype(config.dtype or spec.dtype)
     quant = gptqmodel.QuantizeConfig(
         bits=config.bits, group_size=config.group or -1, sym=config.sym,
+        desc_act=config.act_order, act_group_aware=not config.act_order,
         dynamic=dynamic or None, offload_to_disk=False,
     )  # fmt: skip
     tmp = folder.with_name(folder.name + ".tmp")
