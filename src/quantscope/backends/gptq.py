@@ -101,7 +101,11 @@ def plan(
 
 
 def _import() -> Any:
-    """gptqmodel, imported quietly (it prints a banner and environment notes on import)."""
+    """gptqmodel, imported quietly (it prints a banner and environment notes on import), with
+    the two CPU workers its loader pool needs at least (its own default is 1 on 2 cores)."""
+    os.environ["GPTQMODEL_CPU_WORKERS"] = os.environ.get("GPTQMODEL_CPU_WORKERS") or str(
+        max(2, (os.cpu_count() or 2) // 2)
+    )
     with _quiet():
         import gptqmodel
         from gptqmodel.nn_modules import qlinear  # noqa: F401  (BaseQuantLinear, for load)
@@ -121,10 +125,7 @@ def _keep_logs_in(logs: Path) -> None:
 @contextlib.contextmanager
 def _quiet() -> Any:
     """gptqmodel prints progress bars and tables to stdout; keep them out of ours (logged at
-    debug level), and give it the two CPU workers its loader pool needs at least."""
-    os.environ["GPTQMODEL_CPU_WORKERS"] = os.environ.get("GPTQMODEL_CPU_WORKERS") or str(
-        max(2, (os.cpu_count() or 2) // 2)
-    )
+    debug level)."""
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
@@ -138,12 +139,12 @@ def quantize(
 ) -> tuple[Path, dict[str, Any]]:
     """The quantized model's folder (made now, or found in the cache) and what making it took."""
     batch, source = calibration(files, spec, config)
-    _chosen, dynamic = plan(files, spec, config)
     base = replace(config, lora="", label="")
     key = digest(files.fingerprint, base.name, batch, package_version("gptqmodel"))
     folder = cache_dir() / "gptq" / f"{files.fingerprint}-{key}"
     if (folder / MADE).is_file():
         return folder, json.loads((folder / MADE).read_text())
+    _chosen, dynamic = plan(files, spec, config)
     gptqmodel = _import()
     _keep_logs_in(folder.parent / "logs")
     dtype = torch_dtype(config.dtype or spec.dtype)

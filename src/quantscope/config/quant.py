@@ -1,8 +1,5 @@
-"""Typed, frozen specifications of a run, parsed and validated once, at the edge.
-
-A run is a :class:`RunSpec`: which model (:class:`ModelSpec`), which quantization configs
-(:class:`QuantConfig`), which text and window rule (:class:`DataSpec`), and how to measure.
-Everything downstream receives these objects, never loose keyword arguments.
+"""Quantization configs: methods and their parameters, which layers they quantize, and the
+config grammar of the command line and of config files — parsed and validated once, at the edge.
 
 >>> spec = parse_config("bnb-nf4[double_quant=true,compute_dtype=bf16]")
 >>> spec.method.value, spec.double_quant, spec.compute_dtype.value
@@ -53,22 +50,6 @@ class Method(str, Enum):
     GGUF = "gguf"
     GPTQ = "gptq"
 
-
-class ModelKind(str, Enum):
-    """Where the baseline weights come from."""
-
-    BUNDLED = "bundled"
-    LOCAL_DIR = "local-dir"
-    GGUF_FILE = "gguf-file"
-    HUB = "hub"
-
-
-DEFAULT_CONFIGS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-fp4")
-DEFAULT_PROMPTS = (
-    "Explain the accuracy tradeoff in quantization.",
-    "Write a Python function that returns the n-th Fibonacci number.",
-    "What is the capital of France, and why is it famous?",
-)
 
 _BNB_4BIT = (Method.BNB_NF4, Method.BNB_FP4)
 _REST = ("dtype", "include", "skip")  # what stays in float, and in which precision
@@ -389,130 +370,3 @@ def parse_config_list(text: str) -> tuple[QuantConfig, ...]:
     if not configs:
         raise UserError("No configs given; pass --configs like fp32,bnb-nf4.")
     return tuple(configs)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which baseline model to load and how.
-
-    ``source`` is None for the bundled SmolLM2-135M-Instruct, else a hub id, a local folder
-    or a ``.gguf`` file; ``kind`` is inferred by :func:`model_spec`.
-    """
-
-    source: str | None
-    kind: ModelKind
-    dtype: DType = DType.FP32
-    revision: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-
-
-def model_spec(
-    source: str | None,
-    dtype: DType = DType.FP32,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-) -> ModelSpec:
-    """Infer where a model comes from: nothing → bundled; a path → folder or GGUF; else hub id.
-
-    >>> model_spec(None).kind.value
-    'bundled'
-    >>> model_spec("meta-llama/Llama-3.1-8B-Instruct").kind.value
-    'hub'
-    """
-    if source is None or source == "":
-        return ModelSpec(None, ModelKind.BUNDLED, dtype, None, trust_remote_code, allow_pickle)
-    path = Path(source).expanduser()
-    looks_local = path.exists() or source.startswith((".", "/", "~")) or source.endswith(".gguf")
-    if looks_local:
-        if not path.exists():
-            raise UserError(f"No such model file or folder '{source}'; check the path.")
-        kind = ModelKind.GGUF_FILE if path.is_file() else ModelKind.LOCAL_DIR
-        if path.is_file() and path.suffix != ".gguf":
-            raise UserError(
-                f"'{source}' is a file but not a .gguf file; pass a model folder, a .gguf file "
-                "or a hub id."
-            )
-        source = str(path.resolve())
-    elif source.count("/") > 1 or " " in source:
-        raise UserError(f"'{source}' is neither an existing path nor a hub id like 'org/name'.")
-    else:
-        kind = ModelKind.HUB
-    return ModelSpec(source, kind, dtype, revision, trust_remote_code, allow_pickle)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """The evaluation text(s) and the window rule.
-
-    ``texts`` are files: plain UTF-8 text, or JSON Lines (``.jsonl``) whose ``field`` holds
-    the text of each record. ``dataset`` names a Hugging Face dataset (hub id, or a local
-    folder or data file that ``datasets.load_dataset`` reads) with ``dataset_config``,
-    ``split`` and ``field``. With neither, the bundled text is used. Each source is windowed
-    on its own (windows never cross sources) and cut to ``tokens`` scored tokens. Windows of
-    ``context`` tokens start every ``stride`` tokens; see ``data`` for the exact rule.
-    ``bos`` puts the tokenizer's BOS token (else EOS) before each text, so its first token
-    is scored too; None (the default) does so when the tokenizer adds BOS by itself.
-    """
-
-    texts: tuple[str, ...] = ()
-    dataset: str | None = None
-    dataset_config: str | None = None
-    split: str = "test"
-    field: str = "text"
-    bos: bool | None = None
-    tokens: int = 4096
-    context: int = 512
-    stride: int = 256
-
-    def __post_init__(self) -> None:
-        if self.context < 2:
-            raise UserError(f"--context must be at least 2 tokens (got {self.context}).")
-        if not 1 <= self.stride < self.context:
-            raise UserError(
-                f"--stride must be at least 1 and below --context ({self.context}) so every "
-                f"scored token has context, got {self.stride}."
-            )
-        if self.tokens < 2:
-            raise UserError(f"--tokens must be at least 2 (got {self.tokens}).")
-        if len(set(self.texts)) != len(self.texts):
-            raise UserError("The same --text file is given twice; name each file once.")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything one ``quantscope run`` needs; two equal specs measure the same thing."""
-
-    model: ModelSpec = field(default_factory=lambda: model_spec(None))
-    configs: tuple[QuantConfig, ...] = field(
-        default_factory=lambda: tuple(parse_config(c) for c in DEFAULT_CONFIGS)
-    )
-    data: DataSpec = field(default_factory=DataSpec)
-    prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    max_new_tokens: int = 40
-    device: str = "auto"
-    seed: int = 0
-    batch_size: int = 4
-    ref_topk: int = 256
-    ref_samples: int = 64
-    exact: bool = False
-    speed_reps: int = 3
-    store_path: str | None = None
-    force: bool = False
-    tasks: tuple[str, ...] = ()
-    task_limit: int = 200
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise UserError(
-                f"--device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'."
-            )
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.speed_reps < 1:
-            raise UserError("--batch-size, --max-new-tokens and --speed-reps must be at least 1.")
-        if not 1 <= self.ref_topk <= 4096:
-            raise UserError(f"--ref-topk must be between 1 and 4096, got {self.ref_topk}.")
-        if not 0 <= self.ref_samples <= 4096:
-            raise UserError(f"--ref-samples must be between 0 and 4096, got {self.ref_samples}.")
-        if not self.configs:
-            raise UserError("No configs given; pass --configs like fp32,bnb-nf4.")
