@@ -56,7 +56,7 @@ def main() -> None:
     print(f"{n} scored tokens, {len(windows.ids)} windows of {args.context} (stride {args.stride})")
 
     base_config = parse_config("fp32")
-    base = backends.get(base_config.method).load(files, spec, base_config, "cpu").model
+    base = backends.get(base_config).load(files, spec, base_config, "cpu").model
     raw_forward_seconds(base, windows, bs)  # warm-up
     raw_base = raw_forward_seconds(base, windows, bs)
     ref, ref_s = timed(evaluate.reference_pass, base, windows, 256, bs)
@@ -70,7 +70,7 @@ def main() -> None:
 
     for name in args.configs.split(","):
         config: QuantConfig = parse_config(name)
-        quant = backends.get(config.method).load(files, spec, config, "cpu").model
+        quant = backends.get(config).load(files, spec, config, "cpu").model
         raw_forward_seconds(quant, windows, bs)  # warm-up (bnb repacks on first use)
         raw_q = raw_forward_seconds(quant, windows, bs)
         stats, cmp_s = timed(evaluate.compare_pass, quant, windows, ref, bs)

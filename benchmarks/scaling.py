@@ -36,14 +36,14 @@ def one(tokens: int, config_name: str) -> dict[str, float]:
     ids = tokenize(source, lambda t: tokenizer(t)["input_ids"], data)
     windows = make_windows(ids, data.context, data.stride)
     base_config, config = parse_config("fp32"), parse_config(config_name)
-    base = backends.get(base_config.method).load(files, spec, base_config, "cpu").model
+    base = backends.get(base_config).load(files, spec, base_config, "cpu").model
     with tempfile.TemporaryDirectory() as folder:
         cache = ReferenceCache(Path(folder) / "ref")
         start = time.perf_counter()
         cache.write(evaluate.reference_chunks(base, windows, 256, 4))
         ref_s = time.perf_counter() - start
         del base
-        model = backends.get(config.method).load(files, spec, config, "cpu").model
+        model = backends.get(config).load(files, spec, config, "cpu").model
         start = time.perf_counter()
         stats = evaluate.compare_pass(model, windows, cache.cursor(), 4)
         cmp_s = time.perf_counter() - start

@@ -92,7 +92,7 @@ def main() -> None:
 
         config = parse_config("fp32")
         start = time.perf_counter()
-        model = backends.get(config.method).load(files, spec, config, "cpu").model
+        model = backends.get(config).load(files, spec, config, "cpu").model
         data = DataSpec(tokens=n_tokens, context=args.max_length + 1, stride=args.max_length)
         bos = tokenizer.bos_token_id if args.bos else None  # lm-eval's prefix token
         source = TextSource("doc", text)

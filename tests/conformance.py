@@ -26,7 +26,7 @@ def kl_of(folder: Path, config: str) -> float:
 
     def load(text: str) -> Any:
         qc = parse_config(text)
-        return backends.get(qc.method).load(files, ms, qc, "cpu").model
+        return backends.get(qc).load(files, ms, qc, "cpu").model
 
     return divergence(load(config), calibrate(load("fp32"), windows, 4))["kl"]
 
@@ -48,8 +48,8 @@ class BackendConformance:
     @classmethod
     def loaded(cls, model_dir: Path) -> Any:
         qc = parse_config(cls.config)
-        backend = backends.get(qc.method)
-        reason = backend.available(qc.method, "cpu")
+        backend = backends.get(qc)
+        reason = backend.available(qc, "cpu")
         if reason:
             pytest.skip(f"{cls.config} cannot run here: {reason}")
         ms = model_spec(str(model_dir))
@@ -73,7 +73,7 @@ class BackendConformance:
         self, loaded: Any, windows: data.Windows, model_dir: Path
     ) -> None:
         ms = model_spec(str(model_dir))
-        base = backends.get(parse_config("fp32").method).load(
+        base = backends.get(parse_config("fp32")).load(
             models.resolve(ms), ms, parse_config("fp32"), "cpu"
         )
         kl = divergence(loaded.model, calibrate(base.model, windows, 4))["kl"]
@@ -97,7 +97,7 @@ class BackendConformance:
         self, model_dir: Path, tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         qc = parse_config(self.config)
-        backend = backends.get(qc.method)
+        backend = backends.get(qc)
         monkeypatch.setattr(
             backend, "available", lambda method, device: "no such accelerator here."
         )

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from quantscope import backends
 from quantscope.cli import app
-from quantscope.config import Method
+from quantscope.config import Gguf, names, parse_config
 from quantscope.report.terminal import generations_view
 from quantscope.results import Result
 
@@ -104,7 +104,9 @@ def test_bad_stride(tiny_model_dir, tiny_text, tmp_path):
 def test_run_prints_table_writes_json_and_skips_unavailable(
     tiny_model_dir, tiny_text, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(backends.get(Method.BNB_FP4), "available", lambda m, d: "no FP4 here.")
+    monkeypatch.setattr(
+        backends.get(parse_config("bnb-fp4")), "available", lambda m, d: "no FP4 here."
+    )
     out = tmp_path / "out.json"
     args = [*_tiny_args(tiny_model_dir, tiny_text, tmp_path, "bf16,bnb-fp4"), "--json", str(out)]
     result = _run(*args)
@@ -122,8 +124,8 @@ def test_run_prints_table_writes_json_and_skips_unavailable(
 def test_methods_and_doctor_list_every_config():
     methods = _run("methods")
     assert methods.exit_code == 0
-    for method in Method:
-        assert method.value in methods.output
+    for name in names():
+        assert name in methods.output
     doctor = _run("doctor")
     assert doctor.exit_code == 0
     assert "bitsandbytes" in doctor.output and "cache" in doctor.output
@@ -152,7 +154,7 @@ def test_two_texts_print_a_per_text_table(tiny_model_dir, tiny_text, tmp_path):
 
 def test_tables_fit_an_80_column_terminal_without_cropping():
     from quantscope.report.terminal import ACCURACY, EFFICIENCY, results_tables
-    from quantscope.results import Outcome, RunReport
+    from quantscope.results import Outcome, RunReport, Status
 
     metrics = {  # the widest values the bundled model's demo gives
         "weight_mb": 513.13, "bits_per_weight": 32.0, "linear_bits_per_weight": 32.0,
@@ -162,15 +164,15 @@ def test_tables_fit_an_80_column_terminal_without_cropping():
         "load_s": 1.66,
     }  # fmt: skip
     result = Result("k", "bnb-nf4[double_quant=true]", "m", "d", "s", metrics)
-    report = RunReport("run", [Outcome(result.config, "measured", "", result)], {}, {})
+    report = RunReport("run", [Outcome(result.config, Status.MEASURED, "", result)], {}, {})
     console = Console(record=True, width=80)
     for table in results_tables(report, 80):
         console.print(table)
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text  # nothing cropped
-    for _, narrow, _ in ACCURACY + EFFICIENCY:
-        assert narrow in text
+    for metric in ACCURACY + EFFICIENCY:
+        assert metric.short in text
 
 
 def test_runs_show_compare_and_report_from_the_store(tiny_model_dir, tiny_text, tmp_path):
@@ -240,7 +242,7 @@ def test_recover_command(tiny_model_dir, tiny_text, tmp_path):
 def test_gguf_converter_fetches_llama_cpp_s_script_and_doctor_finds_it(tmp_path, monkeypatch):
     """The converter of the installed llama-cpp-python, fetched by pip from its source package
     (a package registry: reachable here and in CI)."""
-    if backends.get(Method.GGUF).available(Method.GGUF, "cpu"):
+    if backends.get(Gguf()).available(Gguf(), "cpu"):
         pytest.skip("llama-cpp-python is not installed")
     target = tmp_path / "llama.cpp"
     fetched = _run("gguf-converter", "--into", str(target))

@@ -2,6 +2,8 @@ from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from quantscope.config import DataSpec
 from quantscope.data import (
@@ -156,3 +158,31 @@ def test_missing_dataset_is_a_user_error(tmp_path):
     pytest.importorskip("datasets")
     with pytest.raises(UserError, match="Cannot load dataset"):
         read_sources(DataSpec(dataset=str(tmp_path / "nothing-here")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(2, 3000),
+    context=st.integers(2, 600),
+    stride_share=st.floats(0.0, 1.0, exclude_max=True),
+    tokens=st.integers(1, 4000),
+)
+def test_window_rule_holds_for_any_length_context_and_stride(n, context, stride_share, tokens):
+    """Every token from position 1 on is scored exactly once, in order; outside the first
+    window each keeps at least context − stride of context; ``tokens`` caps what is scored."""
+    stride = 1 + int(stride_share * (context - 1))
+    assume(stride < context)
+    spec = DataSpec(tokens=max(tokens, 2), context=context, stride=stride)
+    ids = list(range(n))[: spec.tokens + 1]
+    if len(ids) < context:
+        with pytest.raises(UserError):
+            make_windows(ids, context, stride)
+        return
+    w = make_windows(ids, context, stride)
+    starts = w.ids[:, 0]
+    positions = np.concatenate(
+        [np.arange(s + f, s + context) for s, f in zip(starts, w.score_from, strict=True)]
+    )
+    assert positions.tolist() == list(range(1, len(ids)))
+    assert (w.score_from[1:] >= context - stride).all()
+    assert w.n_scored == len(ids) - 1 == len(w.cluster_ids())

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from quantscope import backends, evaluate
-from quantscope.config import Method, QuantConfig, model_spec
+from quantscope.config import model_spec, parse_config
 from quantscope.data import make_windows
 from quantscope.models import resolve
 
@@ -18,9 +18,9 @@ def files(tiny_model_dir):
     return resolve(model_spec(str(tiny_model_dir)))
 
 
-def _load(files, method: Method, **params):
-    config = QuantConfig(method, **params)
-    return backends.get(method).load(files, model_spec(str(files.folder)), config, "cpu")
+def _load(files, text: str):
+    config = parse_config(text)
+    return backends.get(config).load(files, model_spec(str(files.folder)), config, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _naive_nll(model, windows) -> np.ndarray:
 
 
 def test_reference_pass_matches_naive_per_token_loss(files, windows):
-    model = _load(files, Method.FP32).model
+    model = _load(files, "fp32").model
     ref = evaluate.reference_pass(model, windows, topk=16, batch_size=3)
     assert ref.true_lp.shape == (windows.n_scored,)
     np.testing.assert_allclose(-ref.true_lp, _naive_nll(model, windows), rtol=1e-5, atol=1e-5)
@@ -53,7 +53,7 @@ def test_reference_pass_matches_naive_per_token_loss(files, windows):
 
 
 def test_model_against_its_own_reference_is_identical(files, windows):
-    model = _load(files, Method.FP32).model
+    model = _load(files, "fp32").model
     ref = evaluate.reference_pass(model, windows, topk=16, batch_size=4)
     ts = evaluate.compare_pass(model, windows, ref, batch_size=4)
     assert (ts.kl == 0).all()  # same arithmetic, same batches
@@ -66,8 +66,8 @@ def test_model_against_its_own_reference_is_identical(files, windows):
 
 
 def test_topk_kl_matches_exact_kl_when_k_covers_vocab_and_bounds_it_otherwise(files, windows):
-    base = _load(files, Method.FP32).model
-    quant = _load(files, Method.BNB_NF4).model
+    base = _load(files, "fp32").model
+    quant = _load(files, "bnb-nf4").model
     full = evaluate.reference_pass(base, windows, topk=320, batch_size=4)
     ts = evaluate.compare_pass(quant, windows, full, batch_size=4, baseline=base)
     assert ts.kl_exact is not None
@@ -83,8 +83,8 @@ def test_topk_kl_matches_exact_kl_when_k_covers_vocab_and_bounds_it_otherwise(fi
 
 
 def test_sampled_tail_estimate_is_unbiased(files, windows):
-    base = _load(files, Method.FP32).model
-    quant = _load(files, Method.BNB_NF4).model
+    base = _load(files, "fp32").model
+    quant = _load(files, "bnb-nf4").model
     exact = None
     estimates, sampling_se = [], []
     for seed in range(8):  # the estimate's mean over seeds converges on the exact KL
@@ -103,8 +103,8 @@ def test_sampled_tail_estimate_is_unbiased(files, windows):
 
 
 def test_accuracy_metrics_are_consistent(files, windows):
-    base = _load(files, Method.FP32).model
-    quant = _load(files, Method.BNB_INT8).model
+    base = _load(files, "fp32").model
+    quant = _load(files, "bnb-int8").model
     ref = evaluate.reference_pass(base, windows, topk=32, batch_size=4)
     ts = evaluate.compare_pass(quant, windows, ref, batch_size=4)
     m = evaluate.accuracy_metrics(ts, windows.cluster_ids())
@@ -130,7 +130,7 @@ def _forward(model):
 
 
 def test_fp32_and_bf16_footprints(files):
-    fp32 = _load(files, Method.FP32)
+    fp32 = _load(files, "fp32")
     model = fp32.model
     params = sum(p.numel() for p in model.parameters())
     fp = evaluate.weight_footprint(fp32)
@@ -139,14 +139,14 @@ def test_fp32_and_bf16_footprints(files):
     assert fp["params"] == params
     assert fp["weight_bytes"] == pytest.approx(4 * params, rel=1e-3)  # + rotary buffers
     assert fp["linear_bits_per_weight"] == 32.0
-    bf16 = evaluate.weight_footprint(_load(files, Method.BF16))
+    bf16 = evaluate.weight_footprint(_load(files, "bf16"))
     assert bf16["linear_bits_per_weight"] == 16.0
     assert bf16["params"] == params
     assert bf16["weight_bytes"] == pytest.approx(2 * params, rel=1e-3)
 
 
 def test_int8_footprint_counts_row_scales(files):
-    loaded = _load(files, Method.BNB_INT8)
+    loaded = _load(files, "bnb-int8")
     _forward(loaded.model)
     fp = evaluate.weight_footprint(loaded)
     linears = [m for n, m in loaded.model.named_modules() if n in loaded.quantized]
@@ -155,23 +155,25 @@ def test_int8_footprint_counts_row_scales(files):
     expected = sum(m.in_features * m.out_features + 4 * m.out_features for m in linears)
     numel = sum(m.in_features * m.out_features for m in linears)
     assert fp["linear_bits_per_weight"] == pytest.approx(8 * expected / numel)
-    assert fp["params"] == sum(p.numel() for p in _load(files, Method.FP32).model.parameters())
+    assert fp["params"] == sum(p.numel() for p in _load(files, "fp32").model.parameters())
 
 
 def test_nf4_footprint_is_four_bits_plus_block_scales(files):
-    loaded = _load(files, Method.BNB_NF4)
+    loaded = _load(files, "bnb-nf4")
     _forward(loaded.model)
     fp = evaluate.weight_footprint(loaded)
     # 4 bits per weight + one absmax per 64-weight block (bf16 after bnb's CPU repack, fp32
     # on GPU) + a 16-entry codebook per module: between 4.25 and 4.5 bits + codebook.
-    assert 4.25 <= fp["linear_bits_per_weight"] <= 4.6
-    fp32 = evaluate.weight_footprint(_load(files, Method.FP32))
+    # 4 bits + absmax per 64 weights (bf16 once bitsandbytes repacks on CPU, else float32)
+    # + the 16-entry code per layer: 4.607 measured with bitsandbytes 0.50.2
+    assert 4.25 <= fp["linear_bits_per_weight"] <= 4.65
+    fp32 = evaluate.weight_footprint(_load(files, "fp32"))
     assert fp["weight_bytes"] < 0.5 * fp32["weight_bytes"]
     assert fp["params"] == fp32["params"]
 
 
 def test_speed_metrics_report_median_within_spread(files):
-    model = _load(files, Method.FP32).model
+    model = _load(files, "fp32").model
     speed = evaluate.speed_metrics(model, 320, reps=3, seed=0)
     for key in ("prefill_tps", "decode_tps"):
         assert speed[f"{key}_min"] <= speed[key] <= speed[f"{key}_max"]
@@ -181,7 +183,7 @@ def test_speed_metrics_report_median_within_spread(files):
 def test_generation_is_greedy_and_deterministic(files):
     from quantscope.models import load_tokenizer
 
-    model = _load(files, Method.FP32).model
+    model = _load(files, "fp32").model
     tok = load_tokenizer(files, model_spec(str(files.folder)))
     a = evaluate.generate(model, tok, ("Hello there",), 6)
     b = evaluate.generate(model, tok, ("Hello there",), 6)
@@ -209,7 +211,7 @@ def test_peak_memory_sees_an_allocation():
 def test_reference_streams_from_disk_chunk_by_chunk(files, windows, tmp_path):
     from quantscope.reference import ReferenceCache
 
-    model = _load(files, Method.FP32).model
+    model = _load(files, "fp32").model
     whole = evaluate.reference_pass(model, windows, topk=16, batch_size=3)
     cache = ReferenceCache(tmp_path / "ref")
     assert not cache.exists()
@@ -227,33 +229,37 @@ def test_reference_streams_from_disk_chunk_by_chunk(files, windows, tmp_path):
     # A comparison streamed from disk equals one from memory. (Same batch size: LLM.int8
     # picks outlier columns per batch, so its numbers depend on which windows share a batch;
     # that is why the batch size is part of a result's settings.)
-    quant = _load(files, Method.BNB_INT8).model
+    quant = _load(files, "bnb-int8").model
     streamed = evaluate.compare_pass(quant, windows, cache.cursor(), batch_size=2)
     in_memory = evaluate.compare_pass(quant, windows, whole, batch_size=2)
     np.testing.assert_array_equal(streamed.kl, in_memory.kl)
 
 
 def test_module_patterns_quantize_exactly_the_selected_linears(files):
-    from quantscope.config import parse_config, select_modules
+    from quantscope.config import select_modules
+    from quantscope.models import linear_shapes
 
-    names = backends.get(Method.BNB_NF4).linear_names(files, model_spec(str(files.folder)))
+    names = list(linear_shapes(files, model_spec(str(files.folder))))
     assert len(names) == 2 * 7 + 1  # 7 linears per block, plus lm_head
     config = parse_config("bnb-nf4[include=model.layers.0,skip=down_proj]")
-    expected = select_modules(names, config.include, (*config.skip, "lm_head"))
+    expected = config.select(names)
+    assert expected == select_modules(names, config.include, (*config.skip, "lm_head"))
     assert expected == [
         n for n in names if n.startswith("model.layers.0.") and "down_proj" not in n
     ]
-    loaded = backends.get(Method.BNB_NF4).load(files, model_spec(str(files.folder)), config, "cpu")
+    loaded = backends.get(config).load(files, model_spec(str(files.folder)), config, "cpu")
     assert sorted(loaded.quantized) == sorted(expected)  # exactly these six, nothing else
     _forward(loaded.model)
     fp = evaluate.weight_footprint(loaded)
     # Bytes add up exactly: fp32 for every weight not selected, the 4-bit weights and their
     # state (read back from the tensors) for the selected ones.
-    fp32 = evaluate.weight_footprint(_load(files, Method.FP32))
+    fp32 = evaluate.weight_footprint(_load(files, "fp32"))
     modules = dict(loaded.model.named_modules())
     quant_numel = sum(modules[n].in_features * modules[n].out_features for n in expected)
     state = loaded.state()
     quant_bytes = sum(modules[n].weight.nbytes + sum(t.nbytes for t in state[n]) for n in expected)
     assert fp["weight_bytes"] == fp32["weight_bytes"] - 4 * quant_numel + quant_bytes
     assert fp["params"] == fp32["params"]
-    assert 4.25 <= fp["linear_bits_per_weight"] <= 4.6
+    # 4 bits + absmax per 64 weights (bf16 once bitsandbytes repacks on CPU, else float32)
+    # + the 16-entry code per layer: 4.607 measured with bitsandbytes 0.50.2
+    assert 4.25 <= fp["linear_bits_per_weight"] <= 4.65

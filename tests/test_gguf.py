@@ -9,11 +9,11 @@ import pytest
 from conformance import BackendConformance
 from conftest import build_tiny_smollm
 from quantscope import backends, runner
-from quantscope.config import DataSpec, Method, RunSpec, parse_config, parse_config_list
+from quantscope.config import DataSpec, Gguf, RunSpec, parse_config, parse_config_list
 from quantscope.models import bundled_gguf
 
 pytestmark = pytest.mark.integration
-reason = backends.get(Method.GGUF).available(Method.GGUF, "cpu")
+reason = backends.get(Gguf()).available(Gguf(), "cpu")
 if reason:
     pytest.skip(f"llama.cpp GGUF cannot run here: {reason}", allow_module_level=True)
 

@@ -5,7 +5,6 @@ training text."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from conformance import BackendConformance, kl_of
 from quantscope import backends, data, models
 from quantscope.backends import gptq
+from quantscope.cache import read_made
 from quantscope.config import model_spec, parse_config
 from quantscope.errors import UserError
 
@@ -58,7 +58,7 @@ def test_the_model_computes_with_the_weights_in_the_gptq_file(
     ms = model_spec(str(tiny_model_dir))
     files = models.resolve(ms)
     qc = parse_config(f"gptq[bits={bits},group=32,{SMALL},dtype=bf16,act_order={act_order}]")
-    loaded = backends.get(qc.method).load(files, ms, qc, "cpu")
+    loaded = backends.get(qc).load(files, ms, qc, "cpu")
     folder, _ = gptq.quantize(files, ms, qc, "cpu")
     tensors = load_file(str(folder / "model.safetensors"))
     gen = torch.Generator().manual_seed(0)
@@ -119,23 +119,23 @@ def test_a_rerun_loads_the_cached_model_and_reports_the_first_quantization_time(
     files = models.resolve(ms)
     qc = parse_config(f"gptq[bits=4,group=32,{SMALL}]")
     monkeypatch.chdir(tmp_path)
-    first = backends.get(qc.method).load(files, ms, qc, "cpu")
+    first = backends.get(qc).load(files, ms, qc, "cpu")
     assert list(tmp_path.iterdir()) == []  # gptqmodel's own logs go to the cache, not here
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("quantized again")
 
     monkeypatch.setattr(gptqmodel.models.base.BaseQModel, "quantize", refuse)
-    second = backends.get(qc.method).load(files, ms, qc, "cpu")
+    second = backends.get(qc).load(files, ms, qc, "cpu")
     assert second.quantize_s == first.quantize_s > 0
     folder, made = gptq.quantize(files, ms, qc, "cpu")
-    assert json.loads((folder / gptq.MADE).read_text()) == made
+    assert read_made(folder) == made and made["quantize_s"] == first.quantize_s
 
 
 def test_skip_keeps_those_linears_in_float(tiny_model_dir: Path) -> None:
     ms = model_spec(str(tiny_model_dir))
     qc = parse_config(f"gptq[bits=4,group=32,{SMALL},skip=down_proj;model.layers.1]")
-    loaded = backends.get(qc.method).load(models.resolve(ms), ms, qc, "cpu")
+    loaded = backends.get(qc).load(models.resolve(ms), ms, qc, "cpu")
     assert sorted(loaded.quantized) == [
         f"model.layers.0.{k}"
         for k in sorted(("mlp.gate_proj", "mlp.up_proj", *(f"self_attn.{p}_proj" for p in "qkvo")))
@@ -149,7 +149,7 @@ def test_bad_settings_are_refused_before_quantizing(tiny_model_dir: Path) -> Non
     with pytest.raises(UserError, match=r"group=48 does not divide the input size 64 .* group=64"):
         gptq.plan(files, ms, parse_config("gptq[group=48]"))
     with pytest.raises(UserError, match="add dtype=bf16"):
-        backends.get(parse_config("gptq").method).load(
+        backends.get(parse_config("gptq")).load(
             files, ms, parse_config("gptq[bits=8,group=32]"), "cpu"
         )
     with pytest.raises(UserError, match="packs 2, 3, 4 or 8 bits"):

@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantscope.metrics import stats
 from quantscope.metrics.divergence import kl_full, kl_topk, log_rest, true_token_logprob
@@ -105,3 +107,47 @@ def test_true_token_logprob_picks_the_target():
     lp = torch.log(torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]]))
     out = true_token_logprob(lp, torch.tensor([2, 0]))
     assert out.exp().tolist() == pytest.approx([0.7, 0.5])
+
+
+_ROWS = st.integers(1, 6)
+_VOCAB = st.integers(2, 40)
+
+
+@st.composite
+def _logits(draw, rows: int, vocab: int):
+    values = draw(
+        st.lists(st.floats(-20, 20, allow_nan=False), min_size=rows * vocab, max_size=rows * vocab)
+    )
+    return torch.tensor(values, dtype=torch.float64).view(rows, vocab)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), rows=_ROWS, vocab=_VOCAB)
+def test_kl_is_nonnegative_and_zero_for_identical_inputs(data, rows, vocab):
+    a = data.draw(_logits(rows, vocab)).log_softmax(-1)
+    b = data.draw(_logits(rows, vocab)).log_softmax(-1)
+    assert (kl_full(a, b) >= -1e-12).all()
+    assert (kl_full(a, a) == 0).all()
+    k = data.draw(st.integers(1, vocab))
+    top, ids = a.topk(k, dim=-1)
+    rest = log_rest(a, ids)
+    # the top-k bound is a lower bound of the full KL, and 0 for identical inputs
+    low = kl_topk(top, b.gather(-1, ids), rest, log_rest(b, ids))
+    assert (low <= kl_full(a, b) + 1e-9).all()
+    assert kl_topk(top, top, rest, rest).abs().max() < 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hits=st.lists(st.booleans(), min_size=2, max_size=200),
+    clusters=st.lists(st.integers(0, 5), min_size=200, max_size=200),
+)
+def test_agreement_is_a_share_and_identical_answers_flip_nothing(hits, clusters):
+    from quantscope.metrics.tasks import compare_answers
+
+    share = stats.proportion(hits, clusters[: len(hits)])
+    assert 0.0 <= share.value <= 1.0
+    assert share.se >= 0 or math.isnan(share.se)
+    same = compare_answers(hits, hits)
+    assert same["correct_to_wrong"] == same["wrong_to_correct"] == 0
+    assert same["mcnemar_p"] == 1.0 and same["delta"] == 0

@@ -14,10 +14,9 @@ import torch
 from conftest import build_tiny_model
 from quantscope import backends, data, models, runner
 from quantscope.config import (
+    BnbInt8,
     DataSpec,
     DType,
-    Method,
-    QuantConfig,
     RunSpec,
     model_spec,
     parse_config,
@@ -70,7 +69,7 @@ def _windows(folder: Path, spec: DataSpec) -> data.Windows:
 
 def _load(folder: Path, config: str) -> torch.nn.Module:
     ms, qc = model_spec(str(folder)), parse_config(config)
-    return backends.get(qc.method).load(models.resolve(ms), ms, qc, "cpu").model
+    return backends.get(qc).load(models.resolve(ms), ms, qc, "cpu").model
 
 
 def test_emulated_4bit_weights_are_bitsandbytes_own(tiny_model_dir):
@@ -85,7 +84,7 @@ def test_emulated_4bit_weights_are_bitsandbytes_own(tiny_model_dir):
         config = parse_config(text)
         real = dict(_load(tiny_model_dir, text).named_modules())[name].weight
         expected = bf.dequantize_4bit(real.data, real.quant_state).float()
-        emulated = backends.get(config.method).emulate(config).weight(w)
+        emulated = backends.get(config).emulate(config).weight(w)
         assert torch.equal(emulated, expected), text
         assert not torch.equal(emulated, w)
 
@@ -128,9 +127,9 @@ def test_estimated_bytes_equal_the_loaded_mixed_model(tiny_model_dir, tmp_path):
     spec = _study(tiny_model_dir, tmp_path, "bnb-int8", fallback=DType.BF16, modes=("only",))
     prepared = bench(spec, runner.LogEvents())
     kept = {prepared.units[0].name}
-    config = QuantConfig(Method.BNB_INT8, dtype=DType.BF16, skip=tuple(kept))
+    config = BnbInt8(dtype=DType.BF16, skip=tuple(kept))
     ms = model_spec(str(tiny_model_dir))
-    loaded = backends.get(config.method).load(models.resolve(ms), ms, config, "cpu")
+    loaded = backends.get(config).load(models.resolve(ms), ms, config, "cpu")
     from quantscope.evaluate import weight_footprint
 
     with torch.inference_mode():

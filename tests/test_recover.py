@@ -38,7 +38,7 @@ def _spec(folder: Path, tmp_path: Path, **kw) -> RecoverSpec:
 
 def _load(folder: Path, config: str) -> torch.nn.Module:
     ms, qc = model_spec(str(folder)), parse_config(config)
-    loaded = backends.get(qc.method).load(models.resolve(ms), ms, qc, "cpu")
+    loaded = backends.get(qc).load(models.resolve(ms), ms, qc, "cpu")
     if qc.lora:
         loaded = lora.attach(loaded, qc.lora)
     return loaded.model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from quantscope import backends, runner
-from quantscope.config import DataSpec, Method, RunSpec, model_spec, parse_config_list
+from quantscope.config import DataSpec, RunSpec, model_spec, parse_config, parse_config_list
 from quantscope.store import Store
 
 
@@ -68,7 +68,7 @@ def test_a_failing_config_does_not_stop_the_others(
 ):
     """Whatever a backend library raises fails that config only (an AttributeError from a
     backend once ended a whole run with a traceback)."""
-    bnb = backends.get(Method.BNB_INT8)
+    bnb = backends.get(parse_config("bnb-int8"))
 
     def broken(*args, **kwargs):
         raise error("kernel exploded")
@@ -83,7 +83,7 @@ def test_a_failing_config_does_not_stop_the_others(
 def test_unavailable_config_is_skipped_with_its_reason(
     tiny_model_dir, tiny_text, tmp_path, monkeypatch
 ):
-    bnb = backends.get(Method.BNB_NF4)
+    bnb = backends.get(parse_config("bnb-nf4"))
     monkeypatch.setattr(bnb, "available", lambda method, device: "no kernel for this CPU.")
     report = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite",
                               configs="bnb-nf4,bf16"))  # fmt: skip

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from quantscope import backends, runner
-from quantscope.config import DataSpec, Method, QuantConfig, RunSpec, model_spec, parse_config_list
+from quantscope.config import DataSpec, RunSpec, model_spec, parse_config, parse_config_list
 from quantscope.errors import UserError
 from quantscope.metrics.tasks import compare_answers, flips, mcnemar_p
 from quantscope.models import load_tokenizer, resolve
@@ -120,7 +120,8 @@ def test_lm_eval_adapter_matches_lm_eval_own_hf_model(tiny_model_dir):
 
     files = resolve(model_spec(str(tiny_model_dir)))
     spec = model_spec(str(tiny_model_dir))
-    loaded = backends.get(Method.FP32).load(files, spec, QuantConfig(Method.FP32), "cpu")
+    fp32 = parse_config("fp32")
+    loaded = backends.get(fp32).load(files, spec, fp32, "cpu")
     tokenizer = load_tokenizer(files, spec)
     ours = make_lm(loaded.model, tokenizer, batch_size=3).loglikelihood(_hf_requests())
     theirs = HFLM(
@@ -163,11 +164,19 @@ def test_local_lm_eval_task_file_runs_through_the_adapter(
     assert bf16["quantscope_tiny_mc:acc"]["n"] == len(MC)
 
 
-def test_unknown_lm_eval_task_is_a_user_error(tiny_model_dir, tiny_text, tmp_path):
+def test_unknown_task_is_refused_before_any_model_loads(tiny_text, tmp_path, monkeypatch):
+    """An lm-eval task that does not exist is one sentence with the closest names, before the
+    model is even looked for (it would not be found: it does not exist either)."""
     pytest.importorskip("lm_eval")
-    spec = _tiny_spec(
-        tiny_model_dir, tiny_text, tmp_path / "r.sqlite", ("no_such_task_xyz",), "fp32"
-    )
-    result = runner.run(spec).outcomes[0].result  # the config is still measured
-    assert result.metrics["kl_mean"] == 0.0 and result.tasks == {}
-    assert "has no task 'no_such_task_xyz'" in result.meta["task_errors"]["no_such_task_xyz"]
+    from quantscope import models
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was looked for")
+
+    monkeypatch.setattr(models, "resolve", never)
+    spec = _tiny_spec("nobody/no-such-model", tiny_text, tmp_path / "r.sqlite", ("hellaswagg",),
+                      "fp32")  # fmt: skip
+    with pytest.raises(UserError, match=r"Unknown task 'hellaswagg'\. Did you mean 'hellaswag'"):
+        runner.run(spec)
+    with pytest.raises(UserError, match="Did you mean 'cloze'"):
+        resolve_task("cloz", 10)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from quantscope.config import DEFAULT_CONFIGS, DataSpec, DType, ModelSpec, QuantConfig, RunSpec
+from quantscope.config.quant import ConfigsLike
 from quantscope.errors import UserError
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ __all__ = ["DType", "DataSpec", "ModelSpec", "QuantConfig", "RunSpec", "UserErro
 
 def run(
     model: str | None = None,
-    configs: str | tuple[QuantConfig, ...] = ",".join(DEFAULT_CONFIGS),
+    configs: ConfigsLike = DEFAULT_CONFIGS,
     text: str | tuple[str, ...] = (),
     tokens: int = 4096,
     context: int = 512,
@@ -35,16 +36,16 @@ def run(
 ) -> RunReport:
     """Run quantscope from Python; ``options`` are the other :class:`RunSpec` fields.
 
+    ``configs`` is a comma list, a list of names or config objects, or saved config files.
     Returns a :class:`~quantscope.results.RunReport`; ``.to_dataframe()`` gives one row per
     config.
     """
     from quantscope.config import model_spec, parse_config_list
     from quantscope.runner import run as run_spec
 
-    parsed = parse_config_list(configs) if isinstance(configs, str) else configs
     spec = RunSpec(
         model=model_spec(model),
-        configs=parsed,
+        configs=parse_config_list(configs),
         data=DataSpec(
             (text,) if isinstance(text, str) else text,
             tokens=tokens,

@@ -288,3 +288,11 @@ def prefix_token(tokenizer: Any) -> int:
             "This tokenizer has neither a BOS nor an EOS token, which --bos and tasks need."
         )
     return int(token)
+
+
+def text_windows(sources: list[TextSource], tokenizer: Any, spec: DataSpec) -> tuple[Windows, bool]:
+    """The windows of ``sources`` as a run, a study or a calibration takes them, and whether
+    BOS was put first (``spec.bos``; by default as the tokenizer does by itself)."""
+    bos = spec.bos if spec.bos is not None else adds_bos(tokenizer)
+    prefix = prefix_token(tokenizer) if bos else None
+    return build_windows(sources, encoder(tokenizer), spec, prefix), bos

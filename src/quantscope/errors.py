@@ -1,4 +1,4 @@
-"""The one exception type that means "the user asked for something we cannot do".
+"""The exception types that mean "the user asked for something we cannot do".
 
 Every part raises :class:`UserError` with one sentence that says what is wrong and what to do;
 the command line prints that sentence and exits non-zero, never a traceback.
@@ -15,5 +15,15 @@ class UserError(Exception):
     """
 
 
-class ConfigUnavailable(UserError):
-    """A quantization config this machine cannot run (missing library or hardware)."""
+class Unavailable(UserError):
+    """A config this machine cannot run (a missing library or hardware): the one way a backend
+    says so. A run shows it as skipped with ``reason``; elsewhere it is a user error.
+
+    >>> str(Unavailable("bnb-nf4", "bitsandbytes is not installed."))
+    'bnb-nf4 cannot run here: bitsandbytes is not installed.'
+    """
+
+    def __init__(self, config: str, reason: str) -> None:
+        super().__init__(f"{config} cannot run here: {reason}")
+        self.config = config
+        self.reason = reason

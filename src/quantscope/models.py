@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantscope.cache import cache_dir, made
 from quantscope.config import DType, ModelKind, ModelSpec
 from quantscope.errors import UserError
+
+__all__ = ["ModelFiles", "cache_dir", "linear_shapes", "resolve"]
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,6 @@ class ModelFiles:
     origin: str
     kind: ModelKind
     fingerprint: str
-
-
-def cache_dir() -> Path:
-    """Where quantscope keeps converted models, reference passes and results.
-
-    ``$QUANTSCOPE_CACHE`` if set, else ``~/.cache/quantscope``.
-    """
-    root = os.environ.get("QUANTSCOPE_CACHE") or Path.home() / ".cache" / "quantscope"
-    path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def bundled_gguf() -> Path:
@@ -130,30 +119,44 @@ def gguf_to_folder(gguf: Path, spec: ModelSpec) -> Path:
     with gguf.open("rb") as handle:
         head = hashlib.sha256(handle.read(_HASH_SPAN)).hexdigest()[:12]
     target = cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}-{head}"
-    if (target / "config.json").is_file() and weight_files(target):
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("De-quantizing %s to safetensors in %s (once)", gguf, target)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-    except (ValueError, OSError, KeyError) as err:
-        raise UserError(f"transformers cannot load GGUF file '{gguf}': {err}") from None
-    model.hf_quantizer = None  # type: ignore[assignment]
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "quantscope-source.json").write_text(json.dumps({"gguf": str(gguf)}))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    def convert(tmp: Path) -> dict[str, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("De-quantizing %s to safetensors in %s (once)", gguf, target)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+        except (ValueError, OSError, KeyError) as err:
+            raise UserError(f"transformers cannot load GGUF file '{gguf}': {err}") from None
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return {"gguf": str(gguf)}
+
+    made(target, convert)
     return target
+
+
+def linear_shapes(files: ModelFiles, spec: ModelSpec) -> dict[str, tuple[int, int]]:
+    """(out, in) of every linear layer by name, from the model's config alone: built on the
+    meta device, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(files.folder), trust_remote_code=spec.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+    return {
+        n: (m.out_features, m.in_features)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
 
 
 def download(spec: ModelSpec) -> Path:

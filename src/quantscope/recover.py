@@ -31,8 +31,10 @@ import torch
 from quantscope import backends, data, models
 from quantscope.config import DataSpec, ModelSpec, QuantConfig, RunSpec, precision_config
 from quantscope.errors import UserError
+from quantscope.events import Events, LogEvents
+from quantscope.metrics.divergence import kl_full
 from quantscope.provenance import digest, versions
-from quantscope.runner import Events, LogEvents, default_store
+from quantscope.runner import default_store
 from quantscope.store import Store, now
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ def distill_loss(
     positions; logits (B, T, V), ids (B, T). Returns the loss and its two parts."""
     s = student[:, :-1].float().log_softmax(-1)  # (B, T-1, V)
     t = teacher[:, :-1].float().log_softmax(-1)
-    kl = (t.exp() * (t - s)).sum(-1).mean()
+    kl = kl_full(t, s).mean()
     ce = -s.gather(-1, ids[:, 1:, None]).mean()
     loss = kl_weight * kl + (1.0 - kl_weight) * ce if kl_weight < 1.0 else kl
     return loss, float(kl.detach()), float(ce.detach())
@@ -139,11 +141,7 @@ def student_model(spec: RecoverSpec, files: models.ModelFiles, device: str) -> A
     """A freshly loaded quantized model with new LoRA adapters, in train mode."""
     from peft import LoraConfig, get_peft_model
 
-    backend = backends.get(spec.config.method)
-    reason = backend.available(spec.config.method, device)
-    if reason:
-        raise UserError(f"{spec.config.name} cannot run here: {reason}")
-    model = backend.load(files, spec.model, spec.config, device).model
+    model = backends.get(spec.config).load(files, spec.model, spec.config, device).model
     for p in model.parameters():
         p.requires_grad_(False)
     targets: str | list[str] = (
@@ -168,12 +166,12 @@ def train(
 ) -> Training:
     """Train LoRA adapters on ``spec.config`` toward the baseline; save them; Ctrl-C stops
     training and saves the adapter so far (``interrupted``)."""
+    from transformers import get_linear_schedule_with_warmup
+
     from quantscope.backends import lora
 
     events = events or LogEvents()
-    reason = lora.available()
-    if reason:
-        raise UserError(reason)
+    lora.check(spec.config)
     device = models.resolve_device(spec.device)
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
@@ -182,14 +180,11 @@ def train(
     torch.manual_seed(spec.seed)
     events.stage("Loading the teacher (baseline) and the student", None)
     base = precision_config(spec.model.dtype)
-    teacher = backends.get(base.method).load(files, spec.model, base, device).model
+    teacher = backends.get(base).load(files, spec.model, base, device).model
     student = student_model(spec, files, device)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    warmup = max(1, spec.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / spec.steps)
-    )
+    schedule = get_linear_schedule_with_warmup(optimizer, max(1, spec.steps // 20), spec.steps)
     out = Path(adapter_folder(spec)).expanduser()
     losses, kls, ces = [], [], []
     start, interrupted, step = time.perf_counter(), False, 0
@@ -326,9 +321,6 @@ def recover(
         recovery(plain["dppl_log"], plain["dppl_log_se"], new["dppl_log"], new["dppl_log_se"]),
         report.run_id, recovered.name,
     )  # fmt: skip
-    store = Store(spec.store_path or default_store())
-    try:
+    with Store(spec.store_path or default_store()) as store:
         store.put_study(digest("recover", trained.adapter, now()), "recover", result.to_dict())
-    finally:
-        store.close()
     return result

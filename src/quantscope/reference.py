@@ -18,12 +18,14 @@ With k = 256 and m = 64: (256 + 64)·(4 + 4) + 8 = 2,568 bytes per token before 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from quantscope.cache import made, read_made
 
 FORMAT = 4  # bump when the stored arrays change
 
@@ -72,7 +74,7 @@ class Reference:
 
     def save(self, path: Path) -> None:
         """Write compressed to ``path`` (a .npz file), atomically."""
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, **self.arrays())  # type: ignore[arg-type]
         tmp.replace(path)
 
@@ -105,34 +107,35 @@ class Cursor:
 
 
 class ReferenceCache:
-    """A reference pass on disk: ``folder/chunk-000000.npz`` … plus ``done.json`` when whole.
+    """A reference pass on disk: ``folder/chunk-000000.npz`` … plus ``done.json``.
 
-    A pass is written into ``folder.tmp`` and renamed when complete, so an interrupted pass
-    never looks finished.
+    Written through :func:`quantscope.cache.made`, so it is made once under a lock, in a
+    temporary folder renamed into place when complete: an interrupted pass never looks
+    finished, and two runs sharing a cache never write into the same path.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     def exists(self) -> bool:
-        return (self.folder / "done.json").is_file()
+        return read_made(self.folder) is not None
 
     def write(self, chunks: Iterable[Reference]) -> dict[str, float]:
-        """Write every chunk as it comes; return tokens and bytes per token on disk."""
-        tmp = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        tokens = count = 0
-        for count, chunk in enumerate(chunks, start=1):
-            chunk.save(tmp / f"chunk-{count - 1:06d}.npz")
-            tokens += len(chunk)
-        size = sum(p.stat().st_size for p in tmp.glob("chunk-*.npz"))
-        info: dict[str, float] = {"format": FORMAT, "tokens": tokens, "chunks": count}
-        info.update(disk_bytes=size, disk_bytes_per_token=size / max(1, tokens))
-        (tmp / "done.json").write_text(json.dumps(info))
-        shutil.rmtree(self.folder, ignore_errors=True)
-        tmp.rename(self.folder)
-        return info
+        """Make the folder from ``chunks`` (each written as it comes), once; what it holds."""
+
+        def make(tmp: Path) -> dict[str, float]:
+            tmp.mkdir(parents=True)
+            tokens = count = 0
+            for count, chunk in enumerate(chunks, start=1):
+                chunk.save(tmp / f"chunk-{count - 1:06d}.npz")
+                tokens += len(chunk)
+            size = sum(p.stat().st_size for p in tmp.glob("chunk-*.npz"))
+            info: dict[str, float] = {"format": FORMAT, "tokens": tokens, "chunks": count}
+            info.update(disk_bytes=size, disk_bytes_per_token=size / max(1, tokens))
+            (tmp / "done.json").write_text(json.dumps(info))
+            return info
+
+        return made(self.folder, make)
 
     def info(self) -> dict[str, float]:
         return dict(json.loads((self.folder / "done.json").read_text()))

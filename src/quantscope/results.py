@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 
@@ -53,12 +54,21 @@ def _nan_safe(value: object) -> object:
     return str(value)
 
 
+class Status(str, Enum):
+    """What happened to one config in a run."""
+
+    MEASURED = "measured"
+    REUSED = "reused"  # found in the store, measured with these settings before
+    SKIPPED = "skipped"  # cannot run here (its reason says why)
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one config in a run: measured, reused from the store, skipped, failed."""
+    """What happened to one config in a run, why (for skipped and failed), and its result."""
 
     config: str
-    status: str  # "measured" | "reused" | "skipped" | "failed"
+    status: Status
     reason: str = ""
     result: Result | None = None
 
@@ -95,7 +105,7 @@ class RunReport:
             "configs": [
                 {
                     "config": o.config,
-                    "status": o.status,
+                    "status": o.status.value,
                     "reason": o.reason,
                     "result": json.loads(o.result.to_json()) if o.result else None,
                 }
@@ -128,10 +138,6 @@ class Study:
     @property
     def all_quantized(self) -> dict[str, float]:
         return self.rows[("*", "all")]
-
-    @property
-    def none_quantized(self) -> dict[str, float]:
-        return self.rows[("*", "none")]
 
     def ranking(self) -> list[dict[str, Any]]:
         """One row per unit, most sensitive first (by KL with only it quantized, else by the

@@ -14,50 +14,32 @@ import gc
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from quantscope import backends, data, evaluate, models, tasks
+from quantscope.cache import cache_dir, made
 from quantscope.config import QuantConfig, RunSpec, precision_config
-from quantscope.errors import UserError
+from quantscope.errors import Unavailable, UserError
+from quantscope.events import Events, LogEvents
 from quantscope.provenance import digest, hardware, versions
 from quantscope.reference import FORMAT as REFERENCE_FORMAT
 from quantscope.reference import ReferenceCache
-from quantscope.results import Outcome, Result, RunReport
+from quantscope.results import Outcome, Result, RunReport, Status
 from quantscope.store import Store, now
+from quantscope.tasks import answers
 
+__all__ = ["Events", "LogEvents", "default_store", "run"]
 log = logging.getLogger(__name__)
-
-
-class Events(Protocol):
-    """What the runner tells its caller while it works (the CLI draws progress bars)."""
-
-    def stage(self, label: str, total: int | None) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def outcome(self, outcome: Outcome) -> None: ...
-
-
-class LogEvents:
-    """Events that only log (the default for the Python API)."""
-
-    def stage(self, label: str, total: int | None) -> None:
-        log.info("%s", label)
-
-    def advance(self, n: int) -> None:
-        return None
-
-    def outcome(self, outcome: Outcome) -> None:
-        log.info("%s: %s %s", outcome.config, outcome.status, outcome.reason)
 
 
 def default_store() -> Path:
     """Default results database: ``$QUANTSCOPE_CACHE/results.sqlite``."""
-    return models.cache_dir() / "results.sqlite"
+    return cache_dir() / "results.sqlite"
 
 
 @dataclass
@@ -107,17 +89,13 @@ def _settings(spec: RunSpec, windows: data.Windows, device: str, bos: bool) -> d
 def prepare(spec: RunSpec, events: Events) -> _Context:
     """Resolve the device, model files, tokenizer, text and windows of a run."""
     device = models.resolve_device(spec.device)
+    found = [tasks.resolve(name, spec.task_limit) for name in spec.tasks]  # before any model
     events.stage("Finding the model", None)
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
-    sources = data.read_sources(spec.data)
-    bos = spec.data.bos if spec.data.bos is not None else data.adds_bos(tokenizer)
-    windows = data.build_windows(
-        sources, data.encoder(tokenizer), spec.data, data.prefix_token(tokenizer) if bos else None
-    )
+    windows, bos = data.text_windows(data.read_sources(spec.data), tokenizer, spec.data)
     text_name = " + ".join(windows.sources)
     settings = _settings(spec, windows, device, bos)
-    found = [tasks.resolve(name, spec.task_limit) for name in spec.tasks]
     settings["tasks"] = [t.fingerprint() for t in found]
     fp = digest(settings)
     ctx = _Context(spec, device, files, tokenizer, windows, text_name, settings, fp, events)
@@ -125,21 +103,24 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
     return ctx
 
 
-def result_key(ctx: _Context, config: QuantConfig) -> str:
-    adapter = ""
-    if config.lora:
-        from quantscope.backends import lora
+def result_key(model_fp: str, config: QuantConfig, data_fp: str, settings_fp: str) -> str:
+    """The key a result is stored under: model, config (its canonical name), windows and
+    settings, and the adapter's own fingerprint (a retrained adapter is measured again)."""
+    parts = (model_fp, config.name, data_fp, settings_fp)
+    if not config.lora:
+        return digest(*parts)
+    from quantscope.backends import lora
 
-        adapter = lora.fingerprint(config.lora)  # a retrained adapter is measured again
-    parts = (ctx.files.fingerprint, config.name, ctx.windows.fingerprint, ctx.settings_fp)
-    return digest(*parts, adapter) if adapter else digest(*parts)
+    return digest(*parts, lora.fingerprint(config.lora))
 
 
 def ensure_reference(ctx: _Context) -> None:
-    """Find the baseline's reference pass and generations in the cache, or compute them.
+    """Find the baseline's reference pass, generations and task answers in the cache, or
+    compute them, each once even when several processes share the cache (``cache.made``).
 
     The reference is keyed by model, windows, its sizes, seed, dtype, device type and library
-    versions; the generations by model, prompts and length. Each is computed once.
+    versions; the generations by model, prompts and length; task answers by the tasks. The
+    baseline is loaded only when something is missing (and always in exact mode).
     """
     spec, settings = ctx.spec, ctx.settings
     common = (
@@ -148,78 +129,74 @@ def ensure_reference(ctx: _Context) -> None:
     ref_key = digest(REFERENCE_FORMAT, *common, ctx.windows.fingerprint, spec.ref_topk,
                      spec.ref_samples, spec.seed)  # fmt: skip
     gen_key = digest("generations-2", *common, list(spec.prompts), spec.max_new_tokens)
-    folder = models.cache_dir() / "reference"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cache_dir() / "reference"
+    if spec.exact:
+        _baseline(ctx)
     cache = ReferenceCache(folder / ref_key)
-    gen_path = folder / f"{gen_key}.generations.json"
-    task_path = folder / f"{digest(*common, settings['tasks'])}.tasks.json"
-    have_tasks = task_path.is_file() or not ctx.tasks
-    if spec.exact or not (cache.exists() and gen_path.is_file() and have_tasks):
-        ctx.events.stage("Loading the baseline", None)
-        base = precision_config(spec.model.dtype)
-        ctx.baseline_model = (
-            backends.get(base.method).load(ctx.files, spec.model, base, ctx.device).model
-        )
     if not cache.exists():
         ctx.events.stage("Reference pass (baseline)", ctx.windows.n_scored)
         cache.write(
             evaluate.reference_chunks(
-                ctx.baseline_model, ctx.windows, spec.ref_topk, spec.batch_size,
+                _baseline(ctx), ctx.windows, spec.ref_topk, spec.batch_size,
                 ctx.events.advance, tail_samples=spec.ref_samples, seed=spec.seed,
             )
         )  # fmt: skip
     ctx.reference = cache
-    if gen_path.is_file():
-        ctx.base_generations = json.loads(gen_path.read_text())
-    else:
-        ctx.events.stage("Baseline generations", None)
-        ctx.base_generations = evaluate.generate(
-            ctx.baseline_model, ctx.tokenizer, spec.prompts, spec.max_new_tokens
+    ctx.base_generations = _cached_json(
+        folder / f"{gen_key}.generations.json", "Baseline generations", ctx,
+        lambda: evaluate.generate(_baseline(ctx), ctx.tokenizer, spec.prompts, spec.max_new_tokens),
+    )  # fmt: skip
+    if ctx.tasks:
+        task_path = folder / f"{digest(*common, settings['tasks'])}.tasks.json"
+        ctx.base_answers = _cached_json(
+            task_path, "Baseline tasks", ctx, lambda: _answer_tasks(ctx, _baseline(ctx)), whole=True
         )
-        gen_path.write_text(json.dumps(ctx.base_generations))
-    if ctx.tasks and task_path.is_file():
-        ctx.base_answers = json.loads(task_path.read_text())
-    elif ctx.tasks:
-        ctx.events.stage("Baseline tasks", None)
-        ctx.base_answers = _answer_tasks(ctx, ctx.baseline_model)
-        if not ctx.task_errors:  # cache only a complete set of baseline answers
-            task_path.write_text(json.dumps(ctx.base_answers))
     if not spec.exact:
         ctx.baseline_model = None
         _free()
 
 
-def _answer_tasks(ctx: _Context, model: Any) -> dict[str, dict[str, list[bool]]]:
-    """Every task's per-item correctness for ``model``. A task that cannot run (its data is
-    out of reach, it generates text) is reported in ``ctx.task_errors`` and left out; the
-    config's other measurements go on."""
-    answers = {}
-    for task in ctx.tasks:
-        if task.name in ctx.task_errors:
-            continue
-        try:
-            answers[task.name] = task.evaluate(model, ctx.tokenizer, ctx.spec.batch_size * 2)
-        except UserError as err:
-            ctx.task_errors[task.name] = str(err)
-    return answers
+def _baseline(ctx: _Context) -> Any:
+    """The baseline model, loaded once per run (only when something needs it)."""
+    if ctx.baseline_model is None:
+        ctx.events.stage("Loading the baseline", None)
+        base = precision_config(ctx.spec.model.dtype)
+        ctx.baseline_model = (
+            backends.get(base).load(ctx.files, ctx.spec.model, base, ctx.device).model
+        )
+    return ctx.baseline_model
 
 
-def _task_results(ctx: _Context, model: Any) -> dict[str, dict[str, Any]]:
-    """Per task and metric: accuracy, flips against the baseline, McNemar's p, flipped items."""
-    from quantscope.metrics.tasks import compare_answers
+class _Partial(Exception):
+    """Baseline task answers with some tasks left out: used, never cached."""
 
-    assert ctx.base_answers is not None
-    answers = _answer_tasks(ctx, model)
-    out: dict[str, dict[str, Any]] = {}
-    for task in ctx.tasks:
-        if task.name not in answers or task.name not in ctx.base_answers:
-            continue
-        for metric, values in answers[task.name].items():
-            summary = compare_answers(ctx.base_answers[task.name][metric], values)
-            flipped = summary["c2w_items"] + summary["w2c_items"]  # type: ignore[operator]
-            summary["flipped_examples"] = {str(i): task.describe(i) for i in flipped[:10]}
-            out[f"{task.name}:{metric}"] = summary
-    return out
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _cached_json(
+    path: Path, label: str, ctx: _Context, compute: Callable[[], Any], whole: bool = False
+) -> Any:
+    """JSON computed once into the cache (``whole``: cached only when no task failed)."""
+
+    def make(tmp: Path) -> dict[str, Any]:
+        ctx.events.stage(label, None)
+        value = compute()
+        if whole and ctx.task_errors:
+            raise _Partial(value)
+        tmp.write_text(json.dumps(value))
+        return {}
+
+    try:
+        made(path, make)
+    except _Partial as partial:
+        return partial.value
+    return json.loads(path.read_text())
+
+
+def _answer_tasks(ctx: _Context, model: Any) -> answers.Answers:
+    """Every task's answers for ``model`` (tasks that cannot run go to ``ctx.task_errors``)."""
+    return answers.answer(ctx.tasks, model, ctx.tokenizer, ctx.spec.batch_size * 2, ctx.task_errors)
 
 
 def _free() -> None:
@@ -232,7 +209,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
     """Load one config and measure accuracy, efficiency and generations."""
     spec, ref = ctx.spec, ctx.reference
     assert ref is not None and ctx.base_generations is not None
-    backend = backends.get(config.method)
+    backend = backends.get(config)
     torch.manual_seed(spec.seed)
     with evaluate.PeakMemory() as peak:
         ctx.events.stage(f"{config.display}: loading", None)
@@ -251,7 +228,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
         clusters = ctx.windows.cluster_ids()
         accuracy = evaluate.accuracy_metrics(token_stats, clusters)
-        per_source = _per_source(ctx.windows, token_stats, clusters)
+        per_source = evaluate.per_source_metrics(ctx.windows, token_stats, clusters)
         accuracy["ref_disk_bytes_per_token"] = ref.info()["disk_bytes_per_token"]
         ctx.events.stage(f"{config.display}: speed", None)
         vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
@@ -259,7 +236,9 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         task_results = {}
         if ctx.tasks:
             ctx.events.stage(f"{config.display}: tasks", None)
-            task_results = _task_results(ctx, loaded.model)
+            assert ctx.base_answers is not None
+            found = _answer_tasks(ctx, loaded.model)
+            task_results = answers.compare(ctx.tasks, ctx.base_answers, found)
         ctx.events.stage(f"{config.display}: generations", None)
         gens = evaluate.generate(loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens)
     for gen, base in zip(gens, ctx.base_generations, strict=True):
@@ -283,20 +262,6 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         tasks=task_results,
         created=now(),
     )
-
-
-def _per_source(
-    windows: data.Windows, ts: evaluate.TokenStats, clusters: Any
-) -> dict[str, dict[str, float]]:
-    """Accuracy per text source when there are several (the run's row is their token-weighted
-    mean: every token counts once, whichever source it came from)."""
-    if len(windows.sources) < 2:
-        return {}
-    owner = windows.token_sources()
-    return {
-        name: evaluate.accuracy_metrics(ts.subset(owner == i), clusters[owner == i])
-        for i, name in enumerate(windows.sources)
-    }
 
 
 def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
@@ -324,16 +289,13 @@ def run(spec: RunSpec, events: Events | None = None) -> RunReport:
     """
     events = events or LogEvents()
     ctx = prepare(spec, events)
-    store = Store(spec.store_path or default_store())
-    run_id = store.new_run(ctx.files.name, ctx.settings)
     outcomes = []
-    try:
+    with Store(spec.store_path or default_store()) as store:
+        run_id = store.new_run(ctx.files.name, ctx.settings)
         for position, config in enumerate(spec.configs):
             outcome = _one(ctx, store, config, run_id, position)
             outcomes.append(outcome)
             events.outcome(outcome)
-    finally:
-        store.close()
     provenance = {
         "model": ctx.files.name,
         "model_origin": ctx.files.origin,
@@ -348,30 +310,33 @@ def run(spec: RunSpec, events: Events | None = None) -> RunReport:
 
 
 def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position: int) -> Outcome:
-    key = result_key(ctx, config)
+    key = result_key(ctx.files.fingerprint, config, ctx.windows.fingerprint, ctx.settings_fp)
     stored = None if ctx.spec.force else store.get(key)
     if stored is not None:
-        store.link(run_id, key, position, "reused")
-        return Outcome(config.display, "reused", "already measured with these settings", stored)
-    reason = backends.get(config.method).available(config.method, ctx.device)
-    if not reason and config.lora:
-        from quantscope.backends import lora
-
-        reason = lora.available()
-    if reason:
-        return Outcome(config.display, "skipped", reason)
+        store.link(run_id, key, position, Status.REUSED)
+        return Outcome(
+            config.display, Status.REUSED, "already measured with these settings", stored
+        )
     try:
+        backends.get(config).check(config, ctx.device)
+        if config.lora:
+            from quantscope.backends import lora
+
+            lora.check(config)
         if ctx.reference is None:
             ensure_reference(ctx)
         result = measure(ctx, config, key)
+    except Unavailable as err:
+        _free()
+        return Outcome(config.display, Status.SKIPPED, err.reason)
     except UserError as err:
         _free()
-        return Outcome(config.display, "failed", str(err))
+        return Outcome(config.display, Status.FAILED, str(err))
     except Exception as err:  # a backend library failing fails this config, not the run
         log.debug("config %s failed", config.name, exc_info=True)
         _free()
-        return Outcome(config.display, "failed", f"{type(err).__name__}: {err}")
+        return Outcome(config.display, Status.FAILED, f"{type(err).__name__}: {err}")
     result = Result.from_json(result.to_json())  # exactly what a rerun will read back
     store.put(result)
-    store.link(run_id, key, position, "measured")
-    return Outcome(config.display, "measured", "", result)
+    store.link(run_id, key, position, Status.MEASURED)
+    return Outcome(config.display, Status.MEASURED, "", result)

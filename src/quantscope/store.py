@@ -4,8 +4,7 @@ A result's key is a hash of model, config, data and settings fingerprints; a rer
 key and reuses the row. Schema changes bump :data:`SCHEMA_VERSION`.
 
 >>> import tempfile, os
->>> with tempfile.TemporaryDirectory() as d:
-...     store = Store(os.path.join(d, "r.sqlite"))
+>>> with tempfile.TemporaryDirectory() as d, Store(os.path.join(d, "r.sqlite")) as store:
 ...     store.get("missing") is None
 True
 """
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from quantscope.errors import UserError
-from quantscope.results import Outcome, Result, RunReport
+from quantscope.results import Outcome, Result, RunReport, Status
 
 SCHEMA_VERSION = 2  # 2 added studies (sensitivity, search) and their rows; 1 is upgraded
 _SCHEMA = """
@@ -50,14 +49,20 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write to finish
+
+
 class Store:
-    """A results database at ``path`` (created with its folder when missing)."""
+    """A results database at ``path`` (created with its folder when missing), safe for many
+    processes at once: WAL journal (readers never block the writer) and a busy timeout.
+    Use it as a context manager (``with Store(path) as store:``) so it is always closed."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path)
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(_SCHEMA)
             found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except (OSError, sqlite3.DatabaseError) as err:
@@ -72,6 +77,12 @@ class Store:
                 f"'{self.path}' has results schema {found[0]}, this quantscope reads "
                 f"{SCHEMA_VERSION}; pass another --store."
             )
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def new_run(self, model: str, settings: dict[str, Any]) -> str:
         run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -102,22 +113,22 @@ class Store:
                 ),
             )
 
-    def link(self, run_id: str, key: str, position: int, status: str) -> None:
+    def link(self, run_id: str, key: str, position: int, status: Status) -> None:
         """Record that ``run_id`` used result ``key`` (measured or reused)."""
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO run_results VALUES (?, ?, ?, ?)",
-                (run_id, key, position, status),
+                (run_id, key, position, Status(status).value),
             )
 
-    def run_results(self, run_id: str) -> list[tuple[str, Result]]:
+    def run_results(self, run_id: str) -> list[tuple[Status, Result]]:
         """The (status, result) pairs of a run, in config order."""
         rows = self.db.execute(
             "SELECT rr.status, r.body FROM run_results rr JOIN results r ON r.key = rr.key "
             "WHERE rr.run_id=? ORDER BY rr.position",
             (run_id,),
         ).fetchall()
-        return [(status, Result.from_json(body)) for status, body in rows]
+        return [(Status(status), Result.from_json(body)) for status, body in rows]
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first: id, created, model, number of configs, settings."""

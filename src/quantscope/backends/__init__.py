@@ -1,10 +1,14 @@
-"""Quantization backends behind one small interface, found through a lazy registry.
+"""Quantization backends: one template (:class:`Backend`), one module per library.
 
-A backend module imports its library only inside its functions, so importing quantscope
-never imports bitsandbytes (or any other optional dependency). ``available()`` answers
-``None`` when the backend can run here, or one sentence saying why not.
+A config class names its backend (``BACKEND = "module:attr"``, see ``config.registry``); the
+module imports its library only inside its functions, so importing quantscope never imports
+bitsandbytes (or any other optional dependency). ``available()`` answers ``None`` when the
+backend can run a config here, or one sentence saying why not; :meth:`Backend.check` raises
+that sentence as :class:`~quantscope.errors.Unavailable`, the one way "cannot run here" is
+said (the runner shows it as skipped, with its reason).
 
->>> get(Method.BNB_NF4).name
+>>> from quantscope.config import parse_config
+>>> get(parse_config("bnb-nf4")).name
 'bitsandbytes'
 """
 
@@ -13,29 +17,38 @@ from __future__ import annotations
 import importlib
 import math
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantscope.config import Method, ModelSpec, QuantConfig
+from quantscope.config import ModelSpec, QuantConfig, WeightConfig, backend_of
+from quantscope.errors import Unavailable
 from quantscope.models import ModelFiles
 
 
 @dataclass
-class LoadedModel:
-    """A model ready to evaluate, and what the backend knows about its quantized parts.
+class Quantized:
+    """What a backend's quantize step made: per quantized linear its logical weight count
+    (``quantized``, in × out), the quantization-state tensors that are neither parameters
+    nor buffers (``state()``: bitsandbytes' absmax and codebooks, row scales; a function,
+    because some kernels repack at the first forward pass, so it is read after inference),
+    the bytes of a packed format when weights are held in float (``packed``, fake
+    quantization), weight bytes read from a file (``footprint``, GGUF), the seconds a cached
+    artifact took to make (``made_s``), and a note for the library string."""
 
-    ``quantized`` maps each quantized linear module's name to its logical weight count
-    (in_features × out_features); ``state()`` lists, per quantized module, the
-    quantization-state tensors that are neither parameters nor buffers (bitsandbytes' absmax
-    and codebooks, row scales), so that weight bytes are counted from the tensors actually
-    held. It is a function because some kernels repack their state at the first forward pass
-    (bitsandbytes on CPU turns float32 absmax into bfloat16), so it is read after inference.
-    ``packed`` is for fake quantization (weights held in float): per quantized module, the
-    bytes its packed format would hold, counted instead of the float tensor. ``quantize_s``
-    is the part of the time spent quantizing, when the backend can tell it from loading.
-    """
+    quantized: dict[str, int] = field(default_factory=dict)
+    state: Callable[[], dict[str, list[Any]]] = dict
+    packed: dict[str, int] = field(default_factory=dict)
+    footprint: dict[str, float] | None = None
+    made_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to evaluate, and what the backend knows about its quantized parts (see
+    :class:`Quantized`). ``quantize_s`` is the part of the time spent quantizing, NaN when
+    the library quantizes while loading."""
 
     model: Any
     load_s: float
@@ -43,8 +56,8 @@ class LoadedModel:
     state: Callable[[], dict[str, list[Any]]] = dict
     library: str = ""
     packed: dict[str, int] = field(default_factory=dict)
-    quantize_s: float = math.nan  # NaN: quantized while loading, not separable
-    footprint: dict[str, float] | None = None  # weight bytes read from a file (GGUF)
+    quantize_s: float = math.nan
+    footprint: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,65 +74,102 @@ class Emulation:
     note: str = ""
 
 
-class Backend(ABC):
-    """One quantization library; each module in this package defines ``BACKEND``."""
+class Backend:
+    """One quantization library. :meth:`load` is the template every backend follows: check
+    it can run → load the model (:meth:`load_model`; by default the baseline in the config's
+    ``dtype``) → quantize the linears the config selects (:meth:`quantize`, timed) →
+    :class:`LoadedModel`. A backend overrides the steps it needs, and usually only
+    :meth:`quantize`."""
 
     name: str = ""
-    methods: tuple[Method, ...] = ()
+    package: str = ""  # distribution whose version the results record
+    module: str = ""  # what must import for the backend to run (the optional library)
+    extra: str = ""  # the quantscope extra that installs it
+    quantizes_while_loading = False  # then quantize s is not separable from load s (NaN)
 
-    @abstractmethod
-    def available(self, method: Method, device: str) -> str | None:
-        """None if ``method`` can run on ``device`` here, else one sentence why not."""
+    def available(self, config: QuantConfig, device: str) -> str | None:
+        """None if ``config`` can run on ``device`` here, else one sentence why not."""
+        return missing(self.module, self.extra) if self.module else None
 
-    @abstractmethod
+    def check(self, config: QuantConfig, device: str) -> None:
+        """Raise :class:`Unavailable` with the reason when ``config`` cannot run here."""
+        reason = self.available(config, device)
+        if reason:
+            raise Unavailable(config.name, reason)
+
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
     ) -> LoadedModel:
         """Load the baseline weights from ``files`` under ``config`` onto ``device``."""
+        self.check(config, device)
+        model, load_s = self.load_model(files, spec, config, device)
+        chosen = config.select([n for n, _ in linears(model)])
+        start = time.perf_counter()
+        made = self.quantize(model, chosen, config, device)
+        quantize_s = time.perf_counter() - start
+        if made.made_s is not None:
+            quantize_s = made.made_s
+        elif self.quantizes_while_loading:
+            quantize_s = math.nan
+        library = ", ".join(p for p in (self.library(), made.note) if p)
+        return LoadedModel(model, load_s, made.quantized, made.state, library, made.packed,
+                           quantize_s, made.footprint)  # fmt: skip
+
+    def load_model(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> tuple[Any, float]:
+        """The model to quantize and the seconds loading took: by default the baseline in
+        the config's ``dtype`` (else the baseline's), with :meth:`load_kwargs`."""
+        from quantscope.models import torch_dtype
+
+        dtype = config.dtype if isinstance(config, WeightConfig) else None
+        extra = self.load_kwargs(files, spec, config)
+        return from_pretrained(files, spec, device, dtype=torch_dtype(dtype or spec.dtype), **extra)
+
+    def load_kwargs(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig
+    ) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments (a library that quantizes while loading)."""
+        return {}
+
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
+        """Quantize the linears named in ``chosen`` of ``model`` in place."""
+        return Quantized()
+
+    def library(self) -> str:
+        """The library and version the results record."""
+        return f"{self.name} {package_version(self.package)}" if self.package else self.name
 
     def emulate(self, config: QuantConfig) -> Emulation | None:
         """The config's weight numerics in torch, or None when the backend cannot say."""
         return None
 
-    def from_pretrained(
-        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str, **extra: Any
-    ) -> tuple[Any, float]:
-        """Check availability, then time transformers' ``from_pretrained`` with ``extra``.
 
-        Returns the model (in eval mode) and the seconds the load took.
-        """
-        from transformers import AutoModelForCausalLM
+def from_pretrained(
+    files: ModelFiles, spec: ModelSpec, device: str, **extra: Any
+) -> tuple[Any, float]:
+    """transformers' ``from_pretrained`` with the run's safety settings and ``extra``, timed;
+    the model (in eval mode) and the seconds it took."""
+    from transformers import AutoModelForCausalLM
 
-        from quantscope.errors import UserError
-        from quantscope.models import pretrained_kwargs
+    from quantscope.models import pretrained_kwargs
 
-        reason = self.available(config.method, device)
-        if reason:
-            raise UserError(f"{config.name} cannot run here: {reason}")
-        start = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(
-            str(files.folder), **extra, **pretrained_kwargs(spec, device)
-        )
-        seconds = time.perf_counter() - start
-        model.eval()
-        return model, seconds
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(files.folder), **extra, **pretrained_kwargs(spec, device)
+    )
+    seconds = time.perf_counter() - start
+    model.eval()
+    return model, seconds
 
-    def float_model(
-        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> tuple[Any, float, dict[str, Any], list[str]]:
-        """The baseline in ``config.dtype`` (else the baseline's), the seconds it took, its
-        linear layers by name, and the names ``config`` selects to quantize (``lm_head`` is
-        kept): the start of every backend that quantizes a loaded float model."""
-        import torch
 
-        from quantscope.config import select_modules
-        from quantscope.models import torch_dtype
+def linears(model: Any) -> list[tuple[str, Any]]:
+    """Every ``nn.Linear`` of a model, by name, in model order."""
+    import torch
 
-        dtype = torch_dtype(config.dtype or spec.dtype)
-        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        chosen = select_modules(list(linears), config.include, (*config.skip, "lm_head"))
-        return model, seconds, linears, chosen
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
 def package_version(name: str) -> str:
@@ -138,36 +188,9 @@ def missing(module: str, extra: str) -> str | None:
     return None
 
 
-_REGISTRY: dict[Method, str] = {
-    Method.FP32: "quantscope.backends.precision:BACKEND",
-    Method.BF16: "quantscope.backends.precision:BACKEND",
-    Method.FP16: "quantscope.backends.precision:BACKEND",
-    Method.BNB_INT8: "quantscope.backends.bnb:BACKEND",
-    Method.BNB_NF4: "quantscope.backends.bnb:BACKEND",
-    Method.BNB_FP4: "quantscope.backends.bnb:BACKEND",
-    Method.RTN: "quantscope.backends.rtn:BACKEND",
-    Method.QUANTO_INT8: "quantscope.backends.quanto:BACKEND",
-    Method.QUANTO_INT4: "quantscope.backends.quanto:BACKEND",
-    Method.QUANTO_INT2: "quantscope.backends.quanto:BACKEND",
-    Method.QUANTO_FP8: "quantscope.backends.quanto:BACKEND",
-    Method.HQQ: "quantscope.backends.hqq:BACKEND",
-    Method.TORCHAO_INT8WO: "quantscope.backends.torchao:BACKEND",
-    Method.TORCHAO_INT8DQ: "quantscope.backends.torchao:BACKEND",
-    Method.TORCHAO_INT4WO: "quantscope.backends.torchao:BACKEND",
-    Method.TORCHAO_INTX: "quantscope.backends.torchao:BACKEND",
-    Method.GGUF: "quantscope.backends.gguf:BACKEND",
-    Method.GPTQ: "quantscope.backends.gptq:BACKEND",
-}
-
-
-def get(method: Method) -> Backend:
-    """The backend that runs ``method`` (its module is imported now, its library is not)."""
-    module_name, attr = _REGISTRY[method].split(":")
-    backend: Backend = getattr(importlib.import_module(module_name), attr)
+def get(config: QuantConfig) -> Backend:
+    """The backend that runs ``config`` (its module is imported now, its library is not)."""
+    backend = backend_of(config)
+    if not isinstance(backend, Backend):
+        raise TypeError(f"{type(config).BACKEND} is not a quantscope Backend")
     return backend
-
-
-def all_methods() -> Iterator[tuple[Method, Backend]]:
-    """Every registered method with its backend, in registry order."""
-    for method in _REGISTRY:
-        yield method, get(method)

@@ -1,8 +1,8 @@
 """bitsandbytes: LLM.int8 (``bnb-int8``) and 4-bit NF4/FP4 (``bnb-nf4``, ``bnb-fp4``).
 
-Loaded through transformers' ``BitsAndBytesConfig``. bitsandbytes is imported only here,
-inside functions. Modules matching ``skip`` patterns (and ``lm_head``, which transformers
-always keeps) stay in the baseline's precision.
+Loaded through transformers' ``BitsAndBytesConfig``, which quantizes while loading.
+bitsandbytes is imported only here, inside functions. Linears the config does not select
+(and ``lm_head``) stay in the config's ``dtype``: bitsandbytes is given their exact names.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import logging
 import re
 from typing import Any
 
-from quantscope.backends import Backend, Emulation, LoadedModel
-from quantscope.config import Method, ModelSpec, QuantConfig, select_modules
-from quantscope.models import ModelFiles, torch_dtype
+from quantscope.backends import Backend, Emulation, Quantized
+from quantscope.config import Bnb4, BnbInt8, ModelSpec, QuantConfig, WeightConfig
+from quantscope.models import ModelFiles, linear_shapes, torch_dtype
 
 
 def _import_bnb() -> Any:
@@ -26,9 +26,12 @@ def _import_bnb() -> Any:
 
 class BitsAndBytesBackend(Backend):
     name = "bitsandbytes"
-    methods = (Method.BNB_INT8, Method.BNB_NF4, Method.BNB_FP4)
+    package = "bitsandbytes"
+    module = "bitsandbytes"
+    extra = "bnb"
+    quantizes_while_loading = True
 
-    def available(self, method: Method, device: str) -> str | None:
+    def available(self, config: QuantConfig, device: str) -> str | None:
         try:
             _import_bnb()
         except ImportError as err:
@@ -37,86 +40,71 @@ class BitsAndBytesBackend(Backend):
             return "bitsandbytes has no MPS backend; use --device cpu."
         return None
 
-    def skip_list(self, config: QuantConfig, names: list[str]) -> list[str] | None:
+    def skip_list(self, config: WeightConfig, names: list[str]) -> list[str] | None:
         """bitsandbytes' skip list for a config: None (transformers' default, which keeps
         ``lm_head``) without patterns, else the exact names of every linear not selected."""
         if not config.include and not config.skip:
             return None
-        keep = set(select_modules(names, config.include, (*config.skip, "lm_head")))
+        keep = set(config.select(names))
         return [re.escape(n) for n in names if n not in keep]
 
-    def linear_names(self, files: ModelFiles, spec: ModelSpec) -> list[str]:
-        """The model's linear layer names, from its config on the meta device (no weights)."""
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        config = AutoConfig.from_pretrained(
-            str(files.folder), trust_remote_code=spec.trust_remote_code
-        )
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(
-                config, trust_remote_code=spec.trust_remote_code
-            )
-        return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-
-    def quantization_config(self, config: QuantConfig, names: list[str]) -> Any:
+    def load_kwargs(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig
+    ) -> dict[str, Any]:
         """The transformers ``BitsAndBytesConfig`` for a quantscope config."""
         from transformers import BitsAndBytesConfig
 
-        skip = self.skip_list(config, names)
-        if config.method is Method.BNB_INT8:
-            return BitsAndBytesConfig(
+        assert isinstance(config, (BnbInt8, Bnb4))
+        skip = self.skip_list(config, list(linear_shapes(files, spec)))
+        if isinstance(config, BnbInt8):
+            quant = BitsAndBytesConfig(
                 load_in_8bit=True, llm_int8_threshold=config.threshold, llm_int8_skip_modules=skip
             )
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4" if config.method is Method.BNB_NF4 else "fp4",
-            bnb_4bit_use_double_quant=config.double_quant,
-            bnb_4bit_compute_dtype=torch_dtype(config.compute_dtype),
-            llm_int8_skip_modules=skip,
-        )
+        else:
+            quant = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=config.quant_type.value,
+                bnb_4bit_use_double_quant=config.double_quant,
+                bnb_4bit_compute_dtype=torch_dtype(config.compute_dtype),
+                llm_int8_skip_modules=skip,
+            )  # fmt: skip
+        return {"quantization_config": quant}
 
-    def load(
-        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> LoadedModel:
-        names = self.linear_names(files, spec)
-        model, seconds = self.from_pretrained(
-            files, spec, config, device,
-            dtype=torch_dtype(config.dtype or spec.dtype),
-            quantization_config=self.quantization_config(config, names),
-        )  # fmt: skip
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
+        """Quantized while loading: find bitsandbytes' layers and their state."""
         bnb = _import_bnb()
         kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
         modules = {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
-        quantized = {n: m.in_features * m.out_features for n, m in modules.items()}
 
         def state() -> dict[str, list[Any]]:
             return {name: quant_state_tensors(module) for name, module in modules.items()}
 
-        return LoadedModel(model, seconds, quantized, state, f"bitsandbytes {bnb.__version__}")
+        return Quantized({n: m.in_features * m.out_features for n, m in modules.items()}, state)
 
     def emulate(self, config: QuantConfig) -> Emulation:
         """4-bit: bitsandbytes' own quantize/dequantize (block size 64, as transformers uses);
         the CPU kernel then multiplies at about bf16 precision, which this leaves out.
         8-bit: row-wise absmax int8 weights; LLM.int8's fp16 path for outlier activation
         columns is left out, so it overstates int8's error a little."""
-        if config.method is Method.BNB_INT8:
+        if isinstance(config, BnbInt8):
             return Emulation(
                 _int8_rows, lambda o, i: o * i + 4 * o, "outlier columns (threshold) left out"
             )
-        quant_type = "nf4" if config.method is Method.BNB_NF4 else "fp4"
+        assert isinstance(config, Bnb4)
+        quant_type, double = config.quant_type.value, config.double_quant
 
         def weight(w: Any) -> Any:
             functional = _import_bnb().functional
             packed, state = functional.quantize_4bit(
                 w.float().contiguous(), blocksize=_BLOCK, quant_type=quant_type,
-                compress_statistics=config.double_quant,
+                compress_statistics=double,
             )  # fmt: skip
             return functional.dequantize_4bit(packed, state).to(w.dtype)
 
         def nbytes(out_f: int, in_f: int) -> int:
             blocks = -(-out_f * in_f // _BLOCK)
-            absmax = blocks + 4 * -(-blocks // 256) if config.double_quant else 4 * blocks
+            absmax = blocks + 4 * -(-blocks // 256) if double else 4 * blocks
             return -(-out_f * in_f // 2) + absmax
 
         return Emulation(weight, nbytes, "bf16-precision CPU matmul left out")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,10 +26,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel, missing
-from quantscope.config import Method, ModelKind, ModelSpec, QuantConfig
+from quantscope.backends import Backend, Quantized
+from quantscope.cache import cache_dir, made
+from quantscope.config import Gguf, ModelKind, ModelSpec, QuantConfig
 from quantscope.errors import UserError
-from quantscope.models import ModelFiles, cache_dir
+from quantscope.models import ModelFiles
 
 
 def _torch() -> Any:
@@ -51,6 +53,8 @@ class LlamaCppModel:
             n_threads=torch.get_num_threads(), verbose=False,
         )  # fmt: skip
         self.config = config
+        self.path = path
+        self.made_s = math.nan  # seconds making the file took (set by the backend)
         self.anchor = torch.nn.Parameter(torch.zeros(0))
         self.training = False
 
@@ -146,22 +150,19 @@ def quantize_file(source: Path, qtype: str) -> tuple[Path, float]:
 
     head = hashlib.sha256(f"{source.resolve()}:{source.stat().st_size}".encode()).hexdigest()[:12]
     target = cache_dir() / "gguf" / f"{source.stem}-{head}-{qtype.upper()}.gguf"
-    made = target.with_suffix(".json")
-    if target.is_file() and made.is_file():
-        return target, float(json.loads(made.read_text())["seconds"])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = _ftype(qtype)
-    params.allow_requantize = True
-    tmp = target.with_suffix(".tmp")
-    start = time.perf_counter()
-    code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
-    seconds = time.perf_counter() - start
-    if code != 0:
-        raise UserError(f"llama.cpp could not quantize '{source}' to {qtype} (code {code}).")
-    tmp.rename(target)
-    made.write_text(json.dumps({"seconds": seconds}))
-    return target, seconds
+    ftype = _ftype(qtype)
+
+    def quantize(tmp: Path) -> dict[str, Any]:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.allow_requantize = True
+        start = time.perf_counter()
+        code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+        if code != 0:
+            raise UserError(f"llama.cpp could not quantize '{source}' to {qtype} (code {code}).")
+        return {"seconds": time.perf_counter() - start}
+
+    return target, float(made(target, quantize)["seconds"])
 
 
 CONVERTER_ENV = "QUANTSCOPE_LLAMA_CPP"  # a folder holding convert_hf_to_gguf.py
@@ -223,9 +224,6 @@ def converted(files: ModelFiles, spec: ModelSpec) -> tuple[Path, float]:
     """The baseline as an F32 GGUF file made by llama.cpp's converter (cached), and the
     seconds converting took when it was made."""
     target = cache_dir() / "gguf" / f"{files.fingerprint}-F32.gguf"
-    made = target.with_suffix(".json")
-    if target.is_file() and made.is_file():
-        return target, float(json.loads(made.read_text())["seconds"])
     tok_config = files.folder / "tokenizer_config.json"
     custom = any(files.folder.glob("*.py")) or (
         tok_config.is_file() and "auto_map" in json.loads(tok_config.read_text())
@@ -236,51 +234,62 @@ def converted(files: ModelFiles, spec: ModelSpec) -> tuple[Path, float]:
             "the tokenizer with trust_remote_code); pass --trust-remote-code if you trust it."
         )
     script = converter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    command = [sys.executable, str(script), str(files.folder), "--outtype", "f32",
-               "--outfile", str(tmp)]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise UserError(f"llama.cpp's converter could not convert {files.name}: {_last_line(done)}")
-    tmp.rename(target)
-    made.write_text(json.dumps({"seconds": seconds, "converter": str(script)}))
-    return target, seconds
+
+    def convert(tmp: Path) -> dict[str, Any]:
+        command = [sys.executable, str(script), str(files.folder), "--outtype", "f32",
+                   "--outfile", str(tmp)]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise UserError(
+                f"llama.cpp's converter could not convert {files.name}: {_last_line(done)}"
+            )
+        return {"seconds": time.perf_counter() - start, "converter": str(script)}
+
+    return target, float(made(target, convert)["seconds"])
 
 
 class GgufBackend(Backend):
     name = "llama.cpp"
-    methods = (Method.GGUF,)
+    module = "llama_cpp"
+    extra = "gguf"
 
-    def available(self, method: Method, device: str) -> str | None:
-        return missing("llama_cpp", "gguf")
-
-    def load(
+    def load_model(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> LoadedModel:
+    ) -> tuple[Any, float]:
         from transformers import AutoConfig
 
-        if config.file:
-            path, quantize_s = Path(config.file).expanduser(), float("nan")
-            if not path.is_file():
-                raise UserError(f"No such GGUF file '{config.file}'.")
-        elif files.kind in (ModelKind.BUNDLED, ModelKind.GGUF_FILE):
-            path, quantize_s = quantize_file(Path(files.origin), config.qtype)
-        else:  # a Hugging Face model: converted to F32 by llama.cpp, then quantized
-            source, convert_s = converted(files, spec)
-            path, quantize_s = quantize_file(source, config.qtype)
-            quantize_s += convert_s
+        assert isinstance(config, Gguf)
+        path, quantize_s = self.file(files, spec, config)
         start = time.perf_counter()
         model = LlamaCppModel(path, AutoConfig.from_pretrained(str(files.folder)), n_ctx=2048)
-        seconds = time.perf_counter() - start
-        footprint, mix = file_footprint(path)
+        model.made_s = quantize_s
+        return model, time.perf_counter() - start
+
+    def file(self, files: ModelFiles, spec: ModelSpec, config: Gguf) -> tuple[Path, float]:
+        """The GGUF file to evaluate and the seconds making it took (NaN: given, not made)."""
+        if config.file:
+            path = Path(config.file).expanduser()
+            if not path.is_file():
+                raise UserError(f"No such GGUF file '{config.file}'.")
+            return path, math.nan
+        if files.kind in (ModelKind.BUNDLED, ModelKind.GGUF_FILE):
+            return quantize_file(Path(files.origin), config.qtype)
+        source, convert_s = converted(files, spec)  # a Hugging Face model: converted to F32
+        path, quantize_s = quantize_file(source, config.qtype)
+        return path, quantize_s + convert_s
+
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
+        """Quantized by llama.cpp into the file: bytes and the type mix are read from it."""
+        footprint, mix = file_footprint(model.path)
+        return Quantized(footprint=footprint, made_s=model.made_s, note=f"types {mix}")
+
+    def library(self) -> str:
         import llama_cpp
 
-        library = f"llama.cpp via llama-cpp-python {llama_cpp.__version__}; types {mix}"
-        return LoadedModel(model, seconds, {}, dict, library, quantize_s=quantize_s,
-                           footprint=footprint)  # fmt: skip
+        return f"llama.cpp via llama-cpp-python {llama_cpp.__version__}"
 
 
 BACKEND = GgufBackend()

@@ -20,28 +20,26 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel, package_version
-from quantscope.config import DataSpec, DType, Method, ModelSpec, QuantConfig, select_modules
-from quantscope.errors import UserError
-from quantscope.models import ModelFiles, cache_dir, load_tokenizer, torch_dtype
+from quantscope.backends import Backend, Quantized, package_version
+from quantscope.cache import cache_dir, made
+from quantscope.config import DataSpec, DType, Gptq, ModelSpec, QuantConfig
+from quantscope.errors import Unavailable, UserError
+from quantscope.models import ModelFiles, linear_shapes, load_tokenizer, torch_dtype
 from quantscope.provenance import digest
 
 log = logging.getLogger(__name__)
-MADE = "quantscope-gptq.json"  # written last in a cached folder: what quantizing took
 
 
 def calibration(
-    files: ModelFiles, spec: ModelSpec, config: QuantConfig
+    files: ModelFiles, spec: ModelSpec, config: Gptq
 ) -> tuple[list[dict[str, list[int]]], str]:
     """``samples`` consecutive sequences of ``seqlen`` token ids from the calibration text,
     as gptqmodel takes them, and a sentence naming where they came from."""
@@ -62,28 +60,13 @@ def calibration(
     return batch, f"{config.samples}×{n} tokens of {sources[0].name}"
 
 
-def _linear_shapes(files: ModelFiles, spec: ModelSpec) -> dict[str, tuple[int, int]]:
-    """(out, in) of every linear layer, from the model's config alone (no weights read)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    conf = AutoConfig.from_pretrained(str(files.folder), trust_remote_code=spec.trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(conf, trust_remote_code=spec.trust_remote_code)
-    return {
-        n: (m.out_features, m.in_features)
-        for n, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear)
-    }
-
-
 def plan(
-    files: ModelFiles, spec: ModelSpec, config: QuantConfig
+    files: ModelFiles, spec: ModelSpec, config: Gptq
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The linears to quantize and gptqmodel's ``dynamic`` rules that keep the others, after
     checking the group size divides every chosen linear's input size."""
-    shapes = _linear_shapes(files, spec)
-    chosen = select_modules(list(shapes), config.include, (*config.skip, "lm_head"))
+    shapes = linear_shapes(files, spec)
+    chosen = config.select(list(shapes))
     if not chosen:
         raise UserError(f"{config.name} selects no linear layer; loosen include= or skip=.")
     bad = [n for n in chosen if config.group and shapes[n][1] % config.group]
@@ -135,68 +118,62 @@ def _quiet() -> Any:
 
 
 def quantize(
-    files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    files: ModelFiles, spec: ModelSpec, config: Gptq, device: str
 ) -> tuple[Path, dict[str, Any]]:
     """The quantized model's folder (made now, or found in the cache) and what making it took."""
     batch, source = calibration(files, spec, config)
     base = replace(config, lora="", label="")
     key = digest(files.fingerprint, base.name, batch, package_version("gptqmodel"))
     folder = cache_dir() / "gptq" / f"{files.fingerprint}-{key}"
-    if (folder / MADE).is_file():
-        return folder, json.loads((folder / MADE).read_text())
-    _chosen, dynamic = plan(files, spec, config)
-    gptqmodel = _import()
-    _keep_logs_in(folder.parent / "logs")
-    dtype = torch_dtype(config.dtype or spec.dtype)
-    quant = gptqmodel.QuantizeConfig(
-        bits=config.bits, group_size=config.group or -1, sym=config.sym,
-        desc_act=config.act_order, act_group_aware=not config.act_order,
-        dynamic=dynamic or None, offload_to_disk=False,
-    )  # fmt: skip
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet():
-        model = gptqmodel.GPTQModel.load(
-            str(files.folder), quant, device=device, dtype=dtype,
-            trust_remote_code=spec.trust_remote_code,
+
+    def make(tmp: Path) -> dict[str, Any]:
+        _chosen, dynamic = plan(files, spec, config)
+        gptqmodel = _import()
+        _keep_logs_in(folder.parent / "logs")
+        dtype = torch_dtype(config.dtype or spec.dtype)
+        quant = gptqmodel.QuantizeConfig(
+            bits=config.bits, group_size=config.group or -1, sym=config.sym,
+            desc_act=config.act_order, act_group_aware=not config.act_order,
+            dynamic=dynamic or None, offload_to_disk=False,
         )  # fmt: skip
-        start = time.perf_counter()
-        model.quantize(batch, batch_size=4)
-        seconds = time.perf_counter() - start
-        model.save(str(tmp))
-    made = {"quantize_s": seconds, "calibration": source, "device": device}
-    (tmp / MADE).write_text(json.dumps(made))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder, made
+        with _quiet():
+            model = gptqmodel.GPTQModel.load(
+                str(files.folder), quant, device=device, dtype=dtype,
+                trust_remote_code=spec.trust_remote_code,
+            )  # fmt: skip
+            start = time.perf_counter()
+            model.quantize(batch, batch_size=4)
+            seconds = time.perf_counter() - start
+            model.save(str(tmp))
+        return {"quantize_s": seconds, "calibration": source, "device": device}
+
+    return folder, made(folder, make)
 
 
 class GptqBackend(Backend):
     name = "gptqmodel"
-    methods = (Method.GPTQ,)
+    package = "gptqmodel"
+    extra = "gptq"
 
-    def available(self, method: Method, device: str) -> str | None:
+    def available(self, config: QuantConfig, device: str) -> str | None:
         if device.startswith("mps"):
             return "gptqmodel's kernels here run on CPU and CUDA, not on Apple's MPS."
         if importlib.util.find_spec("gptqmodel") is None:  # not imported: it prints a banner
             return "gptqmodel is not installed; pip install 'quantscope[gptq]'."
         return None
 
-    def load(
+    def load_model(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> LoadedModel:
-        reason = self.available(config.method, device)
-        if reason:
-            raise UserError(f"{config.name} cannot run here: {reason}")
+    ) -> tuple[Any, float]:
+        assert isinstance(config, Gptq)
         dtype = config.dtype or spec.dtype
         if config.bits != 4 and dtype is DType.FP32:  # found with gptqmodel 7.6 on CPU
             raise UserError(
                 f"gptqmodel's {config.bits}-bit kernels compute in fp16 or bf16, not fp32; "
                 "add dtype=bf16 (or fp16) to the config."
             )
-        folder, made = quantize(files, spec, config, device)
+        folder, made_info = quantize(files, spec, config, device)
         gptqmodel = _import()
-
         start = time.perf_counter()
         try:
             with _quiet():
@@ -205,17 +182,18 @@ class GptqBackend(Backend):
                     trust_remote_code=spec.trust_remote_code,
                 )  # fmt: skip
         except NotImplementedError as err:  # no kernel for this dtype, bit width or device
-            raise UserError(
-                f"gptqmodel has no kernel for {config.name} on {device}: {err}"
-            ) from None
-        seconds = time.perf_counter() - start
+            reason = f"gptqmodel has no kernel for it on {device}: {err}"
+            raise Unavailable(config.name, reason) from None
         model = wrapper.model.eval()
-        modules = {
-            n: m
-            for n, m in model.named_modules()
-            if isinstance(m, gptqmodel.nn_modules.qlinear.BaseQuantLinear)
-        }
-        quantized = {n: int(m.in_features * m.out_features) for n, m in modules.items()}
+        model.quantscope_made = made_info
+        return model, time.perf_counter() - start
+
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
+        """Quantized into the cached folder: find gptqmodel's layers and their buffers."""
+        kind = _import().nn_modules.qlinear.BaseQuantLinear
+        modules = {n: m for n, m in model.named_modules() if isinstance(m, kind)}
 
         def state() -> dict[str, list[Any]]:  # packed weights, zeros, scales, group index
             return {
@@ -223,14 +201,11 @@ class GptqBackend(Backend):
                 for n, m in modules.items()
             }
 
+        made_info = model.quantscope_made
         kernels = sorted({type(m).__name__ for m in modules.values()})
-        library = (
-            f"gptqmodel {package_version('gptqmodel')} ({', '.join(kernels)}); "
-            f"calibration {made['calibration']}"
-        )
-        return LoadedModel(
-            model, seconds, quantized, state, library, quantize_s=float(made["quantize_s"])
-        )
+        note = f"kernels {', '.join(kernels)}; calibration {made_info['calibration']}"
+        quantized = {n: int(m.in_features * m.out_features) for n, m in modules.items()}
+        return Quantized(quantized, state, made_s=float(made_info["quantize_s"]), note=note)
 
 
 BACKEND = GptqBackend()

@@ -10,44 +10,39 @@ layer's ``meta``. hqq is imported only here, inside functions.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel, missing, package_version
-from quantscope.config import Method, ModelSpec, QuantConfig
-from quantscope.models import ModelFiles, torch_dtype
+from quantscope.backends import Backend, Quantized
+from quantscope.config import Hqq, QuantConfig
 
 
 class HqqBackend(Backend):
     name = "hqq"
-    methods = (Method.HQQ,)
+    package = "hqq"
+    module = "hqq"
+    extra = "hqq"
 
-    def available(self, method: Method, device: str) -> str | None:
-        return missing("hqq", "hqq")
-
-    def load(
-        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> LoadedModel:
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
         import torch
         from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
-        model, seconds, linears, chosen = self.float_model(files, spec, config, device)
-        dtype = torch_dtype(config.dtype or spec.dtype)
+        assert isinstance(config, Hqq)
         quant = BaseQuantizeConfig(nbits=config.bits, group_size=config.group or None)
-        start = time.perf_counter()
+        modules = {}
         for name in chosen:  # each chosen linear replaced by hqq's own layer
             parent, _, attr = name.rpartition(".")
-            layer = HQQLinear(linears[name], quant, compute_dtype=dtype, device=device)
+            linear = model.get_submodule(name)
+            layer = HQQLinear(linear, quant, compute_dtype=linear.weight.dtype, device=device)
             setattr(model.get_submodule(parent), attr, layer)
-        quantize_s = time.perf_counter() - start
-        modules = {n: m for n, m in model.named_modules() if isinstance(m, HQQLinear)}
-        quantized = {n: int(torch.Size(m.meta["shape"]).numel()) for n, m in modules.items()}
+            modules[name] = layer
 
         def state() -> dict[str, list[Any]]:
             return {n: [m.W_q, *_meta_tensors(m.meta)] for n, m in modules.items()}
 
-        library = f"hqq {package_version('hqq')}"
-        return LoadedModel(model, seconds, quantized, state, library, quantize_s=quantize_s)
+        shapes = {n: int(torch.Size(m.meta["shape"]).numel()) for n, m in modules.items()}
+        return Quantized(shapes, state)
 
 
 def _meta_tensors(meta: dict[str, Any]) -> list[Any]:

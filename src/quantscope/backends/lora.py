@@ -11,19 +11,18 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from quantscope.backends import LoadedModel
-from quantscope.errors import UserError
+from quantscope.backends import LoadedModel, missing
+from quantscope.config import QuantConfig
+from quantscope.errors import Unavailable, UserError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def available() -> str | None:
-    """None if peft can be imported here, else one sentence why not."""
-    try:
-        import peft  # noqa: F401
-    except ImportError as err:
-        return f"peft is not installed ({err}); pip install 'quantscope[lora]'."
-    return None
+def check(config: QuantConfig) -> None:
+    """Raise :class:`Unavailable` when peft, which adapters need, is not installed."""
+    reason = missing("peft", "lora")
+    if reason:
+        raise Unavailable(config.name, reason)
 
 
 def check_adapter(folder: str | Path, allow_pickle: bool = False) -> Path:
@@ -58,9 +57,6 @@ def attach(loaded: LoadedModel, folder: str, allow_pickle: bool = False) -> Load
     The quantized layers keep being counted (now under ``….base_layer``); the adapter's own
     weights count as ordinary parameters in the weight bytes.
     """
-    reason = available()
-    if reason:
-        raise UserError(reason)
     from peft import PeftModel
 
     path = check_adapter(folder, allow_pickle)

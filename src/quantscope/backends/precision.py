@@ -4,32 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantscope.backends import Backend, Emulation, LoadedModel
-from quantscope.config import DType, Method, ModelSpec, QuantConfig
+from quantscope.backends import Backend, Emulation, Quantized, from_pretrained, linears
+from quantscope.config import DType, ModelSpec, Precision, QuantConfig
 from quantscope.models import ModelFiles, torch_dtype
-
-_DTYPE = {Method.FP32: DType.FP32, Method.BF16: DType.BF16, Method.FP16: DType.FP16}
 
 
 class PrecisionBackend(Backend):
     name = "torch"
-    methods = (Method.FP32, Method.BF16, Method.FP16)
+    quantizes_while_loading = True  # a cast: nothing is quantized apart from loading
 
-    def available(self, method: Method, device: str) -> str | None:
-
-        if method is Method.BF16 and device.startswith("cuda") and not _bf16_ok():
+    def available(self, config: QuantConfig, device: str) -> str | None:
+        bf16 = isinstance(config, Precision) and config.precision is DType.BF16
+        if bf16 and device.startswith("cuda") and not _bf16_ok():
             return "this GPU has no bf16 support (needs compute capability 8.0+)."
         return None
 
-    def load(
+    def load_model(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> LoadedModel:
-        dtype = torch_dtype(_DTYPE[config.method])
-        model, seconds = self.from_pretrained(files, spec, config, device, dtype=dtype)
-        return LoadedModel(model, seconds, linear_weights(model), dict, "torch")
+    ) -> tuple[Any, float]:
+        assert isinstance(config, Precision)
+        return from_pretrained(files, spec, device, dtype=torch_dtype(config.precision))
+
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
+        """Nothing to quantize: every linear (lm_head too) is counted, cast to the precision."""
+        return Quantized({n: m.in_features * m.out_features for n, m in linears(model)})
 
     def emulate(self, config: QuantConfig) -> Emulation:
-        return rounding(_DTYPE[config.method])
+        assert isinstance(config, Precision)
+        return rounding(config.precision)
 
 
 def rounding(dtype: DType) -> Emulation:
@@ -49,17 +53,6 @@ def _bf16_ok() -> bool:
     import torch
 
     return bool(torch.cuda.is_bf16_supported())
-
-
-def linear_weights(model: Any) -> dict[str, int]:
-    """Every nn.Linear's logical weight count, by module name."""
-    import torch
-
-    return {
-        name: module.in_features * module.out_features
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear)
-    }
 
 
 BACKEND = PrecisionBackend()

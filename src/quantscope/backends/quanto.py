@@ -10,43 +10,36 @@ scales, shifts). optimum-quanto is imported only here, inside functions.
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
-from quantscope.backends import Backend, LoadedModel, missing, package_version
-from quantscope.config import Method, ModelSpec, QuantConfig
-from quantscope.models import ModelFiles
+from quantscope.backends import Backend, Quantized, linears
+from quantscope.config import QuantConfig, Quanto, QuantoWeights
 
 _QTYPE = {
-    Method.QUANTO_INT8: "qint8",
-    Method.QUANTO_INT4: "qint4",
-    Method.QUANTO_INT2: "qint2",
-    Method.QUANTO_FP8: "qfloat8",
+    QuantoWeights.INT8: "qint8",
+    QuantoWeights.INT4: "qint4",
+    QuantoWeights.INT2: "qint2",
+    QuantoWeights.FP8: "qfloat8",
 }
 
 
 class QuantoBackend(Backend):
     name = "optimum-quanto"
-    methods = tuple(_QTYPE)
+    package = "optimum-quanto"
+    module = "optimum.quanto"
+    extra = "quanto"
 
-    def available(self, method: Method, device: str) -> str | None:
-        return missing("optimum.quanto", "quanto")
-
-    def load(
-        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> LoadedModel:
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
         import optimum.quanto as quanto
 
-        model, seconds, linears, selected = self.float_model(files, spec, config, device)
-        chosen = set(selected)
-        start = time.perf_counter()
-        qtype = getattr(quanto, _QTYPE[config.method])
-        quanto.quantize(model, weights=qtype, exclude=[n for n in linears if n not in chosen])
+        assert isinstance(config, Quanto)
+        keep = [n for n, _ in linears(model) if n not in set(chosen)]
+        quanto.quantize(model, weights=getattr(quanto, _QTYPE[config.weights]), exclude=keep)
         quanto.freeze(model)
-        quantize_s = time.perf_counter() - start
         modules = {n: m for n, m in model.named_modules() if isinstance(m, quanto.QLinear)}
-        quantized = {n: m.in_features * m.out_features for n, m in modules.items()}
-        library = f"optimum-quanto {package_version('optimum-quanto')}"
-        return LoadedModel(model, seconds, quantized, dict, library, quantize_s=quantize_s)
+        return Quantized({n: m.in_features * m.out_features for n, m in modules.items()})
 
 
 BACKEND = QuantoBackend()

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantscope.backends import Backend, Emulation, LoadedModel
-from quantscope.config import Method, ModelSpec, QuantConfig
+from quantscope.backends import Backend, Emulation, Quantized
+from quantscope.config import QuantConfig, Rtn
 from quantscope.errors import UserError
-from quantscope.models import ModelFiles
 
 
 def rtn(w: Any, bits: int, group: int, sym: bool) -> Any:
@@ -66,38 +65,34 @@ def packed_bytes(out_f: int, in_f: int, bits: int, group: int, sym: bool) -> int
 
 class RtnBackend(Backend):
     name = "torch (RTN)"
-    methods = (Method.RTN,)
-
-    def available(self, method: Method, device: str) -> str | None:
-        return None
 
     def emulate(self, config: QuantConfig) -> Emulation:
+        assert isinstance(config, Rtn)
         return Emulation(
             weight=lambda w: rtn(w, config.bits, config.group, config.sym),
             nbytes=lambda o, i: packed_bytes(o, i, config.bits, config.group, config.sym),
         )
 
-    def load(
-        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> LoadedModel:
-        import time
-
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
         import torch
 
-        model, seconds, linears, chosen = self.float_model(files, spec, config, device)
-        start = time.perf_counter()
+        assert isinstance(config, Rtn)
+        shapes, packed = {}, {}
         with torch.no_grad():
             for name in chosen:
-                weight = linears[name].weight
+                weight = model.get_submodule(name).weight  # (out, in)
                 weight.copy_(rtn(weight.data, config.bits, config.group, config.sym))
-        quantize_s = time.perf_counter() - start
-        shapes = {n: (linears[n].out_features, linears[n].in_features) for n in chosen}
-        packed = {
-            n: packed_bytes(*shapes[n], config.bits, config.group, config.sym) for n in chosen
-        }
-        quantized = {n: o * i for n, (o, i) in shapes.items()}
-        library = f"torch {torch.__version__} (RTN, fake quantization)"
-        return LoadedModel(model, seconds, quantized, dict, library, packed, quantize_s)
+                out_f, in_f = weight.shape
+                shapes[name] = (out_f, in_f)
+                packed[name] = packed_bytes(out_f, in_f, config.bits, config.group, config.sym)
+        return Quantized({n: o * i for n, (o, i) in shapes.items()}, packed=packed)
+
+    def library(self) -> str:
+        import torch
+
+        return f"torch {torch.__version__} (RTN, fake quantization)"
 
 
 BACKEND = RtnBackend()

@@ -10,30 +10,23 @@ torchao is imported only here, inside functions.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from quantscope.backends import Backend, LoadedModel, missing
-from quantscope.config import Method, ModelSpec, QuantConfig
-from quantscope.models import ModelFiles
+from quantscope.backends import Backend, Quantized
+from quantscope.config import Int8Scheme, QuantConfig, TorchAoInt4, TorchAoInt8, TorchAoIntx
 
 
 class TorchaoBackend(Backend):
     name = "torchao"
-    methods = (
-        Method.TORCHAO_INT8WO,
-        Method.TORCHAO_INT8DQ,
-        Method.TORCHAO_INT4WO,
-        Method.TORCHAO_INTX,
-    )
+    package = "torchao"
+    module = "torchao"
+    extra = "torchao"
 
-    def available(self, method: Method, device: str) -> str | None:
-        reason = missing("torchao", "torchao")
-        if reason:
-            return reason
-        if method is Method.TORCHAO_INT4WO and not device.startswith("cuda"):
+    def available(self, config: QuantConfig, device: str) -> str | None:
+        reason = super().available(config, device)
+        if not reason and isinstance(config, TorchAoInt4) and not device.startswith("cuda"):
             return "torchao's int4 weight-only kernels need a CUDA GPU; on CPU use torchao-intx."
-        return None
+        return reason
 
     def quant_config(self, config: QuantConfig) -> Any:
         import torch
@@ -45,31 +38,30 @@ class TorchaoBackend(Backend):
         )
         from torchao.quantization.granularity import PerAxis, PerGroup
 
-        if config.method is Method.TORCHAO_INT8WO:
-            return Int8WeightOnlyConfig()
-        if config.method is Method.TORCHAO_INT8DQ:
-            return Int8DynamicActivationInt8WeightConfig()
-        if config.method is Method.TORCHAO_INT4WO:
+        if isinstance(config, TorchAoInt8):
+            dynamic = config.scheme is Int8Scheme.DYNAMIC
+            return Int8DynamicActivationInt8WeightConfig() if dynamic else Int8WeightOnlyConfig()
+        if isinstance(config, TorchAoInt4):
             return Int4WeightOnlyConfig(group_size=config.group or 128)
+        assert isinstance(config, TorchAoIntx)
         granularity = PerGroup(config.group) if config.group else PerAxis(0)
         return IntxWeightOnlyConfig(
             weight_dtype=getattr(torch, f"int{config.bits}"), granularity=granularity
         )
 
-    def load(
-        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
-    ) -> LoadedModel:
-        import torchao
+    def quantize(
+        self, model: Any, chosen: list[str], config: QuantConfig, device: str
+    ) -> Quantized:
         from torchao.quantization import quantize_
 
-        model, seconds, linears, selected = self.float_model(files, spec, config, device)
-        chosen = set(selected)
-        start = time.perf_counter()
-        quantize_(model, self.quant_config(config), filter_fn=lambda _m, fqn: fqn in chosen)
-        quantize_s = time.perf_counter() - start
-        quantized = {n: linears[n].in_features * linears[n].out_features for n in chosen}
-        library = f"torchao {torchao.__version__}"
-        return LoadedModel(model, seconds, quantized, dict, library, quantize_s=quantize_s)
+        shapes = {n: model.get_submodule(n).weight.numel() for n in chosen}
+        quantize_(model, self.quant_config(config), filter_fn=lambda _m, fqn: fqn in shapes)
+        return Quantized(shapes)
+
+    def library(self) -> str:
+        import torchao
+
+        return f"torchao {torchao.__version__}"
 
 
 BACKEND = TorchaoBackend()

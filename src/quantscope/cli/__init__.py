@@ -1,15 +1,16 @@
-"""The command line: one subcommand = one function that calls the runner or a report.
+"""The command line: one module per command, each a thin function over the library.
 
-A :class:`~quantscope.errors.UserError` becomes one red sentence and exit code 2. The
-commands live in ``measure`` (run, methods, doctor) and ``browse`` (runs, show, compare,
-report); importing them registers them on :data:`app`.
+A :class:`~quantscope.errors.UserError` becomes one red sentence and exit code 2. Commands:
+``run`` (run), ``sensitivity``/``search`` (mixed), ``recover`` (recover), ``runs``/``show``/
+``compare``/``report`` (browse), ``methods``/``doctor``/``gguf-converter`` (machine);
+importing them registers them on :data:`app`; options they share live in ``common``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from quantscope.cli import browse, measure, mixed  # noqa: F401  (registers the commands)
+from quantscope.cli import browse, machine, mixed, recover, run  # noqa: F401  (registers them)
 from quantscope.cli.common import app
 
 __all__ = ["app", "main"]

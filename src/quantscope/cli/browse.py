@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from quantscope.cli.common import app, console, user_errors
+from quantscope.cli.common import FormatOpt, StoreOpt, app, console, user_errors
 from quantscope.errors import UserError
 
 
@@ -24,6 +24,16 @@ def _open_store(store: Path | None) -> Any:
     return Store(path)
 
 
+def _runs(store: Path | None) -> list[dict[str, Any]]:
+    with _open_store(store) as opened:
+        return opened.runs()
+
+
+def _report(store: Path | None, run_id: str) -> Any:
+    with _open_store(store) as opened:
+        return opened.report(run_id)
+
+
 def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
     from quantscope.report.formats import render, rich_table
 
@@ -32,12 +42,6 @@ def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
     else:
         text = render(rows, fmt)  # plain text for pipes: no rich wrapping
         print(text, end="" if text.endswith("\n") else "\n")
-
-
-FormatOption = Annotated[str, typer.Option("--format", help="table, md, csv or json.")]
-StoreOption = Annotated[
-    Path | None, typer.Option(help="Results database; default $QUANTSCOPE_CACHE/results.sqlite.")
-]
 
 
 def _check_format(fmt: str) -> None:
@@ -49,13 +53,13 @@ def _check_format(fmt: str) -> None:
 
 @app.command()
 @user_errors
-def runs(store: StoreOption = None, fmt: FormatOption = "table") -> None:
+def runs(store: StoreOpt = None, fmt: FormatOpt = "table") -> None:
     """List the stored runs, newest first."""
     _check_format(fmt)
     rows = [
         {"run": r["run"], "created": r["created"], "model": r["model"], "configs": r["configs"],
          "tokens": r["settings"].get("tokens_scored")}
-        for r in _open_store(store).runs()
+        for r in _runs(store)
     ]  # fmt: skip
     _emit(rows, fmt, "runs")
 
@@ -64,15 +68,15 @@ def runs(store: StoreOption = None, fmt: FormatOption = "table") -> None:
 @user_errors
 def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="A run id, or 'latest'.")],
-    store: StoreOption = None,
-    fmt: FormatOption = "table",
+    store: StoreOpt = None,
+    fmt: FormatOpt = "table",
 ) -> None:
     """Show one stored run: one row per config."""
     from quantscope.report.formats import run_rows
     from quantscope.report.terminal import results_tables
 
     _check_format(fmt)
-    report = _open_store(store).report(run_id)
+    report = _report(store, run_id)
     if fmt == "table":
         for table in results_tables(report, console.width):
             console.print(table)
@@ -85,15 +89,14 @@ def show(
 def compare(
     run_a: Annotated[str, typer.Argument(metavar="RUN_A")],
     run_b: Annotated[str, typer.Argument(metavar="RUN_B")],
-    store: StoreOption = None,
-    fmt: FormatOption = "table",
+    store: StoreOpt = None,
+    fmt: FormatOpt = "table",
 ) -> None:
     """Compare two runs config by config (same model at two times, or two models)."""
     from quantscope.report.formats import compare_rows
 
     _check_format(fmt)
-    opened = _open_store(store)
-    a, b = opened.report(run_a), opened.report(run_b)
+    a, b = _report(store, run_a), _report(store, run_b)
     title = f"A = {a.run_id} ({a.provenance.get('model', '')}) · B = {b.run_id} ({b.provenance.get('model', '')})"
     _emit(compare_rows(a, b), fmt, title)
 
@@ -105,10 +108,10 @@ def report(
     output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
         "report.html"
     ),
-    store: StoreOption = None,
+    store: StoreOpt = None,
 ) -> None:
     """Write one self-contained HTML report of a stored run (tables, tradeoff plots, generations)."""
     from quantscope.report.html import render_html
 
-    output.write_text(render_html(_open_store(store).report(run_id)), encoding="utf-8")
+    output.write_text(render_html(_report(store, run_id)), encoding="utf-8")
     console.print(f"Report written to {escape(str(output))}")

@@ -1,16 +1,21 @@
-"""What every command shares: the typer app, the consoles, and the user-error wrapper."""
+"""What every command shares: the typer app, the consoles, the user-error wrapper, the
+progress bar the runner's events draw, and every option more than one command takes
+(declared once here)."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quantscope.errors import UserError
+from quantscope.results import Outcome, Status
 
 app = typer.Typer(
     add_completion=False,
@@ -20,6 +25,37 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Hub id, local folder or .gguf file; default: bundled SmolLM2-135M-Instruct."
+    ),
+]
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option(help="Results database (SQLite); default $QUANTSCOPE_CACHE/results.sqlite."),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+BatchOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for every random choice.")]
+TrustOpt = Annotated[bool, typer.Option(help="Allow the model repo's own Python code to run.")]
+PickleOpt = Annotated[bool, typer.Option(help="Allow loading pickle (.bin) checkpoints.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write everything as JSON here.")]
+HtmlOpt = Annotated[Path | None, typer.Option("--report", help="Also write the HTML report here.")]
+TextOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        help="Text file to evaluate on (.txt, or .jsonl with --field); repeat for several. Default: Python's bundled docs."
+    ),
+]
+TokensOpt = Annotated[int, typer.Option(help="How many tokens of each text to score.")]
+ContextOpt = Annotated[int, typer.Option(help="Window length in tokens.")]
+StrideOpt = Annotated[
+    int,
+    typer.Option(help="Tokens a window advances; scored tokens keep ≥ context−stride of context."),
+]
+FormatOpt = Annotated[str, typer.Option("--format", help="table, md, csv or json.")]
 
 
 def user_errors(fn: F) -> F:
@@ -37,3 +73,46 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def progress() -> Progress:
+    """The progress bar every long command draws on stderr (gone when it ends)."""
+    columns = [TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]  # fmt: skip
+    return Progress(*columns, console=err_console, transient=True)
+
+
+_COLOUR = {Status.MEASURED: "green", Status.REUSED: "cyan", Status.SKIPPED: "yellow"}
+
+
+class ProgressEvents:
+    """Runner events drawn as a rich progress bar, with a line per finished config."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.progress = bar
+        self.task = bar.add_task("starting", total=None)
+
+    def stage(self, label: str, total: int | None) -> None:
+        self.progress.update(self.task, description=escape(label), total=total, completed=0)
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def outcome(self, outcome: Outcome) -> None:
+        colour = _COLOUR.get(outcome.status, "red")
+        reason = f": {escape(outcome.reason)}" if outcome.reason else ""
+        self.progress.console.print(
+            f"[{colour}]{outcome.status.value}[/] {escape(outcome.config)}{reason}"
+        )
+
+
+def write_outputs(body: Any, html_path: Path | None, json_path: Path | None, html: str) -> None:
+    """Write the HTML and JSON a command was asked for, and say where."""
+    import json
+
+    if html_path:
+        html_path.write_text(html, encoding="utf-8")
+        console.print(f"HTML written to {escape(str(html_path))}")
+    if json_path:
+        json_path.write_text(json.dumps(body, indent=2, default=str), encoding="utf-8")
+        console.print(f"JSON written to {escape(str(json_path))}")

@@ -1,27 +1,50 @@
 """Typed, frozen specifications of a run, parsed and validated once, at the edge.
 
 A run is a :class:`RunSpec`: which model (:class:`ModelSpec`), which quantization configs
-(:class:`QuantConfig`), which text and window rule (:class:`DataSpec`), and how to measure.
-Everything downstream receives these objects, never loose keyword arguments. ``quant`` holds
-the quantization configs and their grammar; ``run`` the model, text and run settings.
+(one :class:`QuantConfig` subclass per method family, ``methods``), which text and window
+rule (:class:`DataSpec`), and how to measure. Everything downstream receives these objects,
+never loose keyword arguments. ``base`` holds what every config shares and the field-driven
+grammar, ``methods`` the built-in families, ``registry`` name → class (open to plug-ins),
+``quant`` the config strings and files, ``run`` the model, text and run settings.
 """
 
-from quantscope.config.quant import (
-    CONFIG_FILE_FORMAT,
-    GPTQ_BITS,
-    PARAMS_OF,
+from quantscope.config.base import (
     DType,
-    Method,
     QuantConfig,
+    WeightConfig,
     did_you_mean,
     matches,
+    param,
+    select_modules,
+    variant,
+)
+from quantscope.config.methods import (
+    BUILTIN,
+    GPTQ_BITS,
+    Bnb4,
+    Bnb4Type,
+    BnbInt8,
+    Gguf,
+    Gptq,
+    Hqq,
+    Int8Scheme,
+    Precision,
+    Quanto,
+    QuantoWeights,
+    Rtn,
+    TorchAoInt4,
+    TorchAoInt8,
+    TorchAoIntx,
+    precision_config,
+)
+from quantscope.config.quant import (
+    CONFIG_FILE_FORMAT,
     parse_config,
     parse_config_list,
-    precision_config,
     read_config_file,
-    select_modules,
     split_config_list,
 )
+from quantscope.config.registry import backend_of, config_class, names
 from quantscope.config.run import (
     DEFAULT_CONFIGS,
     DEFAULT_PROMPTS,
@@ -33,8 +56,11 @@ from quantscope.config.run import (
 )
 
 __all__ = [
-    "CONFIG_FILE_FORMAT", "DEFAULT_CONFIGS", "DEFAULT_PROMPTS", "GPTQ_BITS", "PARAMS_OF",
-    "DType", "DataSpec", "Method", "ModelKind", "ModelSpec", "QuantConfig", "RunSpec",
-    "did_you_mean", "matches", "model_spec", "parse_config", "parse_config_list",
-    "precision_config", "read_config_file", "select_modules", "split_config_list",
+    "BUILTIN", "CONFIG_FILE_FORMAT", "DEFAULT_CONFIGS", "DEFAULT_PROMPTS", "GPTQ_BITS", "Bnb4",
+    "Bnb4Type", "BnbInt8", "DType", "DataSpec", "Gguf", "Gptq", "Hqq", "Int8Scheme",
+    "ModelKind", "ModelSpec", "Precision", "QuantConfig", "Quanto", "QuantoWeights", "Rtn",
+    "RunSpec", "TorchAoInt4", "TorchAoInt8", "TorchAoIntx", "WeightConfig", "backend_of",
+    "config_class", "did_you_mean", "matches", "model_spec", "names", "param",
+    "parse_config", "parse_config_list", "precision_config", "read_config_file",
+    "select_modules", "split_config_list", "variant",
 ]  # fmt: skip

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from quantscope.config.quant import DType, QuantConfig, parse_config
+from quantscope.config.base import DType, QuantConfig
+from quantscope.config.quant import parse_config
 from quantscope.errors import UserError
 
 

@@ -220,7 +220,8 @@ def _compare_rows(
         "kl_lower": low.cpu().numpy(),
         "kl_tail_var": tail_var.cpu().numpy(),
         "agree": (x.argmax(-1) == ids[:, 0]).cpu().numpy(),
-        "dp": lp_true.exp().cpu().numpy() - np.exp(base_lp),
+        "dp": np.exp(lp_true.cpu().numpy())
+        - np.exp(base_lp),  # one exp for both: exact 0 for equal
     }
 
 
@@ -268,3 +269,17 @@ def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
         "ref_tail_mass_mean": float(np.clip(ts.rest_mass, 0.0, 1.0).mean()),
     }
     return out
+
+
+def per_source_metrics(
+    windows: Windows, ts: TokenStats, clusters: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Accuracy per text source when there are several (the run's row is their token-weighted
+    mean: every token counts once, whichever source it came from)."""
+    if len(windows.sources) < 2:
+        return {}
+    owner = windows.token_sources()
+    return {
+        name: accuracy_metrics(ts.subset(owner == i), clusters[owner == i])
+        for i, name in enumerate(windows.sources)
+    }

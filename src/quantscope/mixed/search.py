@@ -17,14 +17,17 @@ from quantscope.config import (
     DataSpec,
     QuantConfig,
     RunSpec,
+    WeightConfig,
     precision_config,
 )
 from quantscope.errors import UserError
+from quantscope.events import Events, LogEvents
+from quantscope.metrics.catalog import METRICS
 from quantscope.metrics.stats import pareto
 from quantscope.mixed.sensitivity import Bench, StudySpec, bench, sensitivity
 from quantscope.provenance import digest
 from quantscope.results import Study, Unit
-from quantscope.runner import Events, LogEvents, default_store
+from quantscope.runner import default_store
 from quantscope.store import Store, now
 
 
@@ -55,10 +58,12 @@ class Budget:
         return max(ratios)
 
     def describe(self) -> str:
-        parts = [f"KL ≤ {self.max_kl:g}" if self.max_kl is not None else "",
-                 f"Δppl ≤ {self.max_ppl_increase:g}%" if self.max_ppl_increase is not None else "",
-                 f"weights ≤ {self.max_mb:g} MB" if self.max_mb is not None else ""]  # fmt: skip
-        return ", ".join(p for p in parts if p)
+        """The budget in words, from the metric catalog: ``KL ≤ 0.05, Δppl ≤ 2%``."""
+        limits = zip(_LIMITS, (self.max_kl, self.max_ppl_increase, self.max_mb), strict=True)
+        return ", ".join(METRICS[key].describe_limit(v) for key, v in limits if v is not None)
+
+
+_LIMITS = ("kl_mean", "dppl_pct", "weight_mb")  # the catalog metrics a budget limits, in order
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ class _Candidates:
 def chosen_config(study: StudySpec, order: list[Unit], k: int, label: str) -> QuantConfig:
     """The config keeping the first ``k`` units of ``order`` in the fallback precision."""
     base = study.config
+    assert isinstance(base, WeightConfig)  # a study needs an emulation: only weight configs
     dtype = study.fallback if study.fallback not in (None, study.model.dtype) else base.dtype
     skip = (*base.skip, *(u.name for u in order[:k]))
     return replace(base, skip=skip, dtype=dtype, label=label)
@@ -214,11 +220,8 @@ def search(spec: SearchSpec, events: Events | None = None) -> SearchResult:
     saved = _save(spec, chosen, b, study) if chosen else None
     result = SearchResult(_search_settings(spec, study), sorted(points, key=lambda p: p["kept"]),
                           front, verified, chosen, closest, saved, run_id, message)  # fmt: skip
-    store = Store(spec.study.store_path or default_store())
-    try:
+    with Store(spec.study.store_path or default_store()) as store:
         store.put_study(digest(study.key, asdict(spec.budget), now()), "search", result.to_dict())
-    finally:
-        store.close()
     return result
 
 
@@ -227,7 +230,7 @@ def _default_label(spec: SearchSpec) -> str:
     bits = [f"kl{budget.max_kl:g}" if budget.max_kl is not None else "",
             f"ppl{budget.max_ppl_increase:g}pct" if budget.max_ppl_increase is not None else "",
             f"{budget.max_mb:g}mb" if budget.max_mb is not None else ""]  # fmt: skip
-    return f"{spec.study.config.method.value}-mix-" + "-".join(b for b in bits if b)
+    return f"{spec.study.config.method}-mix-" + "-".join(b for b in bits if b)
 
 
 def _verify_spec(spec: SearchSpec, configs: tuple[QuantConfig, ...]) -> RunSpec:

@@ -22,19 +22,13 @@ import torch
 from quantscope import backends, data, models
 from quantscope.backends import Emulation
 from quantscope.backends.precision import rounding
-from quantscope.config import (
-    DataSpec,
-    DType,
-    ModelSpec,
-    QuantConfig,
-    precision_config,
-    select_modules,
-)
+from quantscope.config import DataSpec, DType, ModelSpec, QuantConfig, precision_config
 from quantscope.errors import UserError
 from quantscope.evaluate.calibration import Calibration, calibrate, divergence
+from quantscope.events import Events, LogEvents
 from quantscope.provenance import digest, versions
 from quantscope.results import Study, Unit
-from quantscope.runner import Events, LogEvents, default_store
+from quantscope.runner import default_store
 from quantscope.store import Store, now
 
 MODES = ("only", "all-but")
@@ -117,7 +111,7 @@ class StudySpec:
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
             raise UserError(f"--modes must be among {', '.join(MODES)}, got {unknown}.")
-        if self.config.method.value in {d.value for d in DType}:
+        if not self.config.quantizes:
             raise UserError(
                 f"'{self.config.name}' quantizes nothing; study a quantized config such as bnb-nf4."
             )
@@ -159,8 +153,7 @@ class Bench:
 
 def bench(spec: StudySpec, events: Events) -> Bench:
     """Load the baseline, calibrate on the training text and prepare the emulation."""
-    backend = backends.get(spec.config.method)
-    quant = backend.emulate(spec.config)
+    quant = backends.get(spec.config).emulate(spec.config)
     if quant is None:
         raise UserError(
             f"{spec.config.name} has no emulation, so it cannot be studied one unit at a time."
@@ -169,15 +162,12 @@ def bench(spec: StudySpec, events: Events) -> Bench:
     events.stage("Loading the baseline", None)
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
-    bos = spec.calib.bos if spec.calib.bos is not None else data.adds_bos(tokenizer)
-    prefix = data.prefix_token(tokenizer) if bos else None
-    windows = data.build_windows(
-        data.training_sources(spec.calib), data.encoder(tokenizer), spec.calib, prefix
-    )
+    sources = data.training_sources(spec.calib)
+    windows, _bos = data.text_windows(sources, tokenizer, spec.calib)
     base = precision_config(spec.model.dtype)
-    model = backends.get(base.method).load(files, spec.model, base, device).model
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    chosen = select_modules(list(linears), spec.config.include, (*spec.config.skip, "lm_head"))
+    model = backends.get(base).load(files, spec.model, base, device).model
+    linears = dict(backends.linears(model))
+    chosen = spec.config.select(list(linears))
     shapes = {n: (linears[n].out_features, linears[n].in_features) for n in chosen}
     events.stage("Calibration pass (baseline)", None)
     calibration = calibrate(model, windows, spec.batch_size)
@@ -221,8 +211,7 @@ def sensitivity(
     """
     events = events or LogEvents()
     b = prepared or bench(spec, events)
-    store = Store(spec.store_path or default_store())
-    try:
+    with Store(spec.store_path or default_store()) as store:
         done = store.rows(b.key)
         plan = [(("*", "none"), []), (("*", "all"), b.units)]
         for unit in b.units:
@@ -237,8 +226,6 @@ def sensitivity(
         costs = {u.name: (b.unit_bytes(u, True) - b.unit_bytes(u, False)) / 2**20 for u in b.units}
         study = Study(b.key, _study_settings(b, done), b.units, done, costs)
         store.put_study(b.key, "sensitivity", study.to_dict())
-    finally:
-        store.close()
     return study
 
 

@@ -14,13 +14,10 @@ import math
 from enum import Enum
 from typing import Any
 
+from quantscope.metrics.catalog import HEADLINE, summary_keys
 from quantscope.results import RunReport
 
-SUMMARY = (
-    "weight_mb", "bits_per_weight", "ppl", "ppl_se", "dppl_pct", "dppl_pct_se", "kl_mean",
-    "kl_se", "kl_p99", "top1_agree", "top1_agree_se", "dp_rms", "prefill_tps", "decode_tps",
-    "load_s",
-)  # fmt: skip
+SUMMARY = summary_keys()
 
 
 class Format(str, Enum):
@@ -35,7 +32,7 @@ def run_rows(report: RunReport, columns: tuple[str, ...] = SUMMARY) -> list[dict
     rows = []
     for outcome in report.outcomes:
         metrics = outcome.result.metrics if outcome.result else {}
-        row: dict[str, Any] = {"config": outcome.config, "status": outcome.status}
+        row: dict[str, Any] = {"config": outcome.config, "status": outcome.status.value}
         row.update({c: metrics.get(c) for c in columns})
         rows.append(row)
     return rows
@@ -52,7 +49,7 @@ def compare_rows(a: RunReport, b: RunReport) -> list[dict[str, Any]]:
     for config in list(rows_a) + [c for c in rows_b if c not in rows_a]:
         ra, rb = rows_a.get(config, {}), rows_b.get(config, {})
         row: dict[str, Any] = {"config": config}
-        for key in ("weight_mb", "ppl", "kl_mean", "top1_agree", "decode_tps"):
+        for key in HEADLINE:
             va, vb = ra.get(key), rb.get(key)
             row[f"{key}_a"], row[f"{key}_b"] = va, vb
             row[f"{key}_diff"] = vb - va if va is not None and vb is not None else None

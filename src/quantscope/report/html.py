@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+from quantscope.metrics.catalog import METRICS, TABLE, Better
 from quantscope.metrics.stats import pareto
 from quantscope.results import Result, RunReport
 
@@ -40,23 +41,22 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def _scatter(
-    results: list[Result], x: str, y: str, title: str, log_y: bool, higher_y: bool = False
-) -> dict[str, Any]:
+def _scatter(results: list[Result], x: str, y: str, title: str, log_y: bool) -> dict[str, Any]:
     """A plotly figure (as a dict): one point per config with y error bars, the Pareto front
-    joined (lower x is better; lower y too, unless ``higher_y``)."""
+    joined (each axis's better direction from the metric catalog). Axis titles are the
+    metrics' labels in words, with units."""
+    mx, my = METRICS[x], METRICS[y]
     pts = [(r.metrics.get(x), r.metrics.get(y)) for r in results]
     keep = [i for i, (a, b) in enumerate(pts) if a is not None and b is not None]
-    sign = -1.0 if higher_y else 1.0
-    front = [keep[i] for i in pareto([(pts[i][0], sign * pts[i][1]) for i in keep])]  # type: ignore[misc,operator]
+    sx, sy = (-1.0 if m.better is Better.HIGHER else 1.0 for m in (mx, my))
+    front = [keep[i] for i in pareto([(sx * pts[i][0], sy * pts[i][1]) for i in keep])]  # type: ignore[operator]
     front.sort(key=lambda i: pts[i][0])  # type: ignore[arg-type,return-value]
-    se = {"kl_mean": "kl_se", "ppl": "ppl_se"}.get(y)
     points = {
         "type": "scatter", "mode": "markers+text", "name": "configs",
         "x": [pts[i][0] for i in keep], "y": [pts[i][1] for i in keep],
         "text": [results[i].config for i in keep], "textposition": "top center",
-        "error_y": {"type": "data", "array": [results[i].metrics.get(se, 0) for i in keep]}
-        if se else None,
+        "error_y": {"type": "data", "array": [results[i].metrics.get(my.se, 0) for i in keep]}
+        if my.se else None,
     }  # fmt: skip
     line = {
         "type": "scatter", "mode": "lines", "name": "Pareto front",
@@ -64,9 +64,9 @@ def _scatter(
         "line": {"dash": "dot"},
     }  # fmt: skip
     layout = {
-        "title": {"text": title}, "xaxis": {"title": {"text": x}},
-        "yaxis": {"title": {"text": y}, "type": "log" if log_y else "linear"},
-        "margin": {"t": 50},
+        "title": {"text": title}, "xaxis": {"title": {"text": mx.label}},
+        "yaxis": {"title": {"text": my.label}, "type": "log" if log_y else "linear"},
+        "margin": {"t": 60},
     }  # fmt: skip
     return {"data": [points, line], "layout": layout}
 
@@ -87,25 +87,19 @@ def _kl_distribution(results: list[Result]) -> dict[str, Any]:
          "y": [max(r.metrics.get(key) or 0.0, 1e-9) for r in results]}
         for q, key in _QUANTILES
     ]  # fmt: skip
-    layout = {"title": {"text": "per-token KL distribution"}, "yaxis": {"type": "log"}}
+    layout = {"title": {"text": "per-token KL distribution"},
+              "yaxis": {"type": "log", "title": {"text": "per-token KL (nats)"}}}  # fmt: skip
     return {"data": traces, "layout": layout}
 
 
 def _results_table(report: RunReport) -> str:
-    head = ["config", "weights MB", "bits/w", "ppl ± se", "Δppl %", "KL mean ± se", "KL p99",
-            "top-1 %", "Δp rms", "prefill tok/s", "decode tok/s", "load s", "status"]  # fmt: skip
+    """One row per config: every table metric from the catalog (value ± se), then status."""
+    head = ["config", *(m.header for m in TABLE), "status"]
     rows = []
     for o in report.outcomes:
         m = o.result.metrics if o.result else {}
-        cells = [o.config] + ([
-            _num(m.get("weight_mb")), _num(m.get("bits_per_weight"), 3),
-            f"{_num(m.get('ppl'))} ± {_num(m.get('ppl_se'), 2)}",
-            f"{_num(m.get('dppl_pct'), 3)} ± {_num(m.get('dppl_pct_se'), 2)}",
-            f"{_num(m.get('kl_mean'), 3)} ± {_num(m.get('kl_se'), 2)}", _num(m.get("kl_p99"), 3),
-            _num(100 * m["top1_agree"] if "top1_agree" in m else None, 4),
-            _num(m.get("dp_rms"), 3), _num(m.get("prefill_tps")), _num(m.get("decode_tps")),
-            _num(m.get("load_s"), 3),
-        ] if m else [""] * 11) + [f"{o.status} {o.reason}".strip()]  # fmt: skip
+        cells = [o.config, *(metric.cell(m, one_line=True) if m else "" for metric in TABLE)]
+        cells.append(f"{o.status.value} {o.reason}".strip())
         rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
     return f"<table>{header}{''.join(rows)}</table>"
@@ -170,7 +164,7 @@ def render_html(report: RunReport) -> str:
     figures = [
         _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", log_y=True),
         _scatter(results, "weight_mb", "ppl", "perplexity vs weight MB", log_y=False),
-        _scatter(results, "kl_mean", "decode_tps", "decode tokens/s vs KL", False, higher_y=True),
+        _scatter(results, "kl_mean", "decode_tps", "decode tokens/s vs KL", log_y=False),
         _kl_distribution(results),
     ]
     settings = {"settings": report.settings, "provenance": report.provenance}
@@ -185,20 +179,23 @@ def render_html(report: RunReport) -> str:
 
 def page(title: str, body: str, figures: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     """A self-contained HTML document: ``body`` (already escaped HTML) with :data:`PLOTS` where
-    the plotly ``figures`` go, then the settings as JSON."""
-    from plotly.offline import get_plotlyjs
+    the plotly ``figures`` go (plotly.js inlined once, by ``plotly.io.to_html``), then the
+    settings as JSON."""
+    import plotly.io as pio
 
-    divs = "".join(f'<div class="plot" id="plot{i}"></div>' for i in range(len(figures)))
-    calls = "".join(
-        f"Plotly.newPlot('plot{i}', {json.dumps(f['data'])}, {json.dumps(f['layout'])}, "
-        "{staticPlot: false, displaylogo: false});"
+    options = {"full_html": False, "validate": False, "config": _PLOT_CONFIG}
+    plots = [
+        pio.to_html(f, include_plotlyjs=i == 0, div_id=f"plot{i}", **options)
         for i, f in enumerate(figures)
-    )
+    ]
+    divs = "".join(f'<div class="plot">{p}</div>' for p in plots)
     text = json.dumps(settings, indent=2, default=str)
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-        f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+        f"<style>{_STYLE}</style></head><body>"
         f"<h1>{esc(title)}</h1>{body.replace(PLOTS, f'<div class=plots>{divs}</div>')}"
-        f"<h2>Settings, versions, hardware</h2><pre>{esc(text)}</pre>"
-        f"<script>{calls}</script></body></html>"
+        f"<h2>Settings, versions, hardware</h2><pre>{esc(text)}</pre></body></html>"
     )
+
+
+_PLOT_CONFIG = {"displaylogo": False, "displayModeBar": "hover"}

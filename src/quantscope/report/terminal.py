@@ -5,60 +5,17 @@ Model text is always wrapped in :class:`rich.text.Text`, which is never parsed a
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from quantscope.results import Result, RunReport
+from quantscope.metrics.catalog import METRICS, TABLE, Metric
+from quantscope.results import Result, RunReport, Status
 
-Format = Callable[[dict[str, float]], str]
-Column = tuple[str, str, Format]  # header (wide), header (narrow), formatter
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:,.{digits}f}"
-
-
-def _pm(value: float | None, se: float | None, digits: int = 3, sign: bool = False) -> str:
-    """``value ± se``; the se goes on a second line (the table folds it back when wide)."""
-    if value is None or math.isnan(value):
-        return "–"
-    text = f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
-    return f"{text}\n± {_num(se, digits)}"
-
-
-def _sig(value: float | None) -> str:
-    """Three significant digits, for KL values spanning many decades."""
-    if value is None or math.isnan(value):
-        return "–"
-    return f"{value:.3g}"
-
-
-ACCURACY: list[Column] = [
-    ("ppl ± se", "ppl", lambda m: _pm(m["ppl"], m["ppl_se"], 3)),
-    ("Δppl %", "Δppl %", lambda m: _pm(m["dppl_pct"], m["dppl_pct_se"], 2, sign=True)),
-    ("KL mean ± se", "KL mean", lambda m: f"{_sig(m['kl_mean'])}\n± {_sig(m['kl_se'])}"),
-    ("KL p99", "KL p99", lambda m: _sig(m["kl_p99"])),
-    ("top-1 agree %", "top-1 %", lambda m: _pm(100 * m["top1_agree"], 100 * m["top1_agree_se"], 2)),
-    ("Δp rms", "Δp rms", lambda m: _num(m["dp_rms"], 3)),
-]
-EFFICIENCY: list[Column] = [
-    ("weights MB", "weights MB", lambda m: _num(m["weight_mb"], 1)),
-    (
-        "bits/weight",
-        "bits/w",
-        lambda m: f"{_num(m['bits_per_weight'], 2)} ({_num(m['linear_bits_per_weight'], 2)})",
-    ),
-    ("prefill tok/s", "prefill t/s", lambda m: _num(m["prefill_tps"], 0)),
-    ("decode tok/s", "decode t/s", lambda m: _num(m["decode_tps"], 1)),
-    ("load s", "load s", lambda m: _num(m["load_s"], 2)),
-]
-COLUMNS = EFFICIENCY[:2] + ACCURACY + EFFICIENCY[2:]
+ACCURACY: list[Metric] = [METRICS[k] for k in ("ppl", "dppl_pct", "kl_mean", "kl_p99",
+                                                "top1_agree", "dp_rms")]  # fmt: skip
+EFFICIENCY: list[Metric] = [m for m in TABLE if m not in ACCURACY]
+COLUMNS: list[Metric] = list(TABLE)
 WIDE = 170  # terminal columns needed for the one-table layout
 MIN_WINDOWS = 10  # fewer clusters make a cluster-robust standard error itself unreliable
 
@@ -75,20 +32,19 @@ def results_tables(report: RunReport, width: int) -> list[Table]:
 
 
 def _table(
-    report: RunReport, columns: list[Column], title: str, one_line: bool, status: bool
+    report: RunReport, columns: list[Metric], title: str, one_line: bool, status: bool
 ) -> Table:
     table = Table(title=title, title_justify="left", show_lines=not one_line and not status)
     table.add_column("config", max_width=None if one_line else 14, overflow="fold")
-    for wide, narrow, _ in columns:
-        table.add_column(wide if one_line else narrow, justify="right", no_wrap=True)
+    for metric in columns:
+        table.add_column(metric.header if one_line else metric.short, justify="right", no_wrap=True)
     if status:
         table.add_column("status", min_width=8)
     for outcome in report.outcomes:
         cells = [""] * len(columns)
         if outcome.result is not None:
-            cells = [fmt(outcome.result.metrics) for _, _, fmt in columns]
-            cells = [c.replace("\n", " ") if one_line else c for c in cells]
-        extra = [Text(outcome.status)] if status else []
+            cells = [m.cell(outcome.result.metrics, one_line) for m in columns]
+        extra = [Text(outcome.status.value)] if status else []
         table.add_row(Text(outcome.config), *cells, *extra)
     return table
 
@@ -124,14 +80,14 @@ def generations_view(results: list[Result]) -> Group:
 
 def outcome_notes(report: RunReport) -> list[Text]:
     """A line naming the configs reused from the store, then one per skipped or failed config."""
-    reused = [o.config for o in report.outcomes if o.status == "reused"]
+    reused = [o.config for o in report.outcomes if o.status is Status.REUSED]
     notes = (
         [Text(f"reused from the store (already measured): {', '.join(reused)}")] if reused else []
     )
     notes += [
-        Text(f"{o.status} {o.config}: {o.reason}")
+        Text(f"{o.status.value} {o.config}: {o.reason}")
         for o in report.outcomes
-        if o.status in ("skipped", "failed")
+        if o.status in (Status.SKIPPED, Status.FAILED)
     ]
     windows = report.settings.get("windows")
     if isinstance(windows, int) and windows < MIN_WINDOWS:
@@ -160,9 +116,8 @@ def sources_table(report: RunReport) -> Table | None:
         for name, m in parts.items():
             table.add_row(
                 Text(config), Text(name[-40:]), f"{m['tokens']:.0f}",
-                _pm(m["ppl"], m["ppl_se"], 3).replace("\n", " "),
-                _pm(m["dppl_pct"], m["dppl_pct_se"], 2, sign=True).replace("\n", " "),
-                _sig(m["kl_mean"]), _num(100 * m["top1_agree"], 2),
+                *(METRICS[k].cell(m, one_line=True) for k in ("ppl", "dppl_pct")),
+                *(METRICS[k].text(m[k]) for k in ("kl_mean", "top1_agree")),
             )  # fmt: skip
     return table
 

@@ -47,17 +47,26 @@ class Task(ABC):
         return self.name
 
 
-_REGISTRY = {
-    "cloze": "quantscope.tasks.items:ClozeTask",
-}
+_BUILTIN = {"cloze": "quantscope.tasks.items:ClozeTask"}
+GROUP = "quantscope.tasks"  # entry points of other packages' tasks: name = "module:Class"
+
+
+def registry() -> dict[str, str]:
+    """Task name → ``"module:Class"``: the built-in tasks, then plug-ins' (entry points)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group=GROUP)}
+    return {**found, **_BUILTIN}
 
 
 def resolve(name: str, limit: int) -> Task:
-    """The task called ``name`` (see the module docstring), keeping at most ``limit`` items."""
+    """The task called ``name`` (see the module docstring), keeping at most ``limit`` items.
+    An unknown name is refused here, before any model loads, with the closest names."""
     from pathlib import Path
 
-    if name in _REGISTRY:
-        module, attr = _REGISTRY[name].split(":")
+    known = registry()
+    if name in known:
+        module, attr = known[name].split(":")
         task: Task = getattr(importlib.import_module(module), attr)(limit)
         return task
     if name.endswith(".jsonl"):
@@ -66,7 +75,7 @@ def resolve(name: str, limit: int) -> Task:
         return MultipleChoiceFile(Path(name), limit)
     from quantscope.tasks.lmeval import LmEvalTask
 
-    return LmEvalTask(name, limit)
+    return LmEvalTask(name, limit, tuple(known))
 
 
 def encode_pair(

@@ -8,9 +8,13 @@ log-likelihood task; generation tasks are refused with a clear message.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from quantscope.config import did_you_mean
 from quantscope.data import encoder, prefix_token
 from quantscope.errors import UserError
 from quantscope.evaluate import loglikelihoods
@@ -62,9 +66,10 @@ def make_lm(model: Any, tokenizer: Any, batch_size: int = 8, max_length: int = 2
 
 
 class LmEvalTask(Task):
-    """An lm-evaluation-harness task, by name or as a local ``.yaml`` task file."""
+    """An lm-evaluation-harness task, by name or as a local ``.yaml`` task file. The name is
+    checked against lm-eval's task index when the task is made, before any model loads."""
 
-    def __init__(self, name: str, limit: int) -> None:
+    def __init__(self, name: str, limit: int, known: tuple[str, ...] = ()) -> None:
         self.limit = limit
         self.include: str | None = None
         self.name = name
@@ -74,18 +79,21 @@ class LmEvalTask(Task):
                 raise UserError(f"No such lm-eval task file '{name}'.")
             self.include = str(path.parent.resolve())
             self.name = _task_name(path)
+        self.manager = _manager(self.include)
+        if self.name not in self.manager.all_tasks:
+            choices = [*known, *self.manager.all_tasks]
+            raise UserError(
+                f"Unknown task '{self.name}'.{did_you_mean(self.name, choices)} Tasks are "
+                f"{', '.join(known)}, a multiple-choice FILE.jsonl, or an lm-evaluation-harness "
+                "task name or .yaml file ('lm-eval ls tasks' lists lm-eval's)."
+            )
 
     def evaluate(self, model: Any, tokenizer: Any, batch_size: int) -> dict[str, list[bool]]:
         lm_eval = _lm_eval()
-        from lm_eval.tasks import TaskManager
-
-        manager = TaskManager(include_path=self.include) if self.include else TaskManager()
-        if self.name not in manager.all_tasks:
-            raise UserError(f"lm-evaluation-harness has no task '{self.name}'.")
         try:
             out = lm_eval.simple_evaluate(
                 model=make_lm(model, tokenizer, batch_size), tasks=[self.name],
-                task_manager=manager, limit=self.limit, log_samples=True,
+                task_manager=self.manager, limit=self.limit, log_samples=True,
             )  # fmt: skip
         except (ConnectionError, OSError) as err:
             raise UserError(f"lm-eval task '{self.name}' could not get its data: {err}") from None
@@ -99,8 +107,28 @@ class LmEvalTask(Task):
         return f"lm-eval:{self.name}:{self.include}:{self.limit}"
 
 
+@functools.lru_cache(maxsize=8)
+def _manager(include: str | None) -> Any:
+    """lm-eval's task index (indexing every task takes seconds: done once per folder)."""
+    _lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include) if include else TaskManager()
+
+
+class _TaskFileLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading lm-eval's ``!function`` tags as plain text (never run)."""
+
+
+_TaskFileLoader.add_multi_constructor("!", lambda loader, _tag, node: None)
+
+
 def _task_name(path: Path) -> str:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("task:"):
-            return line.split(":", 1)[1].strip().strip("\"'")
-    raise UserError(f"lm-eval task file '{path}' has no 'task:' line.")
+    """The ``task:`` name of an lm-eval task file."""
+    try:
+        body = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskFileLoader)
+    except yaml.YAMLError as err:
+        raise UserError(f"lm-eval task file '{path}' is not YAML: {err}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("task"), str):
+        raise UserError(f"lm-eval task file '{path}' has no 'task:' name.")
+    return str(body["task"])

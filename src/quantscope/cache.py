@@ -1,0 +1,117 @@
+"""The cache folder and the one way a cached artifact is made: once, atomically, under a lock.
+
+Many processes may share one cache folder (two runs at once, sweep workers). An artifact (a
+reference pass, a quantized GPTQ folder, a GGUF file, a converted model) is complete when its
+sidecar ``NAME.made.json`` exists; the sidecar is written last, so a reader never sees half an
+artifact. A process that needs a missing artifact takes ``NAME.lock`` (an OS file lock, which
+the kernel releases when its holder dies, even by kill -9: no stale lock can block the next
+run), looks again (another process may have made it meanwhile), makes it under a temporary
+name unique to this process, and renames it into place.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as d:
+...     target = Path(d) / "hello.txt"
+...     meta = made(target, lambda tmp: tmp.write_text("hi") and {"seconds": 0.1})
+...     again = made(target, lambda tmp: 1 / 0)  # found: not made twice
+...     target.read_text(), meta == again
+('hi', True)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+WAIT_NOTE_S = 30.0  # how often a waiting process says what it is waiting for
+
+
+def cache_dir() -> Path:
+    """Where quantscope keeps converted models, reference passes, artifacts and results.
+
+    ``$QUANTSCOPE_CACHE`` if set, else ``~/.cache/quantscope``.
+    """
+    root = os.environ.get("QUANTSCOPE_CACHE") or Path.home() / ".cache" / "quantscope"
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sidecar(target: Path) -> Path:
+    """The file whose presence says ``target`` is complete (it holds what making it took)."""
+    return target.with_name(target.name + ".made.json")
+
+
+def read_made(target: Path) -> dict[str, Any] | None:
+    """What making ``target`` took, or None when it is not (completely) there."""
+    try:
+        meta = json.loads(sidecar(target).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if target.exists() else None
+
+
+def made(target: Path, make: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """``target`` made once by ``make(tmp)`` (a file or a folder at ``tmp``, returning what
+    to record, e.g. the seconds it took), or found; what making it recorded."""
+    found = read_made(target)
+    if found is not None:
+        return found
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target):
+        found = read_made(target)  # another process may have made it while we waited
+        if found is not None:
+            return found
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            meta = dict(make(tmp))
+            _remove(target)  # an incomplete leftover of a process that died
+            os.replace(tmp, target)
+        finally:
+            _remove(tmp)
+        write_json(sidecar(target), meta)
+        return meta
+
+
+def write_json(path: Path, body: Any) -> None:
+    """Write JSON to ``path`` atomically (a unique temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(body, default=str))
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+class _locked:
+    """Hold ``NAME.lock`` (an OS lock: released by the kernel when the holder dies), saying
+    every :data:`WAIT_NOTE_S` seconds that this process waits for another."""
+
+    def __init__(self, target: Path) -> None:
+        from filelock import FileLock
+
+        self.target = target
+        self.lock = FileLock(str(target.with_name(target.name + ".lock")))
+
+    def __enter__(self) -> None:
+        from filelock import Timeout
+
+        while True:
+            try:
+                self.lock.acquire(timeout=WAIT_NOTE_S)
+                return
+            except Timeout:
+                log.warning("waiting for another process to finish making %s", self.target)
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

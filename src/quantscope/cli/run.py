@@ -1,0 +1,165 @@
+"""``quantscope run``: measure each config against the full-precision baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from quantscope import config as cfg
+from quantscope.cli.common import (
+    BatchOpt,
+    ContextOpt,
+    DeviceOpt,
+    HtmlOpt,
+    JsonOpt,
+    ModelOpt,
+    PickleOpt,
+    ProgressEvents,
+    SeedOpt,
+    StoreOpt,
+    StrideOpt,
+    TextOpt,
+    TokensOpt,
+    TrustOpt,
+    app,
+    console,
+    progress,
+    user_errors,
+    write_outputs,
+)  # fmt: skip
+from quantscope.errors import UserError
+from quantscope.results import RunReport, Status
+
+
+def _read_prompts(path: Path | None) -> tuple[str, ...]:
+    if path is None:
+        return cfg.DEFAULT_PROMPTS
+    if not path.is_file():
+        raise UserError(
+            f"No such prompts file '{path}'; give a text file with one prompt per line."
+        )
+    prompts = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    prompts = tuple(p for p in prompts if p)
+    if not prompts:
+        raise UserError(f"Prompts file '{path}' has no prompts; write one prompt per line.")
+    return prompts
+
+
+@app.command()
+@user_errors
+def run(
+    model: ModelOpt = None,
+    configs: Annotated[
+        str, typer.Option(help="Comma list of configs, e.g. fp32,bnb-nf4[double_quant=true].")
+    ] = ",".join(cfg.DEFAULT_CONFIGS),
+    text: TextOpt = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Hugging Face dataset: hub id, local folder or data file (.parquet/.json/.jsonl/.csv)."
+        ),
+    ] = None,
+    dataset_config: Annotated[
+        str | None, typer.Option(help="The dataset's config name, e.g. wikitext-2-raw-v1.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="The dataset split.")] = "test",
+    field: Annotated[
+        str, typer.Option(help="The text field of JSONL records or dataset rows.")
+    ] = "text",
+    bos: Annotated[
+        bool | None,
+        typer.Option(
+            "--bos/--no-bos",
+            help="Put BOS before each text so its first token is scored (lm-evaluation-harness's rule); default: as the tokenizer does.",
+        ),
+    ] = None,
+    tokens: TokensOpt = 4096,
+    context: ContextOpt = 512,
+    stride: StrideOpt = 256,
+    prompts: Annotated[
+        Path | None, typer.Option(help="File with one generation prompt per line.")
+    ] = None,
+    tasks: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of tasks scored by log-likelihood: cloze, FILE.jsonl (multiple choice), an lm-eval task name or .yaml file."
+        ),
+    ] = "",
+    task_limit: Annotated[int, typer.Option(help="Items per task at most.")] = 200,
+    html_path: HtmlOpt = None,
+    json_path: JsonOpt = None,
+    store: StoreOpt = None,
+    force: Annotated[bool, typer.Option(help="Re-measure configs already in the store.")] = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    dtype: Annotated[cfg.DType, typer.Option(help="Precision of the baseline.")] = cfg.DType.FP32,
+    batch_size: BatchOpt = 4,
+    ref_topk: Annotated[
+        int, typer.Option(help="Baseline log-probs kept per token in the reference cache.")
+    ] = 256,
+    ref_samples: Annotated[
+        int,
+        typer.Option(help="Tail tokens sampled per token for the unbiased tail part of the KL."),
+    ] = 64,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            help="Also compute exact full-vocabulary KL, running the baseline side by side."
+        ),
+    ] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt.")] = 40,
+    speed_reps: Annotated[
+        int, typer.Option(help="Timed repetitions for prefill and decode speed.")
+    ] = 3,
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision (branch, tag or commit).")
+    ] = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
+) -> None:
+    """Measure each config against the full-precision baseline and print one row per config."""
+    from quantscope.runner import run as run_spec
+
+    texts = tuple(str(t) for t in text or ())
+    spec = cfg.RunSpec(
+        model=cfg.model_spec(model, dtype, revision, trust_remote_code, allow_pickle),
+        configs=cfg.parse_config_list(configs),
+        data=cfg.DataSpec(texts, dataset, dataset_config, split, field, bos, tokens, context, stride),
+        prompts=_read_prompts(prompts), max_new_tokens=max_new_tokens, device=device, seed=seed,
+        batch_size=batch_size, ref_topk=ref_topk, ref_samples=ref_samples, exact=exact,
+        speed_reps=speed_reps, store_path=str(store) if store else None, force=force,
+        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), task_limit=task_limit,
+    )  # fmt: skip
+    with progress() as bar:
+        report = run_spec(spec, ProgressEvents(bar))
+    show_report(report)
+    html = ""
+    if html_path:
+        from quantscope.report.html import render_html
+
+        html = render_html(report)
+    write_outputs(report.to_dict(), html_path, json_path, html)
+    where = report.provenance.get("store", "")
+    console.print(
+        f"Stored in {escape(str(where))} as run {report.run_id}; "
+        f"'quantscope report {report.run_id} -o report.html' draws the tradeoff plots."
+    )
+    if any(o.status is Status.FAILED for o in report.outcomes):
+        raise typer.Exit(1)
+
+
+def show_report(report: RunReport) -> None:
+    """A run on the terminal: the results tables, tasks, per-text rows, notes, generations."""
+    from quantscope.report import terminal
+
+    for table in terminal.results_tables(report, console.width):
+        console.print(table)
+    for extra in (terminal.tasks_table(report), terminal.sources_table(report)):
+        if extra is not None:
+            console.print(extra)
+    for note in terminal.outcome_notes(report):
+        console.print(note, style="yellow")
+    console.print(terminal.generations_view(report.results))

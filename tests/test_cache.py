@@ -1,0 +1,74 @@
+"""Cached artifacts are made once, atomically, even when processes race for them, and a holder
+killed with SIGKILL never blocks the next one (``quantscope.cache.made``)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+from quantscope.cache import made, read_made, sidecar
+
+
+def _make_slowly(target: str, log: str, start: float) -> None:
+    """Wait for a common start time, then make ``target`` (2 s of work), logging each make."""
+    time.sleep(max(0.0, start - time.time()))
+
+    def make(tmp: Path) -> dict[str, float]:
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        tmp.mkdir()
+        for i in range(4):
+            (tmp / f"part-{i}").write_text(str(i))
+            time.sleep(0.5)
+        return {"seconds": 2.0}
+
+    meta = made(Path(target), make)
+    assert meta == {"seconds": 2.0}
+    assert sorted(p.name for p in Path(target).iterdir()) == [f"part-{i}" for i in range(4)]
+
+
+def test_two_processes_make_one_artifact_once(tmp_path: Path) -> None:
+    target, log = tmp_path / "artifact", tmp_path / "makers.log"
+    start = time.time() + 1.0
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_make_slowly, args=(str(target), str(log), start)) for _ in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(log.read_text().split()) == 1  # made once; the other waited and reused it
+    assert read_made(target) == {"seconds": 2.0}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _hold_and_hang(target: str, ready: str) -> None:
+    def make(tmp: Path) -> dict[str, float]:
+        tmp.write_text("half")
+        Path(ready).write_text("holding")
+        time.sleep(600)
+        return {}
+
+    made(Path(target), make)
+
+
+def test_a_holder_killed_with_sigkill_does_not_block_the_next(tmp_path: Path) -> None:
+    target, ready = tmp_path / "artifact.bin", tmp_path / "ready"
+    holder = mp.get_context("spawn").Process(target=_hold_and_hang, args=(str(target), str(ready)))
+    holder.start()
+    deadline = time.time() + 60
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert ready.exists()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    assert read_made(target) is None  # half an artifact never counts as made
+    started = time.time()
+    meta = made(target, lambda tmp: tmp.write_text("whole") and {"by": "second"})
+    assert time.time() - started < 5  # the kernel released the dead holder's lock
+    assert meta == {"by": "second"} and target.read_text() == "whole"
+    assert json.loads(sidecar(target).read_text()) == meta
