@@ -6,15 +6,16 @@ sidecar ``NAME.made.json`` exists; the sidecar is written last, so a reader neve
 artifact. A process that needs a missing artifact takes ``NAME.lock`` (an OS file lock, which
 the kernel releases when its holder dies, even by kill -9: no stale lock can block the next
 run), looks again (another process may have made it meanwhile), makes it under a temporary
-name unique to this process, and renames it into place.
+name unique to this process, and renames it into place. The sidecar names the process that
+made it (``made_by``), so a caller can tell whether it made an artifact or found it.
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as d:
 ...     target = Path(d) / "hello.txt"
 ...     meta = made(target, lambda tmp: tmp.write_text("hi") and {"seconds": 0.1})
 ...     again = made(target, lambda tmp: 1 / 0)  # found: not made twice
-...     target.read_text(), meta == again
-('hi', True)
+...     target.read_text(), meta == again, meta["made_by"] == maker()
+('hi', True, True)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -70,13 +72,18 @@ def made(target: Path, make: Callable[[Path], dict[str, Any]]) -> dict[str, Any]
             return found
         tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
-            meta = dict(make(tmp))
+            meta = {**make(tmp), "made_by": maker()}
             _remove(target)  # an incomplete leftover of a process that died
             os.replace(tmp, target)
         finally:
             _remove(tmp)
         write_json(sidecar(target), meta)
         return meta
+
+
+def maker() -> str:
+    """This process, as the ``made_by`` of what it makes: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def write_json(path: Path, body: Any) -> None:

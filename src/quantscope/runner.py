@@ -14,7 +14,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,13 @@ from typing import Any
 import torch
 
 from quantscope import backends, data, evaluate, models, tasks
-from quantscope.cache import cache_dir, made
+from quantscope.cache import cache_dir, made, maker, read_made
 from quantscope.config import QuantConfig, RunSpec, precision_config
 from quantscope.errors import Unavailable, UserError
 from quantscope.events import Events, LogEvents
 from quantscope.provenance import digest, hardware, versions
 from quantscope.reference import FORMAT as REFERENCE_FORMAT
-from quantscope.reference import ReferenceCache
+from quantscope.reference import Reference, ReferenceCache
 from quantscope.results import Outcome, Result, RunReport, Status
 from quantscope.store import Store, now
 from quantscope.tasks import answers
@@ -134,13 +134,15 @@ def ensure_reference(ctx: _Context) -> None:
         _baseline(ctx)
     cache = ReferenceCache(folder / ref_key)
     if not cache.exists():
-        ctx.events.stage("Reference pass (baseline)", ctx.windows.n_scored)
-        cache.write(
-            evaluate.reference_chunks(
+
+        def chunks() -> Iterator[Reference]:  # the baseline loads only if this process makes it
+            ctx.events.stage("Reference pass (baseline)", ctx.windows.n_scored)
+            yield from evaluate.reference_chunks(
                 _baseline(ctx), ctx.windows, spec.ref_topk, spec.batch_size,
                 ctx.events.advance, tail_samples=spec.ref_samples, seed=spec.seed,
-            )
-        )  # fmt: skip
+            )  # fmt: skip
+
+        cache.write(chunks())
     ctx.reference = cache
     ctx.base_generations = _cached_json(
         folder / f"{gen_key}.generations.json", "Baseline generations", ctx,
@@ -305,6 +307,10 @@ def run(spec: RunSpec, events: Events | None = None) -> RunReport:
         "data_fingerprint": ctx.windows.fingerprint,
         "store": str(store.path),
         "hardware": hardware(ctx.device),
+        "process": maker(),  # which process ran this, and which made the reference pass:
+        "reference_made_by": (read_made(ctx.reference.folder) or {}).get("made_by")
+        if ctx.reference
+        else None,
     }
     return RunReport(run_id, outcomes, ctx.settings, provenance)
 
