@@ -107,3 +107,49 @@ def test_two_runs_started_together_share_one_cache_and_store(
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
         assert db.execute("SELECT COUNT(*) FROM run_results").fetchone()[0] == 4
+
+
+def test_a_damaged_artifact_is_made_again_never_read(tmp_path: Path) -> None:
+    target = tmp_path / "folder"
+    calls = []
+
+    def make(tmp: Path) -> dict[str, int]:
+        calls.append(1)
+        tmp.mkdir()
+        (tmp / "a.bin").write_bytes(bytes(range(256)) * 64)
+        (tmp / "b.bin").write_bytes(b"x" * 1000)
+        return {"n": len(calls)}
+
+    assert made(target, make)["n"] == 1
+    assert made(target, make)["n"] == 1  # intact: found
+    data = bytearray((target / "a.bin").read_bytes())
+    data[5000] ^= 0x01  # one bit flipped
+    (target / "a.bin").write_bytes(bytes(data))
+    assert read_made(target) is None and not target.exists()  # detected, removed
+    assert made(target, make)["n"] == 2
+    with (target / "b.bin").open("r+b") as handle:
+        handle.truncate(10)  # a file cut short
+    assert made(target, make)["n"] == 3 and (target / "b.bin").stat().st_size == 1000
+
+
+def test_a_damaged_reference_chunk_is_recomputed_with_the_same_numbers(
+    tiny_model_dir: Path, tiny_text: Path, tmp_path: Path
+) -> None:
+    from quantscope import runner
+    from quantscope.config import DataSpec, RunSpec, model_spec, parse_config_list
+
+    def spec(store: str) -> RunSpec:
+        return RunSpec(model=model_spec(str(tiny_model_dir)), configs=parse_config_list("bf16"),
+                       data=DataSpec((str(tiny_text),), tokens=300, context=64, stride=32),
+                       prompts=("Hi",), max_new_tokens=2, speed_reps=1, ref_topk=16,
+                       store_path=store)  # fmt: skip
+
+    first = runner.run(spec(str(tmp_path / "a.sqlite")))
+    (folder,) = [p for p in (Path(os.environ["QUANTSCOPE_CACHE"]) / "reference").iterdir()
+                 if p.is_dir()]  # fmt: skip
+    chunk = sorted(folder.glob("chunk-*.npz"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:-100])  # cut short
+    second = runner.run(spec(str(tmp_path / "b.sqlite")))
+    assert second.provenance["reference_made_by"] == second.provenance["process"]
+    kl = [r.results[0].metrics["kl_mean"] for r in (first, second)]
+    assert kl[0] == kl[1] > 0

@@ -7,7 +7,8 @@ artifact. A process that needs a missing artifact takes ``NAME.lock`` (an OS fil
 the kernel releases when its holder dies, even by kill -9: no stale lock can block the next
 run), looks again (another process may have made it meanwhile), makes it under a temporary
 name unique to this process, and renames it into place. The sidecar names the process that
-made it (``made_by``), so a caller can tell whether it made an artifact or found it.
+made it (``made_by``), so a caller can tell whether it made an artifact or found it, and holds
+the SHA-256 of every file, checked before an artifact is used.
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as d:
@@ -20,6 +21,7 @@ made it (``made_by``), so a caller can tell whether it made an artifact or found
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,12 +53,46 @@ def sidecar(target: Path) -> Path:
 
 
 def read_made(target: Path) -> dict[str, Any] | None:
-    """What making ``target`` took, or None when it is not (completely) there."""
+    """What making ``target`` took, or None when it is not (completely) there. A target whose
+    files no longer match the checksums recorded when it was made (a bit flipped, a file cut
+    short, a disk that filled up) is removed, so it is made again, never read as data."""
     try:
         meta = json.loads(sidecar(target).read_text())
     except (OSError, ValueError):
         return None
-    return meta if target.exists() else None
+    if not target.exists():
+        return None
+    stamp = _stamp(target)
+    if "files" in meta and stamp not in _verified:
+        if checksums(target) != meta["files"]:
+            log.warning("%s does not match its checksums; it will be made again", target)
+            _remove(sidecar(target))
+            _remove(target)
+            return None
+        _verified.add(stamp)  # artifacts never change once made: once per process is enough
+    return dict(meta)
+
+
+_verified: set[tuple[object, ...]] = set()
+
+
+def _stamp(target: Path) -> tuple[object, ...]:
+    """Path, size and modification time of every file of ``target``: what verified means."""
+    paths = [target] if target.is_file() else sorted(target.rglob("*"))
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+
+
+def checksums(target: Path) -> dict[str, str]:
+    """SHA-256 of a file, or of every file under a folder, by path relative to it."""
+    paths = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+    found = {}
+    for path in paths:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        found[str(path.relative_to(target)) if path != target else ""] = digest.hexdigest()
+    return found
 
 
 def made(target: Path, make: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -72,7 +108,7 @@ def made(target: Path, make: Callable[[Path], dict[str, Any]]) -> dict[str, Any]
             return found
         tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
-            meta = {**make(tmp), "made_by": maker()}
+            meta = {**make(tmp), "made_by": maker(), "files": checksums(tmp)}
             _remove(target)  # an incomplete leftover of a process that died
             os.replace(tmp, target)
         finally:
