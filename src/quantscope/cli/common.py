@@ -112,7 +112,7 @@ def write_outputs(body: Any, html_path: Path | None, json_path: Path | None, htm
 
     if html_path:
         html_path.write_text(html, encoding="utf-8")
-        console.print(f"HTML written to {escape(str(html_path))}")
+        console.print(f"HTML report written to {escape(str(html_path))}")
     if json_path:
         json_path.write_text(json.dumps(body, indent=2, default=str), encoding="utf-8")
         console.print(f"JSON written to {escape(str(json_path))}")
