@@ -71,6 +71,7 @@ class Outcome:
     status: Status
     reason: str = ""
     result: Result | None = None
+    model: str = ""  # which model's run it belongs to (a study has several)
 
 
 @dataclass(frozen=True)

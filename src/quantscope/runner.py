@@ -320,9 +320,19 @@ def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position
     stored = None if ctx.spec.force else store.get(key)
     if stored is not None:
         store.link(run_id, key, position, Status.REUSED)
-        return Outcome(
-            config.display, Status.REUSED, "already measured with these settings", stored
-        )
+        reason = "already measured with these settings"
+        return Outcome(config.display, Status.REUSED, reason, stored, ctx.files.name)
+    outcome = evaluate_config(ctx, config, key)
+    if outcome.result is not None:
+        store.put(outcome.result)
+        store.link(run_id, key, position, Status.MEASURED)
+    return outcome
+
+
+def evaluate_config(ctx: _Context, config: QuantConfig, key: str) -> Outcome:
+    """Measure one config of a prepared run (the reference made first when missing), or say
+    why it was skipped or failed; nothing is stored here (a sweep's workers use this too)."""
+    model = ctx.files.name
     try:
         backends.get(config).check(config, ctx.device)
         if config.lora:
@@ -334,15 +344,13 @@ def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position
         result = measure(ctx, config, key)
     except Unavailable as err:
         _free()
-        return Outcome(config.display, Status.SKIPPED, err.reason)
+        return Outcome(config.display, Status.SKIPPED, err.reason, None, model)
     except UserError as err:
         _free()
-        return Outcome(config.display, Status.FAILED, str(err))
+        return Outcome(config.display, Status.FAILED, str(err), None, model)
     except Exception as err:  # a backend library failing fails this config, not the run
         log.debug("config %s failed", config.name, exc_info=True)
         _free()
-        return Outcome(config.display, Status.FAILED, f"{type(err).__name__}: {err}")
+        return Outcome(config.display, Status.FAILED, f"{type(err).__name__}: {err}", None, model)
     result = Result.from_json(result.to_json())  # exactly what a rerun will read back
-    store.put(result)
-    store.link(run_id, key, position, Status.MEASURED)
-    return Outcome(config.display, Status.MEASURED, "", result)
+    return Outcome(config.display, Status.MEASURED, "", result, model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from quantscope.cli import browse, machine, mixed, recover, run  # noqa: F401  (registers them)
+from quantscope.cli import browse, machine, mixed, recover, run, sweep  # noqa: F401  (registers)
 from quantscope.cli.common import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,134 @@
+"""``quantscope sweep STUDY.yaml``: a study of models × configs × texts, planned, then measured
+with a live table, then every model side by side."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from quantscope.cli.common import StoreOpt, app, console, err_console, progress, user_errors
+from quantscope.results import Outcome, Status
+from quantscope.sweep import Cell
+
+_MARK = {"pending": "·", "running": "…", Status.MEASURED: "done", Status.REUSED: "stored",
+         Status.SKIPPED: "skipped", Status.FAILED: "FAILED"}  # fmt: skip
+
+
+class SweepEvents:
+    """Runner events drawn as one live table: per model (columns) and config (rows) pending,
+    running, done, stored, skipped or failed, with the time left estimated from the
+    evaluations measured so far."""
+
+    def __init__(self, cells: list[Cell], live: Live) -> None:
+        self.cells, self.live = cells, live
+        self.models = list(dict.fromkeys(c.model for c in cells))
+        self.state: dict[tuple[str, str], Any] = {
+            (c.model, c.config): Status.REUSED if c.stored else "pending" for c in cells
+        }
+        self.run, self.started, self.seconds = -1, time.perf_counter(), [0.0, 0]
+        self.label = ""
+
+    def stage(self, label: str, total: int | None) -> None:
+        if label == "Finding the model":
+            self.run += 1
+        model = self.models[min(max(self.run, 0), len(self.models) - 1)]
+        config = label.rpartition(": ")[0]
+        if (model, config) in self.state and self.state[(model, config)] == "pending":
+            self.state[(model, config)], self.started = "running", time.perf_counter()
+        self.label = label
+        self.live.update(self.render())
+
+    def advance(self, n: int) -> None:
+        return None
+
+    def outcome(self, outcome: Outcome) -> None:
+        model = outcome.model or self.models[max(self.run, 0)]
+        self.state[(model, outcome.config)] = outcome.status
+        if outcome.status is Status.MEASURED:
+            self.seconds = [
+                self.seconds[0] + time.perf_counter() - self.started,
+                self.seconds[1] + 1,
+            ]
+        self.live.update(self.render())
+
+    def render(self) -> Table:
+        table = Table(title=f"sweep · {escape(self.label)}", title_justify="left")
+        table.add_column("config")
+        for model in self.models:
+            table.add_column(Text(model[:28]), justify="center")
+        for config in dict.fromkeys(c.config for c in self.cells):
+            marks = [str(_MARK.get(self.state.get((m, config), ""), "")) for m in self.models]
+            table.add_row(Text(config), *marks)
+        left = sum(1 for s in self.state.values() if s in ("pending", "running"))
+        done, count = self.seconds
+        eta = f"about {left * done / count / 60:.1f} min left" if count else "time left: after one"
+        table.caption = f"{left} evaluations to go; {eta}"
+        return table
+
+
+@app.command()
+@user_errors
+def sweep(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study file.")],
+    store: StoreOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
+) -> None:
+    """Measure a study of models × configs × texts × tasks, resuming what is stored."""
+    from quantscope.sweep import plan, read_study, run_study
+    from quantscope.sweep.study import replace_store
+
+    study = replace_store(read_study(study_file), str(store) if store else None)
+    with progress() as bar:
+        from quantscope.cli.common import ProgressEvents
+
+        cells = plan(study, ProgressEvents(bar))
+    stored = sum(c.stored for c in cells)
+    models = len({c.model for c in cells})
+    console.print(
+        f"Study {escape(study.name)}: {len(cells)} evaluations ({models} models × "
+        f"{len(study.configs)} configs × {len(study.texts)} texts); {stored} already stored, "
+        f"{len(cells) - stored} to measure."
+    )
+    if dry_run:
+        return
+    with Live(console=err_console, transient=False, refresh_per_second=2) as live:
+        events = SweepEvents(cells, live)
+        live.update(events.render())
+        report = run_study(study, events)
+    console.print(side_by_side(report.to_dataframe()))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def side_by_side(frame: Any) -> Group:
+    """Each config's KL and Δppl per model, and which model loses most under it."""
+    table = Table(title="models side by side: KL ± se (Δppl %)", title_justify="left")
+    if frame.empty or "kl_mean" not in frame:
+        return Group(table)
+    models = list(dict.fromkeys(frame["model"]))
+    table.add_column("config")
+    for model in models:
+        table.add_column(Text(str(model)[:28]), justify="right")
+    table.add_column("loses most")
+    for config, rows in frame.groupby("config", sort=False):
+        by_model = {r["model"]: r for _, r in rows.iterrows()}
+        cells = [_kl_cell(by_model.get(m)) for m in models]
+        measured = rows["kl_mean"].notna()
+        worst = rows.loc[rows.loc[measured, "kl_mean"].idxmax(), "model"] if measured.any() else ""
+        table.add_row(Text(str(config)), *cells, Text(str(worst)[:28]))
+    return Group(table)
+
+
+def _kl_cell(row: Any) -> str:
+    """``KL ± se (Δppl %)`` of one model's row, or – when it has none."""
+    if row is None or row.get("kl_mean") != row.get("kl_mean") or row.get("kl_mean") is None:
+        return "–"
+    return f"{row['kl_mean']:.3g} ± {row['kl_se']:.2g} ({row['dppl_pct']:+.2f})"
