@@ -43,6 +43,7 @@ def quiet_libraries() -> None:
         "optimum.quanto",
         "hqq",
         "tokenicer",
+        "ray",
         "torch._dynamo",  # gptqmodel's CPU kernels recompile per layer; the speed columns say it
     ):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -80,11 +80,26 @@ def sweep(
     study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study file.")],
     store: StoreOpt = None,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
+    executor: Annotated[str, typer.Option(help="local (this process) or ray.")] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto or ray://HOST:PORT; none starts a local Ray."),
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Retries of a task whose worker dies (Ray).")] = 2,
+    shared_dir: Annotated[
+        Path | None,
+        typer.Option(help="Cache folder every Ray node sees; default: this machine's cache."),
+    ] = None,
 ) -> None:
     """Measure a study of models × configs × texts × tasks, resuming what is stored."""
-    from quantscope.sweep import plan, read_study, run_study
+    from quantscope.errors import UserError
+    from quantscope.sweep import Executor, plan, read_study, run_study
     from quantscope.sweep.study import replace_store
 
+    if executor not in {e.value for e in Executor}:
+        raise UserError(f"--executor must be local or ray, got '{executor}'.")
+    if retries < 0:
+        raise UserError(f"--retries must be 0 or more, got {retries}.")
     study = replace_store(read_study(study_file), str(store) if store else None)
     with progress() as bar:
         from quantscope.cli.common import ProgressEvents
@@ -102,7 +117,8 @@ def sweep(
     with Live(console=err_console, transient=False, refresh_per_second=2) as live:
         events = SweepEvents(cells, live)
         live.update(events.render())
-        report = run_study(study, events)
+        report = run_study(study, events, Executor(executor), address, retries,
+                           str(shared_dir) if shared_dir else None)  # fmt: skip
     console.print(side_by_side(report.to_dataframe()))
     if report.failed:
         raise typer.Exit(1)

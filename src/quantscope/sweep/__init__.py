@@ -3,8 +3,9 @@
 A study (``study``: the YAML file) expands into one run per model and text; :func:`plan`
 says, before anything is measured, how many evaluations it holds and which are already in the
 store (their keys are the runner's, so a study resumes where it stopped and reuses what
-``quantscope run`` measured); :func:`run_study` measures the rest with the local executor —
-in this process, exactly as ``quantscope run`` does — and returns every row as one table.
+``quantscope run`` measured); :func:`run_study` measures the rest — in this process, exactly
+as ``quantscope run`` does, or as tasks on a Ray cluster (``on_ray``) — and returns every row
+as one table.
 
 >>> from quantscope.sweep.study import parse_study
 >>> study = parse_study({"models": ["bundled"], "configs": ["fp32", "bnb-nf4"]})
@@ -15,6 +16,7 @@ in this process, exactly as ``quantscope run`` does — and returns every row as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from quantscope import runner
@@ -23,7 +25,7 @@ from quantscope.results import RunReport, Status
 from quantscope.store import Store
 from quantscope.sweep.study import Study, parse_study, read_study
 
-__all__ = ["Cell", "StudyReport", "parse_study", "plan", "read_study", "run_study"]
+__all__ = ["Cell", "Executor", "StudyReport", "parse_study", "plan", "read_study", "run_study"]
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,28 @@ class StudyReport:
         return any(o.status is Status.FAILED for r in self.runs for o in r.outcomes)
 
 
-def run_study(study: Study, events: Events | None = None) -> StudyReport:
-    """Measure every evaluation the store does not hold yet, run by run in this process (the
-    local executor: the same numbers as ``quantscope run``); each is stored as it finishes."""
+class Executor(str, Enum):
+    LOCAL = "local"  # in this process, one evaluation after another (``quantscope run``'s way)
+    RAY = "ray"  # as Ray tasks on a cluster (``on_ray``)
+
+
+def run_study(
+    study: Study,
+    events: Events | None = None,
+    executor: Executor = Executor.LOCAL,
+    address: str | None = None,
+    retries: int = 2,
+    shared_dir: str | None = None,
+) -> StudyReport:
+    """Measure every evaluation the store does not hold yet; each is stored as it finishes.
+
+    ``local`` runs them in this process, run by run (the same numbers as ``quantscope run``);
+    ``ray`` sends them to the Ray cluster at ``address`` (``auto``, ``ray://HOST:PORT``, or
+    None for a local Ray instance), retrying a task whose worker dies ``retries`` times, with
+    the cache folder the workers share at ``shared_dir``."""
     events = events or LogEvents()
+    if Executor(executor) is Executor.RAY:
+        from quantscope.sweep.on_ray import run_on_ray
+
+        return StudyReport(study.name, run_on_ray(study, events, address, retries, shared_dir))
     return StudyReport(study.name, [runner.run(spec, events) for spec in study.runs()])

@@ -1,0 +1,132 @@
+"""The Ray executor: a study's evaluations as Ray tasks on a cluster.
+
+Per model and text, the baseline's reference pass is one task (it loads the full-precision
+baseline, the largest thing in the study, so it asks for the most memory) that writes into the
+shared cache folder (``--shared-dir``: a folder every node sees, made the workers'
+``QUANTSCOPE_CACHE``); each (model, config) is one task, scheduled after its reference,
+asking for the memory its weights need. Tasks return results to the driver, which alone
+writes the results database, each as it arrives. A task whose worker dies (killed, out of
+memory) is retried ``retries`` times by Ray, then recorded as failed with its reason; what
+is stored is never submitted, so a driver started again resumes. ray is imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from quantscope import runner
+from quantscope.cache import cache_dir
+from quantscope.config import QuantConfig, RunSpec
+from quantscope.errors import UserError
+from quantscope.events import Events
+from quantscope.results import Outcome, RunReport, Status
+from quantscope.store import Store
+from quantscope.sweep.study import Study
+
+log = logging.getLogger(__name__)
+WAIT_S = 5.0  # how long the driver waits for a finished task before it looks again
+
+
+def _reference_task(spec: RunSpec) -> str:
+    """Worker: make (or find) the baseline's reference pass, generations and task answers."""
+    ctx = runner.prepare(spec, runner.LogEvents())
+    runner.ensure_reference(ctx)
+    return ctx.files.fingerprint
+
+
+def _config_task(spec: RunSpec, config: QuantConfig, key: str, _reference: str) -> Outcome:
+    """Worker: measure one config against the reference its task made (never stores it)."""
+    ctx = runner.prepare(spec, runner.LogEvents())
+    return runner.evaluate_config(ctx, config, key)
+
+
+def _memory(ctx: Any, factor: float) -> int:
+    """Bytes a task asks for: ``factor`` times the baseline's weight files (at least 1 GiB)."""
+    size = sum(p.stat().st_size for p in Path(ctx.files.folder).glob("*.safetensors"))
+    return max(int(factor * size), 1 << 30)
+
+
+def run_on_ray(
+    study: Study, events: Events, address: str | None, retries: int, shared_dir: str | None
+) -> list[RunReport]:
+    """Measure ``study`` on a Ray cluster (``address``: ``auto``, ``ray://HOST:PORT``, or None
+    to start a local Ray instance); one :class:`RunReport` per model and text."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("The Ray executor needs ray; pip install 'quantscope[ray]'.") from None
+    shared = str(Path(shared_dir).expanduser().resolve()) if shared_dir else str(cache_dir())
+    env = {"QUANTSCOPE_CACHE": shared, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+    logging.getLogger("ray").setLevel(logging.ERROR)  # its notices go to its own logs
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False,
+             logging_level=logging.WARNING)  # fmt: skip
+    try:
+        return _drive(ray, study, events, retries)
+    finally:
+        ray.shutdown()
+
+
+def _drive(ray: Any, study: Study, events: Events, retries: int) -> list[RunReport]:
+    reference = ray.remote(max_retries=retries)(_reference_task)
+    measure = ray.remote(max_retries=retries)(_config_task)
+    pending: dict[Any, tuple[int, int, QuantConfig, str]] = {}
+    runs: list[tuple[Any, str, dict[int, Outcome]]] = []
+    with Store(study.store or runner.default_store()) as store:
+        for index, spec in enumerate(study.runs()):
+            ctx = runner.prepare(spec, events)
+            run_id, ref = store.new_run(ctx.files.name, ctx.settings), None
+            outcomes: dict[int, Outcome] = {}
+            runs.append((ctx, run_id, outcomes))
+            for position, config in enumerate(spec.configs):
+                key = runner.result_key(
+                    ctx.files.fingerprint, config, ctx.windows.fingerprint, ctx.settings_fp
+                )
+                stored = None if spec.force else store.get(key)
+                if stored is not None:
+                    store.link(run_id, key, position, Status.REUSED)
+                    outcomes[position] = Outcome(
+                        config.display, Status.REUSED, "", stored, ctx.files.name
+                    )
+                    events.outcome(outcomes[position])
+                    continue
+                if ref is None:
+                    ref = reference.options(memory=_memory(ctx, 3.0)).remote(spec)
+                task = measure.options(memory=_memory(ctx, 2.0)).remote(spec, config, key, ref)
+                pending[task] = (index, position, config, key)
+        _collect(ray, store, pending, runs, events, retries)
+    return [_report(ctx, run_id, outcomes, store.path) for ctx, run_id, outcomes in runs]
+
+
+def _collect(ray: Any, store: Store, pending: dict[Any, Any], runs: list[Any], events: Events,
+             retries: int) -> None:  # fmt: skip
+    """Store each result as its task finishes; a task that failed past its retries is a
+    failed config with the reason."""
+    events.stage(f"{len(pending)} evaluations on Ray", len(pending))
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+        for task in done:
+            index, position, config, key = pending.pop(task)
+            _ctx, run_id, outcomes = runs[index]
+            try:
+                outcome = ray.get(task)
+            except Exception as err:  # the worker died more often than it may be retried
+                reason = f"{type(err).__name__} after {retries} retries: {str(err)[:300]}"
+                outcome = Outcome(config.display, Status.FAILED, reason)
+            if outcome.result is not None:
+                store.put(outcome.result)
+            if outcome.status is not Status.FAILED or outcome.result is not None:
+                store.link(run_id, key, position, outcome.status)
+            outcomes[position] = outcome
+            events.outcome(outcome)
+            events.advance(1)
+
+
+def _report(ctx: Any, run_id: str, outcomes: dict[int, Outcome], store: Path) -> RunReport:
+    provenance = {"model": ctx.files.name, "model_folder": str(ctx.files.folder),
+                  "model_fingerprint": ctx.files.fingerprint, "text": ctx.text_name,
+                  "data_fingerprint": ctx.windows.fingerprint, "store": str(store),
+                  "executor": "ray"}  # fmt: skip
+    return RunReport(run_id, [outcomes[i] for i in sorted(outcomes)], ctx.settings, provenance)
