@@ -77,6 +77,19 @@ def test_sweep_command_prints_the_plan_and_the_models_side_by_side(
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "models side by side" in text and "loses most" in text
+    key = text.split("Stored as study ")[1].split(";")[0]
+    store = str(tmp_path / "results.sqlite")
+    shown = CliRunner().invoke(app, ["show", key, "--store", store])
+    assert shown.exit_code == 0 and "loses most" in shown.output
+    page = tmp_path / "study.html"
+    drawn = CliRunner().invoke(app, ["report", "latest-study", "--store", store, "-o", str(page)])
+    assert drawn.exit_code == 0, drawn.output
+    html = page.read_text()
+    assert (
+        '"barmode":"group"' in html.replace(": ", ":") and html.count("<td>rtn[group=32]</td>") == 1
+    )
+    missing = CliRunner().invoke(app, ["show", "study-nope", "--store", store])
+    assert missing.exit_code == 2 and "No study 'study-nope'" in missing.output
     rerun = CliRunner().invoke(app, ["sweep", str(path), "--dry-run"])
     assert "6 already stored, 0 to measure" in " ".join(rerun.output.split())
 

@@ -182,6 +182,15 @@ class Store:
         ).fetchall()
         return [(k, c, json.loads(b)) for k, c, b in rows]
 
+    def study_runs(self, key: str) -> tuple[str, list[RunReport]] | None:
+        """A stored sweep study (``latest``: the newest) as its name and runs, or None."""
+        found = self.studies("sweep")
+        match = found[:1] if key == "latest" else [s for s in found if s[0] == key]
+        if not match:
+            return None
+        body = match[0][2]
+        return str(body["name"]), [self.report(run) for run in body["runs"]]
+
     def put_row(self, key: str, unit: str, mode: str, body: dict[str, Any]) -> None:
         """One finished measurement of a study, committed before the next one starts."""
         with self.db:

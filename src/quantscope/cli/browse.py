@@ -34,6 +34,17 @@ def _report(store: Path | None, run_id: str) -> Any:
         return opened.report(run_id)
 
 
+def _study(store: Path | None, key: str) -> Any:
+    """A stored sweep study's name and runs when ``key`` names one (``study-…``), else None."""
+    if not key.startswith("study-") and key != "latest-study":
+        return None
+    with _open_store(store) as opened:
+        found = opened.study_runs("latest" if key == "latest-study" else key)
+    if found is None:
+        raise UserError(f"No study '{key}' in the results database; 'quantscope sweep' makes them.")
+    return found
+
+
 def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
     from quantscope.report.formats import render, rich_table
 
@@ -67,15 +78,23 @@ def runs(store: StoreOpt = None, fmt: FormatOpt = "table") -> None:
 @app.command()
 @user_errors
 def show(
-    run_id: Annotated[str, typer.Argument(metavar="RUN", help="A run id, or 'latest'.")],
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN", help="A run id, 'latest', a study id or 'latest-study'.")
+    ],
     store: StoreOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
-    """Show one stored run: one row per config."""
+    """Show one stored run (one row per config), or a study (its models side by side)."""
     from quantscope.report.formats import run_rows
     from quantscope.report.terminal import results_tables
 
     _check_format(fmt)
+    study = _study(store, run_id)
+    if study is not None:
+        from quantscope.report.models import models_table
+
+        console.print(models_table(study[1], f"study {study[0]}: models side by side"))
+        return
     report = _report(store, run_id)
     if fmt == "table":
         for table in results_tables(report, console.width):
@@ -110,8 +129,12 @@ def report(
     ),
     store: StoreOpt = None,
 ) -> None:
-    """Write one self-contained HTML report of a stored run (tables, tradeoff plots, generations)."""
+    """Write one self-contained HTML report of a stored run (tables, tradeoff plots,
+    generations), or of a study (its models side by side)."""
     from quantscope.report.html import render_html
+    from quantscope.report.models import render_models_html
 
-    output.write_text(render_html(_report(store, run_id)), encoding="utf-8")
+    study = _study(store, run_id)
+    html = render_models_html(*study) if study else render_html(_report(store, run_id))
+    output.write_text(html, encoding="utf-8")
     console.print(f"Report written to {escape(str(output))}")

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
@@ -119,32 +118,12 @@ def sweep(
         live.update(events.render())
         report = run_study(study, events, Executor(executor), address, retries,
                            str(shared_dir) if shared_dir else None)  # fmt: skip
-    console.print(side_by_side(report.to_dataframe()))
+    from quantscope.report.models import models_table
+
+    console.print(models_table(report.runs))
+    console.print(
+        f"Stored as study {report.key}; 'quantscope report {report.key} -o study.html' draws "
+        "the models side by side."
+    )
     if report.failed:
         raise typer.Exit(1)
-
-
-def side_by_side(frame: Any) -> Group:
-    """Each config's KL and Δppl per model, and which model loses most under it."""
-    table = Table(title="models side by side: KL ± se (Δppl %)", title_justify="left")
-    if frame.empty or "kl_mean" not in frame:
-        return Group(table)
-    models = list(dict.fromkeys(frame["model"]))
-    table.add_column("config")
-    for model in models:
-        table.add_column(Text(str(model)[:28]), justify="right")
-    table.add_column("loses most")
-    for config, rows in frame.groupby("config", sort=False):
-        by_model = {r["model"]: r for _, r in rows.iterrows()}
-        cells = [_kl_cell(by_model.get(m)) for m in models]
-        measured = rows["kl_mean"].notna()
-        worst = rows.loc[rows.loc[measured, "kl_mean"].idxmax(), "model"] if measured.any() else ""
-        table.add_row(Text(str(config)), *cells, Text(str(worst)[:28]))
-    return Group(table)
-
-
-def _kl_cell(row: Any) -> str:
-    """``KL ± se (Δppl %)`` of one model's row, or – when it has none."""
-    if row is None or row.get("kl_mean") != row.get("kl_mean") or row.get("kl_mean") is None:
-        return "–"
-    return f"{row['kl_mean']:.3g} ± {row['kl_se']:.2g} ({row['dppl_pct']:+.2f})"

@@ -15,6 +15,7 @@ as one table.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from quantscope import runner
 from quantscope.events import Events, LogEvents
 from quantscope.results import RunReport, Status
-from quantscope.store import Store
+from quantscope.store import Store, now
 from quantscope.sweep.study import Study, parse_study, read_study
 
 __all__ = ["Cell", "Executor", "StudyReport", "parse_study", "plan", "read_study", "run_study"]
@@ -62,6 +63,9 @@ class StudyReport:
 
     name: str
     runs: list[RunReport]
+    key: str = (
+        ""  # where the study is stored (``quantscope show KEY`` puts its models side by side)
+    )
 
     def to_dataframe(self) -> Any:
         """One row per model, text and config: model, text, status, then every metric."""
@@ -103,5 +107,12 @@ def run_study(
     if Executor(executor) is Executor.RAY:
         from quantscope.sweep.on_ray import run_on_ray
 
-        return StudyReport(study.name, run_on_ray(study, events, address, retries, shared_dir))
-    return StudyReport(study.name, [runner.run(spec, events) for spec in study.runs()])
+        reports = run_on_ray(study, events, address, retries, shared_dir)
+    else:
+        reports = [runner.run(spec, events) for spec in study.runs()]
+    key = f"study-{now().replace(':', '').replace('+0000', '')}-{uuid.uuid4().hex[:6]}"
+    with Store(study.store or runner.default_store()) as store:
+        body = {"name": study.name, "runs": [r.run_id for r in reports],
+                "executor": Executor(executor).value}  # fmt: skip
+        store.put_study(key, "sweep", body)
+    return StudyReport(study.name, reports, key)

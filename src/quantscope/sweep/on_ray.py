@@ -70,8 +70,9 @@ def run_on_ray(
 
 
 def _drive(ray: Any, study: Study, events: Events, retries: int) -> list[RunReport]:
-    reference = ray.remote(max_retries=retries)(_reference_task)
-    measure = ray.remote(max_retries=retries)(_config_task)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0  # a whole GPU per task
+    reference = ray.remote(max_retries=retries, num_gpus=gpus)(_reference_task)
+    measure = ray.remote(max_retries=retries, num_gpus=gpus)(_config_task)
     pending: dict[Any, tuple[int, int, QuantConfig, str]] = {}
     runs: list[tuple[Any, str, dict[int, Outcome]]] = []
     with Store(study.store or runner.default_store()) as store:

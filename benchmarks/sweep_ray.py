@@ -1,0 +1,81 @@
+"""The same study on the local executor and on Ray (a head and a second node on 127.0.0.1, one
+CPU each: 2 workers on this 2-core machine): wall time of each and the ratio Ray/local, in one
+run. The goal is ≤ 1.15×: where Ray cannot help (two cores, one model), it must cost little.
+
+Run: .venv/bin/python benchmarks/sweep_ray.py [--tokens 512] [--configs fp32,bf16,...]
+
+Ray runs in a network namespace of its own with only loopback (``unshare --net``, as root), so
+it never advertises or uses the machine's network address. Each executor gets a fresh cache
+folder and database: both pay for converting the bundled model and for the reference pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+
+
+def measure(executor: str, tokens: int, configs: list[str], address: str | None) -> float:
+    from quantscope.sweep import Executor, run_study
+    from quantscope.sweep.study import parse_study
+
+    folder = Path(tempfile.mkdtemp(prefix=f"qs-{executor}-"))
+    os.environ["QUANTSCOPE_CACHE"] = str(folder / "cache")
+    study = parse_study({
+        "models": ["bundled"], "configs": configs, "store": str(folder / "r.sqlite"),
+        "settings": {"tokens": tokens, "context": 256, "stride": 128},
+    }, folder)  # fmt: skip
+    start = time.perf_counter()
+    report = run_study(study, executor=Executor(executor), address=address)
+    seconds = time.perf_counter() - start
+    statuses = {o.status.value for r in report.runs for o in r.outcomes}
+    assert statuses == {"measured"}, statuses
+    return seconds
+
+
+def inside(tokens: int, configs: list[str]) -> None:
+    from ray_cluster_check import RAY, start_cluster
+
+    local_s = measure("local", tokens, configs, None)  # first: before Ray touches this process
+    address = start_cluster()
+    try:
+        ray_s = measure("ray", tokens, configs, address)
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    print(json.dumps({"ray_s": ray_s, "local_s": local_s}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--configs", default="fp32,bf16,bnb-int8,rtn")
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    configs = args.configs.split(",")
+    if args.inside:
+        inside(args.tokens, configs)
+        return
+    me = f"{sys.executable} {Path(__file__).resolve()} --inside --tokens {args.tokens} " \
+         f"--configs {args.configs}"  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run(["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {me}"],
+                          env=env, capture_output=True, text=True, timeout=3600)  # fmt: skip
+    if done.returncode:
+        sys.exit(done.stdout[-2000:] + done.stderr[-2000:])
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"study: bundled model × {len(configs)} configs ({args.configs}), {args.tokens} tokens")
+    print(f"local executor: {found['local_s']:.1f} s")
+    print(f"Ray, 2 workers:  {found['ray_s']:.1f} s")
+    print(f"ratio Ray/local: {found['ray_s'] / found['local_s']:.2f}x (goal ≤ 1.15x)")
+
+
+if __name__ == "__main__":
+    main()
