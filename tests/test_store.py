@@ -1,6 +1,6 @@
 """The results database: results stored by the release before the per-family config redesign
 are found by the keys the new code computes (``fixtures/store-0.1.sqlite``, written by that
-release on the tiny test model: 11 configs of 7 backends), and the store is safe to share."""
+release on the tiny test model: 11 configs of 6 backends), and the store is safe to share."""
 
 from __future__ import annotations
 
