@@ -298,21 +298,19 @@ def run(spec: RunSpec, events: Events | None = None) -> RunReport:
             outcome = _one(ctx, store, config, run_id, position)
             outcomes.append(outcome)
             events.outcome(outcome)
-    provenance = {
-        "model": ctx.files.name,
-        "model_origin": ctx.files.origin,
-        "model_folder": str(ctx.files.folder),
-        "model_fingerprint": ctx.files.fingerprint,
-        "text": ctx.text_name,
-        "data_fingerprint": ctx.windows.fingerprint,
-        "store": str(store.path),
-        "hardware": hardware(ctx.device),
-        "process": maker(),  # which process ran this, and which made the reference pass:
-        "reference_made_by": (read_made(ctx.reference.folder) or {}).get("made_by")
-        if ctx.reference
-        else None,
-    }
-    return RunReport(run_id, outcomes, ctx.settings, provenance)
+    return RunReport(run_id, outcomes, ctx.settings, provenance(ctx, store.path))
+
+
+def provenance(ctx: _Context, store: Path) -> dict[str, Any]:
+    """Where a run's numbers came from: model, text, store, hardware, and which process ran
+    it and which made its reference pass."""
+    made_by = (read_made(ctx.reference.folder) or {}).get("made_by") if ctx.reference else None
+    return {
+        "model": ctx.files.name, "model_origin": ctx.files.origin,
+        "model_folder": str(ctx.files.folder), "model_fingerprint": ctx.files.fingerprint,
+        "text": ctx.text_name, "data_fingerprint": ctx.windows.fingerprint, "store": str(store),
+        "hardware": hardware(ctx.device), "process": maker(), "reference_made_by": made_by,
+    }  # fmt: skip
 
 
 def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position: int) -> Outcome:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from typing import Any
 
 from quantscope.metrics.catalog import METRICS, TABLE, Better
@@ -33,12 +32,6 @@ PLOTS = "<!--plots-->"  # where page() puts the figures (escaped text cannot con
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}g}"
 
 
 def _scatter(results: list[Result], x: str, y: str, title: str, log_y: bool) -> dict[str, Any]:

@@ -126,8 +126,5 @@ def _collect(ray: Any, store: Store, pending: dict[Any, Any], runs: list[Any], e
 
 
 def _report(ctx: Any, run_id: str, outcomes: dict[int, Outcome], store: Path) -> RunReport:
-    provenance = {"model": ctx.files.name, "model_folder": str(ctx.files.folder),
-                  "model_fingerprint": ctx.files.fingerprint, "text": ctx.text_name,
-                  "data_fingerprint": ctx.windows.fingerprint, "store": str(store),
-                  "executor": "ray"}  # fmt: skip
-    return RunReport(run_id, [outcomes[i] for i in sorted(outcomes)], ctx.settings, provenance)
+    found = {**runner.provenance(ctx, store), "executor": "ray"}
+    return RunReport(run_id, [outcomes[i] for i in sorted(outcomes)], ctx.settings, found)
