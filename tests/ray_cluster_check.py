@@ -64,8 +64,11 @@ def driver_killed_and_restarted(study_file: Path, address: str) -> dict[str, obj
     while stored < 2 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
         if store.exists():
-            with sqlite3.connect(store, timeout=30) as db:
-                stored = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            try:  # the driver creates the file a moment before its tables
+                with sqlite3.connect(store, timeout=30) as db:
+                    stored = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
