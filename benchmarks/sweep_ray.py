@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 
 def measure(executor: str, tokens: int, configs: list[str], address: str | None) -> float:
-    from quantscope.sweep import Executor, run_study
-    from quantscope.sweep.study import parse_study
+    from quantscope.sweeps import Executor, run_study
+    from quantscope.sweeps.study import parse_study
 
     folder = Path(tempfile.mkdtemp(prefix=f"qs-{executor}-"))
     os.environ["QUANTSCOPE_CACHE"] = str(folder / "cache")

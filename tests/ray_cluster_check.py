@@ -85,8 +85,8 @@ def driver_killed_and_restarted(study_file: Path, address: str) -> dict[str, obj
 
 
 def main(study_file: Path, temp: Path) -> None:
-    from quantscope.sweep import Executor, run_study
-    from quantscope.sweep.study import read_study
+    from quantscope.sweeps import Executor, run_study
+    from quantscope.sweeps.study import read_study
 
     address, seen = start_cluster(), {}
     try:

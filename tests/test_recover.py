@@ -14,7 +14,7 @@ from quantscope.backends import lora
 from quantscope.config import DataSpec, RunSpec, model_spec, parse_config
 from quantscope.errors import UserError
 from quantscope.evaluate.calibration import calibrate, divergence
-from quantscope.recover import (
+from quantscope.recovery import (
     RecoverSpec,
     distill_loss,
     recover,

@@ -14,8 +14,8 @@ from quantscope import runner
 from quantscope.cli import app
 from quantscope.config import DataSpec, RunSpec, model_spec, parse_config_list
 from quantscope.errors import UserError
-from quantscope.sweep import plan, read_study, run_study
-from quantscope.sweep.study import parse_study
+from quantscope.sweeps import plan, read_study, run_study
+from quantscope.sweeps.study import parse_study
 
 
 @pytest.fixture(scope="module")

@@ -74,8 +74,30 @@ class Outcome:
     model: str = ""  # which model's run it belongs to (a study has several)
 
 
+class Display:
+    """How a result shows itself in Jupyter: an HTML table (``_repr_html_``) and its plots as
+    plotly figures (``plot(NAME)``; ``plots()`` lists them). The views are in
+    ``report.notebook``, imported when a notebook asks (display only)."""
+
+    def _repr_html_(self) -> str:
+        from quantscope.report import notebook
+
+        return notebook.html(self)
+
+    def plots(self) -> list[str]:
+        from quantscope.report import notebook
+
+        return notebook.plot_names(self)
+
+    def plot(self, name: str | None = None) -> Any:
+        """A plotly figure (the first of :meth:`plots` when ``name`` is None)."""
+        from quantscope.report import notebook
+
+        return notebook.plot(self, name)
+
+
 @dataclass(frozen=True)
-class RunReport:
+class RunReport(Display):
     """A whole run: its id, settings and provenance, and one outcome per config."""
 
     run_id: str
@@ -96,6 +118,13 @@ class RunReport:
         import pandas as pd
 
         return pd.DataFrame([r.row() for r in self.results])
+
+    def generations(self) -> Any:
+        """The greedy generations side by side with the baseline's, differing tokens marked
+        (renders in Jupyter; ``str()`` is the HTML)."""
+        from quantscope.report.notebook import generations
+
+        return generations(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: settings, provenance, outcomes with full results."""
@@ -127,7 +156,7 @@ class Unit:
 
 
 @dataclass
-class Study:
+class Study(Display):
     """A finished sensitivity study: per unit and mode, calibration KL and Δppl."""
 
     key: str
@@ -159,6 +188,12 @@ class Study:
             out.append(row)
         key = "only_kl" if "only" in self.settings["modes"] else "gain"
         return sorted(out, key=lambda r: -r[key])
+
+    def to_dataframe(self) -> Any:
+        """One row per unit, most sensitive first (the ranking)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.ranking())
 
     def matrix(self, mode: str = "only") -> tuple[list[int], list[str], list[list[float]]]:
         """Layers × kinds of one mode's KL (NaN where a layer has no such unit), for a heatmap."""

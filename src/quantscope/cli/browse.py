@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from quantscope.cli.common import FormatOpt, StoreOpt, app, console, user_errors
 from quantscope.errors import UserError
+from quantscope.quiet import Screen
 
 
 def _open_store(store: Path | None) -> Any:
@@ -52,7 +53,7 @@ def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
         console.print(rich_table(rows, title))
     else:
         text = render(rows, fmt)  # plain text for pipes: no rich wrapping
-        print(text, end="" if text.endswith("\n") else "\n")
+        Screen("stdout").write(text if text.endswith("\n") else text + "\n")
 
 
 def _check_format(fmt: str) -> None:

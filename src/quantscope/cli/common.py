@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quantscope.errors import UserError
+from quantscope.quiet import Screen, captured
 from quantscope.results import Outcome, Status
 
 app = typer.Typer(
@@ -22,8 +23,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Measure what quantizing a language model costs in accuracy and buys in memory and speed.",
 )
-console = Console()
-err_console = Console(stderr=True)
+# the screen, even while the libraries' output is captured
+console = Console(file=Screen("stdout"))  # type: ignore[arg-type]
+err_console = Console(file=Screen("stderr"))  # type: ignore[arg-type]
 F = TypeVar("F", bound=Callable[..., Any])
 
 ModelOpt = Annotated[
@@ -59,12 +61,14 @@ FormatOpt = Annotated[str, typer.Option("--format", help="table, md, csv or json
 
 
 def user_errors(fn: F) -> F:
-    """Turn UserError into one sentence on stderr and exit code 2; Ctrl-C into exit 130."""
+    """Turn UserError into one sentence on stderr and exit code 2; Ctrl-C into exit 130; what
+    libraries print meanwhile goes to the debug log."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with captured():
+                return fn(*args, **kwargs)
         except UserError as err:
             err_console.print(f"[bold red]error:[/] {escape(str(err))}")
             raise typer.Exit(2) from None
@@ -79,7 +83,8 @@ def progress() -> Progress:
     """The progress bar every long command draws on stderr (gone when it ends)."""
     columns = [TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]  # fmt: skip
-    return Progress(*columns, console=err_console, transient=True)
+    return Progress(*columns, console=err_console, transient=True, redirect_stdout=False,
+                    redirect_stderr=False)  # fmt: skip
 
 
 _COLOUR = {Status.MEASURED: "green", Status.REUSED: "cyan", Status.SKIPPED: "yellow"}

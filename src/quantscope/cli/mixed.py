@@ -49,31 +49,6 @@ CalibContextOpt = Annotated[int, typer.Option(help="Calibration window length.")
 CalibStrideOpt = Annotated[int, typer.Option(help="Calibration window advance.")]
 
 
-def _study_spec(
-    model: str | None, config: str, fallback: cfg.DType | None, by: str, modes: str,
-    calib_text: list[Path] | None, calib_tokens: int, calib_context: int, calib_stride: int,
-    device: str, batch_size: int, store: Path | None, trust_remote_code: bool, allow_pickle: bool,
-) -> object:  # fmt: skip
-    from quantscope.mixed import StudySpec
-
-    return StudySpec(
-        model=cfg.model_spec(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle),
-        config=cfg.parse_config(config),
-        fallback=fallback,
-        by=by,
-        calib=cfg.DataSpec(
-            texts=tuple(str(p) for p in calib_text or ()),
-            tokens=calib_tokens,
-            context=calib_context,
-            stride=calib_stride,
-        ),
-        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
-        device=device,
-        batch_size=batch_size,
-        store_path=str(store) if store else None,
-    )
-
-
 @app.command()
 @user_errors
 def sensitivity(
@@ -98,14 +73,15 @@ def sensitivity(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Quantize one unit at a time (and all but one) and rank the units by the KL they cause."""
+    from quantscope.api import study_spec
     from quantscope.mixed import sensitivity as study_units
     from quantscope.report.mixed import render_study_html, sensitivity_table, totals_line
 
-    spec = _study_spec(model, config, fallback, by, modes, calib_text, calib_tokens,
-                       calib_context, calib_stride, device, batch_size, store,
-                       trust_remote_code, allow_pickle)  # fmt: skip
+    spec = study_spec(config, model, fallback, by, modes, calib_text, calib_tokens,
+                      calib_context, calib_stride, device, batch_size, store,
+                      trust_remote_code, allow_pickle)  # fmt: skip
     with progress() as bar:
-        study = study_units(spec, ProgressEvents(bar)).to_dict()  # type: ignore[arg-type]
+        study = study_units(spec, ProgressEvents(bar)).to_dict()
     console.print(sensitivity_table(study, top))
     console.print(escape(totals_line(study)))
     write_outputs(study, html_path, json_path, render_study_html(study) if html_path else "")
@@ -148,18 +124,14 @@ def search(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Keep the fewest units in the fallback precision that meet the budget; verify; save."""
-    from quantscope.mixed import Budget, SearchSpec
+    from quantscope.api import search_spec
     from quantscope.mixed import search as run_search
     from quantscope.report.mixed import comparison_table, front_table, render_study_html
 
-    study_spec = _study_spec(model, config, fallback, by, modes, calib_text, calib_tokens,
-                             calib_context, calib_stride, device, batch_size, store,
-                             trust_remote_code, allow_pickle)  # fmt: skip
-    budget = Budget(max_kl, _percent(max_ppl_increase), max_mb)
-    evaluation = cfg.DataSpec(
-        texts=tuple(str(p) for p in text or ()), tokens=tokens, context=context, stride=stride
-    )
-    spec = SearchSpec(study_spec, budget, evaluation, tries, str(save) if save else None, label)  # type: ignore[arg-type]
+    spec = search_spec(config, max_kl, max_ppl_increase, max_mb, model, fallback, by, modes,
+                       text, tokens, context, stride, calib_text, calib_tokens, calib_context,
+                       calib_stride, tries, save, label, device, batch_size, store,
+                       trust_remote_code, allow_pickle)  # fmt: skip
     with progress() as bar:
         result = run_search(spec, ProgressEvents(bar)).to_dict()
     console.print(front_table(result))
@@ -189,15 +161,3 @@ def search(
     write_outputs(result, html_path, json_path, html)
     if not result["chosen"]:
         raise typer.Exit(1)
-
-
-def _percent(text: str | None) -> float | None:
-    """'2%' or '2' → 2.0."""
-    if text is None:
-        return None
-    try:
-        return float(text.strip().rstrip("%"))
-    except ValueError:
-        from quantscope.errors import UserError
-
-        raise UserError(f"--max-ppl-increase must be a percentage like 2%, got '{text}'.") from None

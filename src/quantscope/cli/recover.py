@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from quantscope import config as cfg
 from quantscope.cli.common import (
     ContextOpt,
     DeviceOpt,
@@ -76,23 +75,14 @@ def recover(
 ) -> None:
     """Train LoRA adapters on a quantized config toward the baseline and report how much of
     the KL and perplexity gap they close, on evaluation text never trained on."""
-    from quantscope.recover import RecoverSpec, adapter_folder
-    from quantscope.recover import recover as run_recover
+    from quantscope.api import recover_spec
+    from quantscope.recovery import adapter_folder
+    from quantscope.recovery import recover as run_recover
     from quantscope.report.mixed import recovery_table
 
-    spec = RecoverSpec(
-        model=cfg.model_spec(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle),
-        config=cfg.parse_config(config), rank=rank, alpha=alpha, dropout=dropout,
-        targets=tuple(t.strip() for t in targets.split(",") if t.strip()), steps=steps,
-        max_minutes=max_minutes, lr=lr, seq_len=seq_len, batch_size=train_batch,
-        kl_weight=kl_weight,
-        train=cfg.DataSpec(texts=tuple(str(p) for p in train_text or ()), tokens=1_000_000,
-                           context=seq_len, stride=seq_len - 1),
-        evaluation=cfg.DataSpec(texts=tuple(str(p) for p in text or ()), tokens=tokens,
-                                context=context, stride=stride),
-        out=str(out) if out else None, device=device, seed=seed,
-        store_path=str(store) if store else None,
-    )  # fmt: skip
+    spec = recover_spec(config, model, rank, alpha, dropout, targets, steps, max_minutes, lr,
+                        seq_len, train_batch, kl_weight, train_text, text, tokens, context,
+                        stride, out, seed, device, store, trust_remote_code, allow_pickle)  # fmt: skip
     with progress() as bar:
         events = ProgressEvents(bar)
 

@@ -30,22 +30,7 @@ from quantscope.cli.common import (
     user_errors,
     write_outputs,
 )  # fmt: skip
-from quantscope.errors import UserError
 from quantscope.results import RunReport, Status
-
-
-def _read_prompts(path: Path | None) -> tuple[str, ...]:
-    if path is None:
-        return cfg.DEFAULT_PROMPTS
-    if not path.is_file():
-        raise UserError(
-            f"No such prompts file '{path}'; give a text file with one prompt per line."
-        )
-    prompts = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    prompts = tuple(p for p in prompts if p)
-    if not prompts:
-        raise UserError(f"Prompts file '{path}' has no prompts; write one prompt per line.")
-    return prompts
 
 
 @app.command()
@@ -121,20 +106,17 @@ def run(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config."""
-    from quantscope.runner import run as run_spec
+    from quantscope.api import run_spec
+    from quantscope.runner import run as run_one
 
-    texts = tuple(str(t) for t in text or ())
-    spec = cfg.RunSpec(
-        model=cfg.model_spec(model, dtype, revision, trust_remote_code, allow_pickle),
-        configs=cfg.parse_config_list(configs),
-        data=cfg.DataSpec(texts, dataset, dataset_config, split, field, bos, tokens, context, stride),
-        prompts=_read_prompts(prompts), max_new_tokens=max_new_tokens, device=device, seed=seed,
-        batch_size=batch_size, ref_topk=ref_topk, ref_samples=ref_samples, exact=exact,
-        speed_reps=speed_reps, store_path=str(store) if store else None, force=force,
-        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), task_limit=task_limit,
+    spec = run_spec(
+        model, configs, text, dataset, dataset_config, split, field, bos, tokens, context,
+        stride, prompts, tasks, task_limit, store, force, device, seed, dtype, batch_size,
+        ref_topk, ref_samples, exact, max_new_tokens, speed_reps, revision, trust_remote_code,
+        allow_pickle,
     )  # fmt: skip
     with progress() as bar:
-        report = run_spec(spec, ProgressEvents(bar))
+        report = run_one(spec, ProgressEvents(bar))
     show_report(report)
     html = ""
     if html_path:

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from quantscope.cli.common import StoreOpt, app, console, err_console, progress, user_errors
 from quantscope.results import Outcome, Status
-from quantscope.sweep import Cell
+from quantscope.sweeps import Cell
 
 _MARK = {"pending": "·", "running": "…", Status.MEASURED: "done", Status.REUSED: "stored",
          Status.SKIPPED: "skipped", Status.FAILED: "FAILED"}  # fmt: skip
@@ -91,15 +91,10 @@ def sweep(
     ] = None,
 ) -> None:
     """Measure a study of models × configs × texts × tasks, resuming what is stored."""
-    from quantscope.errors import UserError
-    from quantscope.sweep import Executor, plan, read_study, run_study
-    from quantscope.sweep.study import replace_store
+    from quantscope.api import sweep_spec
+    from quantscope.sweeps import plan, run_study
 
-    if executor not in {e.value for e in Executor}:
-        raise UserError(f"--executor must be local or ray, got '{executor}'.")
-    if retries < 0:
-        raise UserError(f"--retries must be 0 or more, got {retries}.")
-    study = replace_store(read_study(study_file), str(store) if store else None)
+    study, how = sweep_spec(study_file, store, executor, address, retries, shared_dir)
     with progress() as bar:
         from quantscope.cli.common import ProgressEvents
 
@@ -113,11 +108,13 @@ def sweep(
     )
     if dry_run:
         return
-    with Live(console=err_console, transient=False, refresh_per_second=2) as live:
+    live = Live(
+        console=err_console, refresh_per_second=2, redirect_stdout=False, redirect_stderr=False
+    )
+    with live:
         events = SweepEvents(cells, live)
         live.update(events.render())
-        report = run_study(study, events, Executor(executor), address, retries,
-                           str(shared_dir) if shared_dir else None)  # fmt: skip
+        report = run_study(study, events, **how)
     from quantscope.report.models import models_table
 
     console.print(models_table(report.runs))

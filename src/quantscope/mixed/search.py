@@ -26,7 +26,7 @@ from quantscope.metrics.catalog import METRICS
 from quantscope.metrics.stats import pareto
 from quantscope.mixed.sensitivity import Bench, StudySpec, bench, sensitivity
 from quantscope.provenance import digest
-from quantscope.results import Study, Unit
+from quantscope.results import Display, Study, Unit
 from quantscope.runner import default_store
 from quantscope.store import Store, now
 
@@ -86,7 +86,7 @@ class SearchSpec:
 
 
 @dataclass
-class SearchResult:
+class SearchResult(Display):
     """The measured candidates (k units kept, calibration KL, Δppl, estimated MB), their
     Pareto front, every verification, the chosen config and where it was saved."""
 
@@ -102,6 +102,12 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_dataframe(self) -> Any:
+        """One row per measured candidate (units kept, calibration KL, Δppl, estimated MB)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.candidates)
 
 
 def order_units(study: Study) -> list[Unit]:

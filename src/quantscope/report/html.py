@@ -151,15 +151,20 @@ def _tasks(results: list[Result]) -> str:
     return f"<h2>Tasks</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def run_figures(results: list[Result]) -> dict[str, dict[str, Any]]:
+    """A run's plots by name (the HTML report draws them all; a notebook asks for one)."""
+    return {
+        "kl_vs_mb": _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", log_y=True),
+        "ppl_vs_mb": _scatter(results, "weight_mb", "ppl", "perplexity vs weight MB", False),
+        "tps_vs_kl": _scatter(results, "kl_mean", "decode_tps", "decode tokens/s vs KL", False),
+        "kl_distribution": _kl_distribution(results),
+    }
+
+
 def render_html(report: RunReport) -> str:
     """The report of a run as one self-contained HTML document."""
     results = report.results
-    figures = [
-        _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", log_y=True),
-        _scatter(results, "weight_mb", "ppl", "perplexity vs weight MB", log_y=False),
-        _scatter(results, "kl_mean", "decode_tps", "decode tokens/s vs KL", log_y=False),
-        _kl_distribution(results),
-    ]
+    figures = list(run_figures(results).values())
     settings = {"settings": report.settings, "provenance": report.provenance}
     title = f"quantscope · {report.provenance.get('model', '')} · run {report.run_id}"
     body = (

@@ -78,8 +78,8 @@ def _bars(models: list[str], cells: dict[str, dict[str, Result]]) -> dict[str, A
     return {"data": traces, "layout": layout}
 
 
-def render_models_html(name: str, reports: list[RunReport]) -> str:
-    """One HTML page: the models-side-by-side table and the grouped KL bars."""
+def models_html_table(reports: list[RunReport]) -> str:
+    """Config rows, a column per model (KL ± se, Δppl %, flips), and which model loses most."""
     models, cells = grid(reports)
     head = "".join(f"<th>{esc(h)}</th>" for h in ("config", *models, "loses most"))
     rows = "".join(
@@ -88,10 +88,16 @@ def render_models_html(name: str, reports: list[RunReport]) -> str:
         + "</tr>"
         for config, by_model in cells.items()
     )  # fmt: skip
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def render_models_html(name: str, reports: list[RunReport]) -> str:
+    """One HTML page: the models-side-by-side table and the grouped KL bars."""
+    models, cells = grid(reports)
     body = (
         "<h2>Models side by side</h2><p>KL ± se to each model's own full-precision baseline, "
         f"(Δppl %), task flips; on each model's own windows of the same text.</p>{PLOTS}"
-        f"<table><tr>{head}</tr>{rows}</table>"
+        f"{models_html_table(reports)}"
     )
     settings = {r.run_id: {"provenance": r.provenance, "settings": r.settings} for r in reports}
     return page(f"quantscope study · {name}", body, [_bars(models, cells)], settings)

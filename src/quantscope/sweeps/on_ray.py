@@ -24,7 +24,7 @@ from quantscope.errors import UserError
 from quantscope.events import Events
 from quantscope.results import Outcome, RunReport, Status
 from quantscope.store import Store
-from quantscope.sweep.study import Study
+from quantscope.sweeps.study import Study
 
 log = logging.getLogger(__name__)
 WAIT_S = 5.0  # how long the driver waits for a finished task before it looks again

@@ -34,6 +34,7 @@ from quantscope.errors import UserError
 from quantscope.events import Events, LogEvents
 from quantscope.metrics.divergence import kl_full
 from quantscope.provenance import digest, versions
+from quantscope.results import Display
 from quantscope.runner import default_store
 from quantscope.store import Store, now
 
@@ -274,7 +275,7 @@ def recovery(before: float, before_se: float, after: float, after_se: float) -> 
 
 
 @dataclass
-class Recovery:
+class Recovery(Display):
     """The trained adapter, the three evaluated configs, and the recovery of each gap."""
 
     training: Training
@@ -286,6 +287,12 @@ class Recovery:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_dataframe(self) -> Any:
+        """One row per config: baseline, plain quantized, recovered."""
+        import pandas as pd
+
+        return pd.DataFrame(self.configs).T.rename_axis("config").reset_index()
 
 
 def recover(

@@ -7,7 +7,7 @@ store (their keys are the runner's, so a study resumes where it stopped and reus
 as ``quantscope run`` does, or as tasks on a Ray cluster (``on_ray``) — and returns every row
 as one table.
 
->>> from quantscope.sweep.study import parse_study
+>>> from quantscope.sweeps.study import parse_study
 >>> study = parse_study({"models": ["bundled"], "configs": ["fp32", "bnb-nf4"]})
 >>> len(study.runs())
 1
@@ -22,9 +22,9 @@ from typing import Any
 
 from quantscope import runner
 from quantscope.events import Events, LogEvents
-from quantscope.results import RunReport, Status
+from quantscope.results import Display, RunReport, Status
 from quantscope.store import Store, now
-from quantscope.sweep.study import Study, parse_study, read_study
+from quantscope.sweeps.study import Study, parse_study, read_study
 
 __all__ = ["Cell", "Executor", "StudyReport", "parse_study", "plan", "read_study", "run_study"]
 
@@ -58,7 +58,7 @@ def plan(study: Study, events: Events | None = None) -> list[Cell]:
 
 
 @dataclass
-class StudyReport:
+class StudyReport(Display):
     """Every run of a study (one per model and text), and all their rows as one table."""
 
     name: str
@@ -105,7 +105,7 @@ def run_study(
     the cache folder the workers share at ``shared_dir``."""
     events = events or LogEvents()
     if Executor(executor) is Executor.RAY:
-        from quantscope.sweep.on_ray import run_on_ray
+        from quantscope.sweeps.on_ray import run_on_ray
 
         reports = run_on_ray(study, events, address, retries, shared_dir)
     else:
