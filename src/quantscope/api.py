@@ -199,8 +199,9 @@ def search_spec(
     context: int = 512, stride: int = 256, calib_text: Texts = None, calib_tokens: int = 1024,
     calib_context: int = 256, calib_stride: int = 192, tries: int = 3,
     save: PathLike | None = None, label: str | None = None, device: str = "auto",
-    batch_size: int = 4, store: PathLike | None = None, trust_remote_code: bool = False,
-    allow_pickle: bool = False,
+    batch_size: int = 4, store: PathLike | None = None, speed_reps: int = 3,
+    max_new_tokens: int = 40, prompts: PathLike | Iterable[str] | None = None,
+    trust_remote_code: bool = False, allow_pickle: bool = False,
 ) -> SearchSpec:  # fmt: skip
     """The search of ``quantscope search`` with these options."""
     from quantscope.mixed import Budget, SearchSpec
@@ -210,7 +211,9 @@ def search_spec(
                        trust_remote_code, allow_pickle)  # fmt: skip
     budget = Budget(max_kl, _percent(max_ppl_increase, "max-ppl-increase"), max_mb)
     evaluation = cfg.DataSpec(texts=text_files(text), tokens=tokens, context=context, stride=stride)
-    return SearchSpec(study, budget, evaluation, tries, _store(save), label)
+    return SearchSpec(study, budget, evaluation, tries, _store(save), label,
+                      speed_reps=speed_reps, max_new_tokens=max_new_tokens,
+                      prompts=read_prompts(prompts))  # fmt: skip
 
 
 def recover_spec(
@@ -219,7 +222,8 @@ def recover_spec(
     max_minutes: float | None = None, lr: float = 1e-3, seq_len: int = 256,
     train_batch: int = 4, kl_weight: float = 1.0, train_text: Texts = None, text: Texts = None,
     tokens: int = 4096, context: int = 512, stride: int = 256, out: PathLike | None = None,
-    seed: int = 0, device: str = "auto", store: PathLike | None = None,
+    seed: int = 0, device: str = "auto", store: PathLike | None = None, speed_reps: int = 3,
+    max_new_tokens: int = 40, prompts: PathLike | Iterable[str] | None = None,
     trust_remote_code: bool = False, allow_pickle: bool = False,
 ) -> RecoverSpec:  # fmt: skip
     """The recovery of ``quantscope recover`` with these options."""
@@ -235,6 +239,7 @@ def recover_spec(
         evaluation=cfg.DataSpec(texts=text_files(text), tokens=tokens, context=context,
                                 stride=stride),
         out=_store(out), device=device, seed=seed, store_path=_store(store),
+        speed_reps=speed_reps, max_new_tokens=max_new_tokens, prompts=read_prompts(prompts),
     )  # fmt: skip
 
 

@@ -29,7 +29,14 @@ import numpy as np
 import torch
 
 from quantscope import backends, data, models
-from quantscope.config import DataSpec, ModelSpec, QuantConfig, RunSpec, precision_config
+from quantscope.config import (
+    DEFAULT_PROMPTS,
+    DataSpec,
+    ModelSpec,
+    QuantConfig,
+    RunSpec,
+    precision_config,
+)
 from quantscope.errors import UserError
 from quantscope.events import Events, LogEvents
 from quantscope.metrics.divergence import kl_full
@@ -66,6 +73,9 @@ class RecoverSpec:
     device: str = "auto"
     seed: int = 0
     store_path: str | None = None
+    speed_reps: int = 3  # of the evaluation run (a run like any other, stored)
+    max_new_tokens: int = 40
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1:
@@ -315,7 +325,8 @@ def recover(
     base = precision_config(spec.model.dtype)
     run_spec = RunSpec(model=spec.model, configs=(base, spec.config, recovered),
                        data=spec.evaluation, device=spec.device, seed=spec.seed,
-                       store_path=spec.store_path)  # fmt: skip
+                       store_path=spec.store_path, speed_reps=spec.speed_reps,
+                       max_new_tokens=spec.max_new_tokens, prompts=spec.prompts)  # fmt: skip
     report = runner.run(run_spec, events)
     metrics = {o.config: o.result.metrics for o in report.outcomes if o.result is not None}
     if spec.config.display not in metrics or recovered.display not in metrics:

@@ -57,6 +57,9 @@ StrideOpt = Annotated[
     int,
     typer.Option(help="Tokens a window advances; scored tokens keep ≥ context−stride of context."),
 ]
+SpeedRepsOpt = Annotated[int, typer.Option(help="Timed repetitions for prefill and decode speed.")]
+NewTokensOpt = Annotated[int, typer.Option(help="Tokens generated per prompt.")]
+PromptsOpt = Annotated[Path | None, typer.Option(help="File with one generation prompt per line.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table, md, csv or json.")]
 
 

@@ -17,8 +17,11 @@ from quantscope.cli.common import (
     HtmlOpt,
     JsonOpt,
     ModelOpt,
+    NewTokensOpt,
     PickleOpt,
     ProgressEvents,
+    PromptsOpt,
+    SpeedRepsOpt,
     StoreOpt,
     StrideOpt,
     TextOpt,
@@ -118,6 +121,9 @@ def search(
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 4,
     store: StoreOpt = None,
+    speed_reps: SpeedRepsOpt = 3,
+    max_new_tokens: NewTokensOpt = 40,
+    prompts: PromptsOpt = None,
     html_path: HtmlOpt = None,
     json_path: JsonOpt = None,
     trust_remote_code: TrustOpt = False,
@@ -130,8 +136,8 @@ def search(
 
     spec = search_spec(config, max_kl, max_ppl_increase, max_mb, model, fallback, by, modes,
                        text, tokens, context, stride, calib_text, calib_tokens, calib_context,
-                       calib_stride, tries, save, label, device, batch_size, store,
-                       trust_remote_code, allow_pickle)  # fmt: skip
+                       calib_stride, tries, save, label, device, batch_size, store, speed_reps,
+                       max_new_tokens, prompts, trust_remote_code, allow_pickle)  # fmt: skip
     with progress() as bar:
         result = run_search(spec, ProgressEvents(bar)).to_dict()
     console.print(front_table(result))

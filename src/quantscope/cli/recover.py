@@ -14,9 +14,12 @@ from quantscope.cli.common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    NewTokensOpt,
     PickleOpt,
     ProgressEvents,
+    PromptsOpt,
     SeedOpt,
+    SpeedRepsOpt,
     StoreOpt,
     StrideOpt,
     TextOpt,
@@ -69,6 +72,9 @@ def recover(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     store: StoreOpt = None,
+    speed_reps: SpeedRepsOpt = 3,
+    max_new_tokens: NewTokensOpt = 40,
+    prompts: PromptsOpt = None,
     json_path: JsonOpt = None,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
@@ -82,7 +88,8 @@ def recover(
 
     spec = recover_spec(config, model, rank, alpha, dropout, targets, steps, max_minutes, lr,
                         seq_len, train_batch, kl_weight, train_text, text, tokens, context,
-                        stride, out, seed, device, store, trust_remote_code, allow_pickle)  # fmt: skip
+                        stride, out, seed, device, store, speed_reps, max_new_tokens,
+                        prompts, trust_remote_code, allow_pickle)  # fmt: skip
     with progress() as bar:
         events = ProgressEvents(bar)
 

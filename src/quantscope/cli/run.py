@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,9 +15,12 @@ from quantscope.cli.common import (
     HtmlOpt,
     JsonOpt,
     ModelOpt,
+    NewTokensOpt,
     PickleOpt,
     ProgressEvents,
+    PromptsOpt,
     SeedOpt,
+    SpeedRepsOpt,
     StoreOpt,
     StrideOpt,
     TextOpt,
@@ -64,9 +66,7 @@ def run(
     tokens: TokensOpt = 4096,
     context: ContextOpt = 512,
     stride: StrideOpt = 256,
-    prompts: Annotated[
-        Path | None, typer.Option(help="File with one generation prompt per line.")
-    ] = None,
+    prompts: PromptsOpt = None,
     tasks: Annotated[
         str,
         typer.Option(
@@ -95,10 +95,8 @@ def run(
             help="Also compute exact full-vocabulary KL, running the baseline side by side."
         ),
     ] = False,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt.")] = 40,
-    speed_reps: Annotated[
-        int, typer.Option(help="Timed repetitions for prefill and decode speed.")
-    ] = 3,
+    max_new_tokens: NewTokensOpt = 40,
+    speed_reps: SpeedRepsOpt = 3,
     revision: Annotated[
         str | None, typer.Option(help="Hub revision (branch, tag or commit).")
     ] = None,

@@ -14,6 +14,7 @@ from typing import Any
 
 from quantscope.config import (
     CONFIG_FILE_FORMAT,
+    DEFAULT_PROMPTS,
     DataSpec,
     QuantConfig,
     RunSpec,
@@ -79,6 +80,9 @@ class SearchSpec:
     save: str | None = None
     label: str | None = None
     seed: int = 0
+    speed_reps: int = 3  # of each verification run (a run like any other, stored)
+    max_new_tokens: int = 40
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
 
     def __post_init__(self) -> None:
         if self.tries < 1:
@@ -244,6 +248,7 @@ def _verify_spec(spec: SearchSpec, configs: tuple[QuantConfig, ...]) -> RunSpec:
     return RunSpec(
         model=study.model, configs=configs, data=spec.evaluation, device=study.device,
         seed=spec.seed, batch_size=study.batch_size, store_path=study.store_path,
+        speed_reps=spec.speed_reps, max_new_tokens=spec.max_new_tokens, prompts=spec.prompts,
     )  # fmt: skip
 
 

@@ -62,7 +62,7 @@ def _run_html(report: Any) -> str:
     p, s = report.provenance, report.settings
     head = (
         f"<p><b>quantscope</b> · {esc(p.get('model', ''))} · run {esc(report.run_id)} · "
-        f"{esc(s.get('scored_tokens', ''))} tokens of {esc(p.get('text', ''))} · "
+        f"{esc(s.get('tokens_scored', ''))} tokens of {esc(p.get('text', ''))} · "
         f"context {esc(s.get('context', ''))} · ± is one standard error</p>"
     )
     notes = "".join(
