@@ -179,3 +179,35 @@ def test_text_that_is_neither_a_file_nor_prose_is_refused():
     with pytest.raises(quantscope.UserError, match="pass a path, a list of paths, or the text"):
         api.text_files(["missing.txt"])
     assert api.text_files(None) == ()
+
+
+def test_sensitivity_through_the_api_shows_a_table_a_heatmap_and_a_dataframe(
+    tiny_model_dir, tmp_path
+):
+    study = quantscope.sensitivity(
+        "rtn[bits=2,group=32]", model=str(tiny_model_dir), calib_tokens=256, calib_context=64,
+        calib_stride=48, modes=["only"], store=tmp_path / "r.db", progress=False,
+    )  # fmt: skip
+    frame = study.to_dataframe()
+    assert len(frame) == 2 and set(frame["unit"]) == {r["unit"] for r in study.ranking()}
+    html = study._repr_html_()
+    assert all(unit.removeprefix("model.") in html for unit in frame["unit"])  # short names
+    assert study.plots() == ["heatmap_only", "heatmap_all_but"]
+    assert len(study.plot().data) == 1
+    with pytest.raises(quantscope.UserError, match="nothing to draw"):
+        study.plot("heatmap_all_but")  # not measured: modes=only
+
+
+def test_a_sweep_from_a_mapping_shows_its_models_side_by_side(tiny_model_dir, tiny_text, tmp_path):
+    body = {
+        "name": "one-tiny", "models": [str(tiny_model_dir)], "configs": ["rtn[group=32]"],
+        "texts": [str(tiny_text)], "store": str(tmp_path / "s.db"), "settings": SMALL,
+    }  # fmt: skip
+    report = quantscope.sweep(body, progress=False)
+    assert report.key.startswith("study-")
+    assert list(report.to_dataframe()["config"]) == ["rtn[group=32]"]
+    html = report._repr_html_()
+    assert "one-tiny" in html and "rtn[group=32]" in html and tiny_model_dir.name in html
+    assert report.plot("kl_by_model").data[0].x == ("rtn[group=32]",)
+    with pytest.raises(quantscope.UserError, match="--executor must be local or ray"):
+        quantscope.sweep(body, executor="slurm")

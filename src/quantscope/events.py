@@ -40,37 +40,42 @@ class LogEvents:
 
 
 class BarEvents:
-    """One progress bar per stage, quantscope's own (``quantscope · STAGE``): a widget in
-    Jupyter when ipywidgets is installed, text on stderr elsewhere (``tqdm.auto``); a line per
-    finished config. The default of the Python API (``progress=False`` turns it off)."""
+    """quantscope's own progress: one bar that each stage takes over (``quantscope · STAGE``,
+    counting the stage's work when its size is known), a widget in Jupyter when ipywidgets is
+    installed and text on stderr elsewhere (``tqdm.auto``), and a lasting line per finished
+    config. The default of the Python API (``progress=False`` turns it off)."""
+
+    COUNTED = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
+    UNCOUNTED = "{desc} [{elapsed}]"
 
     def __init__(self) -> None:
+        from quantscope.quiet import Screen
+
         self.bar: Any = None
+        self.screen = Screen("stderr")  # one object: tqdm.write clears the bars on its file
 
     def stage(self, label: str, total: int | None) -> None:
         from tqdm.auto import tqdm
 
-        from quantscope.quiet import Screen
-
-        self.close()
-        self.bar = tqdm(
-            total=total, desc=f"quantscope · {label}", file=Screen("stderr"), leave=False,
-            disable=False, dynamic_ncols=True,
-        )  # fmt: skip
+        desc, form = f"quantscope · {label}", self.UNCOUNTED if total is None else self.COUNTED
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=desc, bar_format=form, file=self.screen,
+                            leave=False, disable=False, dynamic_ncols=True)  # fmt: skip
+            return
+        self.bar.set_description_str(desc, refresh=False)
+        self.bar.bar_format = form
+        self.bar.reset(total=total)
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
 
     def outcome(self, outcome: Outcome) -> None:
-        from quantscope.quiet import Screen
+        from tqdm.auto import tqdm
 
         reason = f": {outcome.reason}" if outcome.reason else ""
-        line = f"quantscope · {outcome.config} {outcome.status.value}{reason}\n"
-        if self.bar is not None:
-            self.bar.write(line.rstrip("\n"), file=Screen("stderr"))
-        else:
-            Screen("stderr").write(line)
+        line = f"quantscope · {outcome.config} {outcome.status.value}{reason}"
+        tqdm.write(line, file=self.screen)
 
     def close(self) -> None:
         if self.bar is not None:
