@@ -78,6 +78,10 @@ def test_a_failing_config_does_not_stop_the_others(
                               configs="bf16,bnb-int8,fp32"))  # fmt: skip
     assert [o.status for o in report.outcomes] == ["measured", "failed", "measured"]
     assert "kernel exploded" in report.outcomes[1].reason
+    from quantscope.quiet import debug_log_path  # the traceback is kept for whoever digs
+
+    log = debug_log_path().read_text()
+    assert "config bnb-int8 failed" in log and "Traceback" in log and "kernel exploded" in log
 
 
 def test_unavailable_config_is_skipped_with_its_reason(

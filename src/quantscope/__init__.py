@@ -4,9 +4,11 @@ From Python (the same runs as the command line, with the command line's option n
 
     >>> import quantscope
     >>> report = quantscope.run(configs=["bf16", "bnb-nf4"], tokens=1024)  # doctest: +SKIP
-    >>> report  # doctest: +SKIP  (in Jupyter: an HTML table; report.plot("kl_vs_mb") a figure)
+    >>> report  # doctest: +SKIP
+    >>> report.plot("kl_vs_mb")  # doctest: +SKIP
     >>> report.to_dataframe()[["config", "ppl", "kl_mean", "weight_mb"]]  # doctest: +SKIP
 
+In Jupyter a report shows as an HTML table and ``report.plot(NAME)`` gives a plotly figure.
 ``sensitivity``, ``search``, ``recover`` and ``sweep`` follow ``quantscope sensitivity``,
 ``search``, ``recover`` and ``sweep``. Importing this package imports no optional backend
 library; torch and transformers are imported when a run starts.

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 DEBUG = logging.getLogger("quantscope.debug")  # only ever to the debug log
 DEBUG.propagate = False
@@ -60,6 +60,12 @@ def _file_handler() -> logging.Handler:
         )
         DEBUG.addHandler(_handler)
     return _handler
+
+
+def debug(message: str, *args: Any, exc_info: bool = False) -> None:
+    """Write to the debug log only (never the screen), e.g. a failed config's traceback."""
+    _file_handler()
+    DEBUG.debug(message, *args, exc_info=exc_info)
 
 
 class _ToLog(io.TextIOBase):

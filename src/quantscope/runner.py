@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from quantscope import backends, data, evaluate, models, tasks
+from quantscope import backends, data, evaluate, models, quiet, tasks
 from quantscope.cache import cache_dir, made, maker, read_made
 from quantscope.config import QuantConfig, RunSpec, precision_config
 from quantscope.errors import Unavailable, UserError
@@ -34,7 +33,6 @@ from quantscope.store import Store, now
 from quantscope.tasks import answers
 
 __all__ = ["Events", "LogEvents", "default_store", "run"]
-log = logging.getLogger(__name__)
 
 
 def default_store() -> Path:
@@ -347,7 +345,7 @@ def evaluate_config(ctx: _Context, config: QuantConfig, key: str) -> Outcome:
         _free()
         return Outcome(config.display, Status.FAILED, str(err), None, model)
     except Exception as err:  # a backend library failing fails this config, not the run
-        log.debug("config %s failed", config.name, exc_info=True)
+        quiet.debug("config %s failed", config.name, exc_info=True)
         _free()
         return Outcome(config.display, Status.FAILED, f"{type(err).__name__}: {err}", None, model)
     result = Result.from_json(result.to_json())  # exactly what a rerun will read back

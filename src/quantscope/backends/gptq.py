@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import logging
 import os
 import re
 import time
@@ -28,14 +27,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from quantscope import quiet
 from quantscope.backends import Backend, Quantized, package_version
 from quantscope.cache import cache_dir, made
 from quantscope.config import DataSpec, DType, Gptq, ModelSpec, QuantConfig
 from quantscope.errors import Unavailable, UserError
 from quantscope.models import ModelFiles, linear_shapes, load_tokenizer, torch_dtype
 from quantscope.provenance import digest
-
-log = logging.getLogger(__name__)
 
 
 def calibration(
@@ -114,7 +112,7 @@ def _quiet() -> Any:
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             yield
     finally:
-        log.debug("gptqmodel said:\n%s", buffer.getvalue()[-20000:])
+        quiet.debug("gptqmodel said:\n%s", buffer.getvalue()[-20000:])
 
 
 def quantize(

@@ -128,6 +128,9 @@ def run(
         f"'quantscope report {report.run_id} -o report.html' draws the tradeoff plots."
     )
     if any(o.status is Status.FAILED for o in report.outcomes):
+        from quantscope.quiet import debug_log_path
+
+        console.print(f"Each failed config's traceback is in {escape(str(debug_log_path()))}.")
         raise typer.Exit(1)
 
 
