@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,16 +46,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _saved_text(text: str) -> Path:
     """Text given as a string, kept once in the cache under its digest (so it keys results
-    like a file of the same text)."""
-    from quantscope.cache import cache_dir
+    like a file of the same text), written as every cached artifact is (``cache.made``)."""
+    from quantscope.cache import cache_dir, made
 
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     path = cache_dir() / "texts" / f"text-{digest}.txt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+
+    def write(tmp: Path) -> dict[str, Any]:
         tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        return {}
+
+    made(path, write)
     return path
 
 
