@@ -205,8 +205,9 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
-    """Load one config and measure accuracy, efficiency and generations."""
+def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes]:
+    """Load one config and measure accuracy, efficiency and generations; the result and its
+    per-token values (``TokenValues``, compressed)."""
     spec, ref = ctx.spec, ctx.reference
     assert ref is not None and ctx.base_generations is not None
     backend = backends.get(config)
@@ -228,6 +229,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
         clusters = ctx.windows.cluster_ids()
         accuracy = evaluate.accuracy_metrics(token_stats, clusters)
+        tokens = evaluate.token_values(token_stats, clusters).to_bytes()
         per_source = evaluate.per_source_metrics(ctx.windows, token_stats, clusters)
         accuracy["ref_disk_bytes_per_token"] = ref.info()["disk_bytes_per_token"]
         ctx.events.stage(f"{config.display}: speed", None)
@@ -244,6 +246,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
     for gen, base in zip(gens, ctx.base_generations, strict=True):
         gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
     library, load_s, quantize_s = loaded.library, loaded.load_s, loaded.quantize_s
+    meta = {**_meta(ctx, config, library), "kept_linears": loaded.kept}
     del loaded
     _free()
     metrics = {**footprint, **accuracy, **speed, "load_s": load_s, "eval_s": eval_s}
@@ -257,11 +260,11 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> Result:
         settings_fingerprint=ctx.settings_fp,
         metrics=metrics,
         generations=gens,
-        meta=_meta(ctx, config, library),
+        meta=meta,
         per_source=per_source,
         tasks=task_results,
         created=now(),
-    )
+    ), tokens
 
 
 def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
@@ -320,7 +323,7 @@ def _one(ctx: _Context, store: Store, config: QuantConfig, run_id: str, position
         return Outcome(config.display, Status.REUSED, reason, stored, ctx.files.name)
     outcome = evaluate_config(ctx, config, key)
     if outcome.result is not None:
-        store.put(outcome.result)
+        store.put(outcome.result, outcome.tokens)
         store.link(run_id, key, position, Status.MEASURED)
     return outcome
 
@@ -337,7 +340,7 @@ def evaluate_config(ctx: _Context, config: QuantConfig, key: str) -> Outcome:
             lora.check(config)
         if ctx.reference is None:
             ensure_reference(ctx)
-        result = measure(ctx, config, key)
+        result, tokens = measure(ctx, config, key)
     except Unavailable as err:
         _free()
         return Outcome(config.display, Status.SKIPPED, err.reason, None, model)
@@ -349,4 +352,4 @@ def evaluate_config(ctx: _Context, config: QuantConfig, key: str) -> Outcome:
         _free()
         return Outcome(config.display, Status.FAILED, f"{type(err).__name__}: {err}", None, model)
     result = Result.from_json(result.to_json())  # exactly what a rerun will read back
-    return Outcome(config.display, Status.MEASURED, "", result, model)
+    return Outcome(config.display, Status.MEASURED, "", result, model, tokens)

@@ -21,7 +21,7 @@ from typing import Any
 from quantscope.errors import UserError
 from quantscope.results import Outcome, Result, RunReport, Status
 
-SCHEMA_VERSION = 2  # 2 added studies (sensitivity, search) and their rows; 1 is upgraded
+SCHEMA_VERSION = 3  # 3 added per-token values, 2 studies (sensitivity, search); both upgraded
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS run_results (
     run_id TEXT NOT NULL REFERENCES runs(id), key TEXT NOT NULL REFERENCES results(key),
     position INTEGER NOT NULL, status TEXT NOT NULL, PRIMARY KEY (run_id, key)
 );
+CREATE TABLE IF NOT EXISTS token_values (key TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS studies (
     key TEXT PRIMARY KEY, kind TEXT NOT NULL, created TEXT NOT NULL, body TEXT NOT NULL
 );
@@ -67,7 +68,7 @@ class Store:
             found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except (OSError, sqlite3.DatabaseError) as err:
             raise UserError(f"Cannot use '{self.path}' as a results database: {err}.") from None
-        if found is None or found[0] == "1":  # version 1 lacked only the study tables
+        if found is None or found[0] in ("1", "2"):  # older versions lacked only tables
             with self.db:
                 self.db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
@@ -97,9 +98,14 @@ class Store:
         row = self.db.execute("SELECT body FROM results WHERE key=?", (key,)).fetchone()
         return Result.from_json(row[0]) if row else None
 
-    def put(self, result: Result) -> None:
-        """Insert or replace a result; committed before this returns."""
+    def put(self, result: Result, tokens: bytes | None = None) -> None:
+        """Insert or replace a result and its per-token values (``TokenValues.to_bytes()``)
+        in one transaction, committed before this returns."""
         with self.db:
+            if tokens is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO token_values VALUES (?, ?)", (result.key, tokens)
+                )
             self.db.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -112,6 +118,12 @@ class Store:
                     result.to_json(),
                 ),
             )
+
+    def token_values(self, key: str) -> bytes | None:
+        """The per-token values stored with result ``key`` (None: measured before they
+        were kept)."""
+        row = self.db.execute("SELECT body FROM token_values WHERE key=?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def link(self, run_id: str, key: str, position: int, status: Status) -> None:
         """Record that ``run_id`` used result ``key`` (measured or reused)."""

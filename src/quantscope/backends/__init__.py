@@ -58,6 +58,7 @@ class LoadedModel:
     packed: dict[str, int] = field(default_factory=dict)
     quantize_s: float = math.nan
     footprint: dict[str, float] | None = None
+    kept: list[str] = field(default_factory=list)  # linears left unquantized (lm_head too)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class Backend:
         """Load the baseline weights from ``files`` under ``config`` onto ``device``."""
         self.check(config, device)
         model, load_s = self.load_model(files, spec, config, device)
-        chosen = config.select([n for n, _ in linears(model)])
+        names = [n for n, _ in linears(model)]
+        chosen = config.select(names)
         start = time.perf_counter()
         made = self.quantize(model, chosen, config, device)
         quantize_s = time.perf_counter() - start
@@ -112,8 +114,9 @@ class Backend:
         elif self.quantizes_while_loading:
             quantize_s = math.nan
         library = ", ".join(p for p in (self.library(), made.note) if p)
+        kept = [n for n in names if n not in set(chosen)]
         return LoadedModel(model, load_s, made.quantized, made.state, library, made.packed,
-                           quantize_s, made.footprint)  # fmt: skip
+                           quantize_s, made.footprint, kept)  # fmt: skip
 
     def load_model(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str

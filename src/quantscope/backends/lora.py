@@ -8,6 +8,7 @@ and its generate. peft is imported only here, inside functions.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,4 +78,5 @@ def attach(loaded: LoadedModel, folder: str, allow_pickle: bool = False) -> Load
     import peft
 
     library = f"{loaded.library}, peft {peft.__version__}".strip(", ")
-    return LoadedModel(model, loaded.load_s, quantized, state, library)
+    # everything else the backend knew (packed bytes, quantize time, kept linears) stays
+    return replace(loaded, model=model, quantized=quantized, state=state, library=library)

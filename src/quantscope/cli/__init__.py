@@ -2,7 +2,7 @@
 
 A :class:`~quantscope.errors.UserError` becomes one red sentence and exit code 2. Commands:
 ``run`` (run), ``sensitivity``/``search`` (mixed), ``recover`` (recover), ``runs``/``show``/
-``compare``/``report`` (browse), ``methods``/``doctor``/``gguf-converter`` (machine);
+``compare``/``report`` (browse), ``recommend`` (decide), ``methods``/``doctor``/``gguf-converter`` (machine);
 importing them registers them on :data:`app`; options they share live in ``common``.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from quantscope.cli import browse, machine, mixed, recover, run, sweep  # noqa: F401  (registers)
+from quantscope.cli import browse, decide, machine, mixed, recover, run, sweep  # noqa: F401
 from quantscope.cli.common import app
 
 __all__ = ["app", "main"]

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from quantscope.cli.common import FormatOpt, StoreOpt, app, console, user_errors
+from quantscope.cli.common import (
+    FormatOpt,
+    MarginOpt,
+    MaxMbOpt,
+    MaxPplOpt,
+    MinTpsOpt,
+    PreferOpt,
+    StoreOpt,
+    app,
+    console,
+    user_errors,
+)
 from quantscope.errors import UserError
 from quantscope.quiet import Screen
 
@@ -84,8 +95,10 @@ def show(
     ],
     store: StoreOpt = None,
     fmt: FormatOpt = "table",
+    margin: MarginOpt = None,
 ) -> None:
-    """Show one stored run (one row per config), or a study (its models side by side)."""
+    """Show one stored run (one row per config), or a study (its models side by side); with
+    --margin, each config judged against the baseline at that margin."""
     from quantscope.report.formats import run_rows
     from quantscope.report.terminal import results_tables
 
@@ -97,28 +110,80 @@ def show(
         console.print(models_table(study[1], f"study {study[0]}: models side by side"))
         return
     report = _report(store, run_id)
+    found = _decision(store, report, margin) if margin else None
     if fmt == "table":
         for table in results_tables(report, console.width):
             console.print(table)
+        if found is not None:
+            from quantscope.cli.decide import print_verdicts
+
+            print_verdicts(found, report)
+        return
+    if found is not None and fmt == "json":
+        import json
+
+        body = {"results": run_rows(report), "decision": found.to_dict()}
+        Screen("stdout").write(json.dumps(body, indent=2, default=str) + "\n")
         return
     _emit(run_rows(report), fmt, f"run {report.run_id}")
+    if found is not None:
+        from quantscope.report.decision import verdict_rows
+
+        _emit(verdict_rows(found.judged), fmt, f"margin {found.margins.text()}")
+
+
+def _decision(store: Path | None, report: Any, margin: str | None, budget: Any = None) -> Any:
+    from quantscope.cli.decide import decision
+
+    with _open_store(store) as opened:
+        path = opened.path
+    return decision(path, report, margin, budget)
 
 
 @app.command()
 @user_errors
 def compare(
     run_a: Annotated[str, typer.Argument(metavar="RUN_A")],
-    run_b: Annotated[str, typer.Argument(metavar="RUN_B")],
+    run_b: Annotated[str | None, typer.Argument(metavar="[RUN_B]")] = None,
+    pair: Annotated[
+        str | None,
+        typer.Option(
+            help="Two configs of RUN_A, 'A,B': compared token by token (Δ ± se, p) instead of two runs."
+        ),
+    ] = None,
     store: StoreOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
-    """Compare two runs config by config (same model at two times, or two models)."""
+    """Compare two runs config by config (same model at two times, or two models), or with
+    --pair two configs of one run token by token."""
     from quantscope.report.formats import compare_rows
 
     _check_format(fmt)
+    if pair is not None:
+        _pair(store, run_a, pair, fmt)
+        return
+    if run_b is None:
+        raise UserError("compare takes two runs (RUN_A RUN_B), or one run and --pair A,B.")
     a, b = _report(store, run_a), _report(store, run_b)
     title = f"A = {a.run_id} ({a.provenance.get('model', '')}) · B = {b.run_id} ({b.provenance.get('model', '')})"
     _emit(compare_rows(a, b), fmt, title)
+
+
+def _pair(store: Path | None, run_id: str, pair: str, fmt: str) -> None:
+    from quantscope.decide import evidence
+    from quantscope.decide import pair as paired
+
+    names = [p.strip() for p in pair.split(",")]
+    if len(names) != 2 or not all(names):
+        raise UserError(f"--pair takes two config names, 'A,B', got '{pair}'.")
+    with _open_store(store) as opened:
+        rows = paired(evidence(opened, opened.report(run_id)), names[0], names[1])
+    if fmt == "table":
+        from quantscope.report.decision import pair_table
+
+        console.print(pair_table(rows))
+    else:
+        _emit(rows, fmt, f"{names[0]} − {names[1]}")
 
 
 @app.command()
@@ -129,13 +194,38 @@ def report(
         "report.html"
     ),
     store: StoreOpt = None,
+    margin: MarginOpt = None,
+    max_ppl_increase: MaxPplOpt = None,
+    max_mb: MaxMbOpt = None,
+    min_decode_tps: MinTpsOpt = None,
+    prefer: PreferOpt = "size",
 ) -> None:
-    """Write one self-contained HTML report of a stored run (tables, tradeoff plots,
-    generations), or of a study (its models side by side)."""
-    from quantscope.report.html import render_html
+    """Write one self-contained HTML report of a stored run — opening with the decision
+    (recommendation and its code, verdicts at the margin, groups), then tables, tradeoff
+    plots, generations — or of a study (its models side by side)."""
     from quantscope.report.models import render_models_html
 
     study = _study(store, run_id)
-    html = render_models_html(*study) if study else render_html(_report(store, run_id))
+    if study:
+        html = render_models_html(*study)
+    else:
+        from quantscope.cli.decide import budget
+
+        chosen = None
+        if max_ppl_increase or max_mb or min_decode_tps or prefer != "size":
+            chosen = budget(max_ppl_increase, max_mb, min_decode_tps, margin, prefer)
+        html = run_html(store, _report(store, run_id), margin, chosen)
     output.write_text(html, encoding="utf-8")
     console.print(f"Report written to {escape(str(output))}")
+
+
+def run_html(store: Path | str | None, report: Any, margin: str | None, chosen: Any = None) -> str:
+    """A run's HTML report, opening with its decision."""
+    from quantscope.report.decision import decision_html
+    from quantscope.report.html import render_html
+
+    found = _decision(Path(store) if store else None, report, margin, chosen)
+    rec = found.recommendation
+    section = decision_html(rec, found.judged, found.margins.text(), found.groups, found.floor,
+                            found.unresolved)  # fmt: skip
+    return render_html(report, section, rec.chosen.config if rec.chosen else None)

@@ -61,6 +61,23 @@ SpeedRepsOpt = Annotated[int, typer.Option(help="Timed repetitions for prefill a
 NewTokensOpt = Annotated[int, typer.Option(help="Tokens generated per prompt.")]
 PromptsOpt = Annotated[Path | None, typer.Option(help="File with one generation prompt per line.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table, md, csv or json.")]
+MarginOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Equivalence margins: ppl in % (ppl=1%), mean KL in nats (kl=0.01), task accuracy in points (acc=1); each config is judged equivalent, worse or not resolved (TOST)."
+    ),
+]
+MaxPplOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Largest perplexity increase allowed, in % (2%); met only when its 95% upper bound is."
+    ),
+]
+MaxMbOpt = Annotated[float | None, typer.Option(help="Largest weight memory allowed, in MB.")]
+MinTpsOpt = Annotated[
+    float | None, typer.Option(help="Slowest decode allowed, tokens/s (every timed repetition).")
+]
+PreferOpt = Annotated[str, typer.Option(help="size (smallest) or speed (fastest decode).")]
 
 
 def user_errors(fn: F) -> F:

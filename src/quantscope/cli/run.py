@@ -14,6 +14,7 @@ from quantscope.cli.common import (
     DeviceOpt,
     HtmlOpt,
     JsonOpt,
+    MarginOpt,
     ModelOpt,
     NewTokensOpt,
     PickleOpt,
@@ -102,8 +103,10 @@ def run(
     ] = None,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
+    margin: MarginOpt = None,
 ) -> None:
-    """Measure each config against the full-precision baseline and print one row per config."""
+    """Measure each config against the full-precision baseline and print one row per config
+    (with --margin, each judged equivalent, worse or not resolved at that margin)."""
     from quantscope.api import run_spec
     from quantscope.runner import run as run_one
 
@@ -116,13 +119,22 @@ def run(
     with progress() as bar:
         report = run_one(spec, ProgressEvents(bar))
     show_report(report)
+    where = report.provenance.get("store", "")
+    found = None
+    if margin and report.results:
+        from quantscope.cli.decide import decision, print_verdicts
+
+        found = decision(where, report, margin)
+        print_verdicts(found, report)
     html = ""
     if html_path:
-        from quantscope.report.html import render_html
+        from quantscope.cli.browse import run_html
 
-        html = render_html(report)
-    write_outputs(report.to_dict(), html_path, json_path, html)
-    where = report.provenance.get("store", "")
+        html = run_html(where, report, margin)
+    body = report.to_dict()
+    if found is not None:
+        body["decision"] = found.to_dict()
+    write_outputs(body, html_path, json_path, html)
     console.print(
         f"Stored in {escape(str(where))} as run {report.run_id}; "
         f"'quantscope report {report.run_id} -o report.html' draws the tradeoff plots."

@@ -18,6 +18,7 @@ from quantscope.config.base import (
     select_modules,
     variant,
 )
+from quantscope.config.decide import Budget, Margins, parse_margins, parse_percent
 from quantscope.config.methods import (
     BUILTIN,
     GPTQ_BITS,
@@ -57,10 +58,10 @@ from quantscope.config.run import (
 
 __all__ = [
     "BUILTIN", "CONFIG_FILE_FORMAT", "DEFAULT_CONFIGS", "DEFAULT_PROMPTS", "GPTQ_BITS", "Bnb4",
-    "Bnb4Type", "BnbInt8", "DType", "DataSpec", "Gguf", "Gptq", "Hqq", "Int8Scheme",
-    "ModelKind", "ModelSpec", "Precision", "QuantConfig", "Quanto", "QuantoWeights", "Rtn",
-    "RunSpec", "TorchAoInt4", "TorchAoInt8", "TorchAoIntx", "WeightConfig", "backend_of",
-    "config_class", "did_you_mean", "matches", "model_spec", "names", "param",
-    "parse_config", "parse_config_list", "precision_config", "read_config_file",
-    "select_modules", "split_config_list", "variant",
+    "Bnb4Type", "BnbInt8", "Budget", "DType", "DataSpec", "Gguf", "Gptq", "Hqq", "Int8Scheme",
+    "Margins", "ModelKind", "ModelSpec", "Precision", "QuantConfig", "Quanto", "QuantoWeights",
+    "Rtn", "RunSpec", "TorchAoInt4", "TorchAoInt8", "TorchAoIntx", "WeightConfig", "backend_of",
+    "config_class", "did_you_mean", "matches", "model_spec", "names", "param", "parse_config",
+    "parse_config_list", "parse_margins", "parse_percent", "precision_config",
+    "read_config_file", "select_modules", "split_config_list", "variant",
 ]  # fmt: skip

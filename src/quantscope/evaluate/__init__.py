@@ -14,6 +14,7 @@ from quantscope.evaluate.accuracy import (
     reference_chunks,
     reference_pass,
     scored_logits,
+    token_values,
 )
 from quantscope.evaluate.device import model_device
 from quantscope.evaluate.efficiency import (
@@ -48,5 +49,6 @@ __all__ = [
     "reference_pass",
     "scored_logits",
     "speed_metrics",
+    "token_values",
     "weight_footprint",
 ]

@@ -26,6 +26,7 @@ from quantscope.metrics.divergence import (
     true_token_logprob,
 )
 from quantscope.reference import Cursor, Reference
+from quantscope.token_values import TokenValues
 
 Advance = Callable[[int], None]
 _ROWS = 1024  # rows of (rows, V) log-probs computed at once
@@ -269,6 +270,12 @@ def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
         "ref_tail_mass_mean": float(np.clip(ts.rest_mass, 0.0, 1.0).mean()),
     }
     return out
+
+
+def token_values(ts: TokenStats, clusters: np.ndarray) -> TokenValues:
+    """What is kept of a pass per token for paired comparisons (exact KL when computed)."""
+    kl = ts.kl if ts.kl_exact is None else ts.kl_exact
+    return TokenValues(ts.nll, ts.base_nll, kl, ts.agree, clusters)
 
 
 def per_source_metrics(

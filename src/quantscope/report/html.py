@@ -24,6 +24,9 @@ td:first-child,th:first-child{text-align:left}
 .plots{display:flex;flex-wrap:wrap;gap:1em}
 .plot{width:560px;height:420px}
 pre{background:#f6f6f6;padding:1em;overflow:auto}
+.chosen{font-size:1.3em}.none{font-size:1.3em;color:#b00}.note{color:#8a5a00}
+td.equivalent,td.non-inferior{background:#dff5df}td.worse{background:#ffd7d7}
+td.not-resolved{background:#fff3c4}.small{font-size:12px;color:#555}
 """
 
 
@@ -34,34 +37,57 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _scatter(results: list[Result], x: str, y: str, title: str, log_y: bool) -> dict[str, Any]:
+def _scatter(
+    results: list[Result], x: str, y: str, title: str, log_y: bool, chosen: str | None = None
+) -> dict[str, Any]:
     """A plotly figure (as a dict): one point per config with y error bars, the Pareto front
-    joined (each axis's better direction from the metric catalog). Axis titles are the
-    metrics' labels in words, with units."""
+    joined (each axis's better direction from the metric catalog), the recommended config
+    marked. Axis titles are the metrics' labels in words, with units. On a log axis a value
+    of zero (the baseline's own KL) is drawn at a floor a decade below the smallest positive
+    value and labelled "= 0", so it is not lost."""
     mx, my = METRICS[x], METRICS[y]
     pts = [(r.metrics.get(x), r.metrics.get(y)) for r in results]
     keep = [i for i, (a, b) in enumerate(pts) if a is not None and b is not None]
     sx, sy = (-1.0 if m.better is Better.HIGHER else 1.0 for m in (mx, my))
     front = [keep[i] for i in pareto([(sx * pts[i][0], sy * pts[i][1]) for i in keep])]  # type: ignore[operator]
     front.sort(key=lambda i: pts[i][0])  # type: ignore[arg-type,return-value]
+    ys = {i: float(pts[i][1]) for i in keep}  # type: ignore[arg-type]
+    labels = {i: results[i].config for i in keep}
+    if log_y:
+        positive = [v for v in ys.values() if v > 0]
+        floor = min(positive) / 10 if positive else 1e-6
+        for i, v in ys.items():
+            if v <= 0:
+                ys[i], labels[i] = floor, f"{labels[i]} (= 0)"
     points = {
         "type": "scatter", "mode": "markers+text", "name": "configs",
-        "x": [pts[i][0] for i in keep], "y": [pts[i][1] for i in keep],
-        "text": [results[i].config for i in keep], "textposition": "top center",
+        "x": [pts[i][0] for i in keep], "y": [ys[i] for i in keep],
+        "text": [labels[i] for i in keep], "textposition": "top center",
         "error_y": {"type": "data", "array": [results[i].metrics.get(my.se, 0) for i in keep]}
         if my.se else None,
     }  # fmt: skip
     line = {
         "type": "scatter", "mode": "lines", "name": "Pareto front",
-        "x": [pts[i][0] for i in front], "y": [pts[i][1] for i in front],
+        "x": [pts[i][0] for i in front], "y": [ys[i] for i in front],
         "line": {"dash": "dot"},
     }  # fmt: skip
+    data = [points, line]
+    mark = [i for i in keep if results[i].config == chosen]
+    if mark:
+        data.append({
+            "type": "scatter", "mode": "markers", "name": f"recommended: {chosen}",
+            "x": [pts[mark[0]][0]], "y": [ys[mark[0]]],
+            "marker": {"symbol": "star", "size": 18, "color": "#d62728",
+                       "line": {"width": 1, "color": "#222"}},
+        })  # fmt: skip
     layout = {
-        "title": {"text": title}, "xaxis": {"title": {"text": mx.label}},
+        # the title sits left and the (hover-only) toolbar right, above the plot: no overlap
+        "title": {"text": title, "x": 0.02, "xanchor": "left"},
+        "xaxis": {"title": {"text": mx.label}},
         "yaxis": {"title": {"text": my.label}, "type": "log" if log_y else "linear"},
-        "margin": {"t": 60},
+        "margin": {"t": 70}, "legend": {"orientation": "h", "y": -0.2},
     }  # fmt: skip
-    return {"data": [points, line], "layout": layout}
+    return {"data": data, "layout": layout}
 
 
 _HOW_TO_READ = (
@@ -151,24 +177,30 @@ def _tasks(results: list[Result]) -> str:
     return f"<h2>Tasks</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def run_figures(results: list[Result]) -> dict[str, dict[str, Any]]:
-    """A run's plots by name (the HTML report draws them all; a notebook asks for one)."""
+def run_figures(results: list[Result], chosen: str | None = None) -> dict[str, dict[str, Any]]:
+    """A run's plots by name (the HTML report draws them all; a notebook asks for one), the
+    ``chosen`` config marked on each Pareto plot."""
     return {
-        "kl_vs_mb": _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", log_y=True),
-        "ppl_vs_mb": _scatter(results, "weight_mb", "ppl", "perplexity vs weight MB", False),
-        "tps_vs_kl": _scatter(results, "kl_mean", "decode_tps", "decode tokens/s vs KL", False),
+        "kl_vs_mb": _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", True, chosen),
+        "ppl_vs_mb": _scatter(
+            results, "weight_mb", "ppl", "perplexity vs weight MB", False, chosen
+        ),
+        "tps_vs_kl": _scatter(
+            results, "kl_mean", "decode_tps", "decode tokens/s vs KL", False, chosen
+        ),
         "kl_distribution": _kl_distribution(results),
     }
 
 
-def render_html(report: RunReport) -> str:
-    """The report of a run as one self-contained HTML document."""
+def render_html(report: RunReport, decision: str = "", chosen: str | None = None) -> str:
+    """The report of a run as one self-contained HTML document; it opens with ``decision``
+    (``report.decision.decision_html``) when given, ``chosen`` marked on the plots."""
     results = report.results
-    figures = list(run_figures(results).values())
+    figures = list(run_figures(results, chosen).values())
     settings = {"settings": report.settings, "provenance": report.provenance}
     title = f"quantscope · {report.provenance.get('model', '')} · run {report.run_id}"
     body = (
-        f"<h2>Results</h2>{_results_table(report)}"
+        f"{decision}<h2>Results</h2>{_results_table(report)}"
         f"<h2>Tradeoffs</h2><p>{_HOW_TO_READ}</p>{PLOTS}{_tasks(results)}"
         f"<h2>Generations (greedy; differing tokens marked)</h2>{_generations(results)}"
     )

@@ -117,7 +117,7 @@ def _collect(ray: Any, store: Store, pending: dict[Any, Any], runs: list[Any], e
                 reason = f"{type(err).__name__} after {retries} retries: {str(err)[:300]}"
                 outcome = Outcome(config.display, Status.FAILED, reason)
             if outcome.result is not None:
-                store.put(outcome.result)
+                store.put(outcome.result, outcome.tokens)
             if outcome.status is not Status.FAILED or outcome.result is not None:
                 store.link(run_id, key, position, outcome.status)
             outcomes[position] = outcome

@@ -1,0 +1,42 @@
+"""From stored measurements to a decision: each config judged against the baseline at the
+user's margins (``judge``), any two configs compared token by token and the groups that
+cannot be told apart (``judge.pair``, ``judge.groups``), the config to ship and the code that
+loads it (``recommend``, ``snippets``). Reads results and per-token values; runs no model.
+"""
+
+from quantscope.decide.analysis import (
+    Evidence,
+    Groups,
+    Judged,
+    evidence,
+    groups,
+    judge,
+    noise_floor,
+    notes,
+    pair,
+    resolution,
+)
+from quantscope.decide.recommend import Candidate, Check, Recommendation, recommend
+from quantscope.decide.snippets import code
+from quantscope.decide.summary import DEFAULT_MARGINS, Decision, decide
+
+__all__ = [
+    "DEFAULT_MARGINS",
+    "Candidate",
+    "Check",
+    "Decision",
+    "Evidence",
+    "Groups",
+    "Judged",
+    "Recommendation",
+    "code",
+    "decide",
+    "evidence",
+    "groups",
+    "judge",
+    "noise_floor",
+    "notes",
+    "pair",
+    "recommend",
+    "resolution",
+]  # fmt: skip
