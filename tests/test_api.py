@@ -21,7 +21,14 @@ from quantscope.store import Store
 
 TIMING = ("tps", "_s", "peak_")  # speed, time and memory are measured anew each run
 SMALL = {"tokens": 300, "context": 64, "stride": 32, "speed_reps": 1, "max_new_tokens": 3}
-OUTPUTS = {"json_path", "html_path", "top", "dry_run"}  # CLI options that only print or write
+OUTPUTS = {
+    "json_path",
+    "html_path",
+    "top",
+    "dry_run",
+    "margin",
+}  # CLI options that only print or write
+# (run --margin prints verdicts; from Python: quantscope.judge(report, margin=...))
 
 
 def _accuracy(report: RunReport) -> dict[str, dict[str, float]]:

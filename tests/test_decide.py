@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,35 +200,54 @@ def test_recommend_picks_the_smallest_shown_within_budget_and_says_when_none(mea
 
 def test_cli_margin_pair_recommend_and_report(measured, tmp_path):
     store, report = measured
-    out = cli.invoke(app, ["show", report.run_id, "--store", str(store), "--margin", "ppl=5%,kl=0.01",
+    where = ["--store", str(store)]
+    out = cli.invoke(app, ["show", report.run_id, *where, "--margin", "ppl=5%,kl=0.01"])
+    assert out.exit_code == 0, out.output
+    assert "Against the baseline at margin ppl=5%,kl=0.01" in out.output
+    assert "LLM.int8 picks its outlier columns per batch" in out.output  # beside bnb-int8
+    out = cli.invoke(app, ["show", report.run_id, *where, "--margin", "ppl=5%", "--format", "json"])
+    body = json.loads(out.output)
+    verdicts = {v["config"]: v["verdict"] for v in body["decision"]["verdicts"]}
+    assert set(verdicts) == {r.config for r in report.results} and verdicts["fp32"] == "equivalent"
+    assert body["decision"]["groups"][0]["metric"] == "ppl"
+    out = cli.invoke(app, ["compare", report.run_id, "--pair", "bnb-nf4,bnb-int8", *where])
+    assert out.exit_code == 0 and "token by token" in out.output
+    out = cli.invoke(app, ["compare", report.run_id, "--pair", "bnb-nf4", *where])
+    assert out.exit_code == 2 and "'A,B'" in out.output
+    out = cli.invoke(app, ["recommend", report.run_id, *where, "--max-ppl-increase", "1000%",
                            "--format", "json"])  # fmt: skip
     assert out.exit_code == 0, out.output
-    body = json.loads(out.output)
-    assert {v["verdict"] for v in body["decision"]["verdicts"]} <= {
-        "equivalent", "non-inferior", "worse", "not resolved"}  # fmt: skip
-    assert body["decision"]["groups"][0]["metric"] == "ppl"
-    out = cli.invoke(app, ["compare", report.run_id, "--pair", "bnb-nf4,bnb-int8", "--store",
-                           str(store)])  # fmt: skip
-    assert out.exit_code == 0 and "token by token" in out.output
-    out = cli.invoke(app, ["compare", report.run_id, "--pair", "bnb-nf4", "--store", str(store)])
-    assert out.exit_code == 2 and "'A,B'" in out.output
-    out = cli.invoke(app, ["recommend", report.run_id, "--store", str(store), "--max-ppl-increase",
-                           "1000%", "--format", "json"])  # fmt: skip
-    assert out.exit_code == 0, out.output
     rec = json.loads(out.output)
-    assert (rec["chosen"]["config"] and "from_pretrained" in rec["code"]) or "quantize" in rec[
-        "code"
-    ]
+    smallest = min(report.results, key=lambda r: r.metrics["weight_mb"])
+    assert rec["chosen"]["config"] == smallest.config
+    with Store(store) as opened:
+        assert rec["code"] == code(opened.get(smallest.key))
+    out = cli.invoke(app, ["recommend", report.run_id, *where, "--max-mb", "0.001"])
+    assert out.exit_code == 0 and "Nothing meets the budget" in out.output
     html_path = tmp_path / "r.html"
-    out = cli.invoke(app, ["report", report.run_id, "--store", str(store), "-o", str(html_path),
-                           "--margin", "ppl=5%"])  # fmt: skip
+    out = cli.invoke(app, ["report", report.run_id, *where, "-o", str(html_path), "--margin",
+                           "ppl=5%"])  # fmt: skip
     assert out.exit_code == 0, out.output
     html = html_path.read_text()
     assert html.index("id='decision'") < html.index("<h2>Results</h2>")
-    assert "recommended:" in html  # the star on the Pareto plots
+    assert "recommended: " in html  # the star on the Pareto plots
     assert "fp32 (= 0)" in html  # zero KL drawn on the log axis, labelled
-    assert "LLM.int8 picks its outlier columns per batch" in html or "bnb-int8" not in (
-        rec["chosen"]["config"])  # fmt: skip
+
+
+def test_python_api_gives_what_the_cli_gives(measured):
+    import quantscope
+
+    store, report = measured
+    rec = quantscope.recommend(report.run_id, max_ppl_increase="1000%", store=store)
+    smallest = min(report.results, key=lambda r: r.metrics["weight_mb"])
+    assert rec.chosen is not None and rec.chosen.config == smallest.config
+    assert "<pre>" in rec._repr_html_()
+    frame = quantscope.compare(report, pair=("bnb-nf4", "bnb-int8"))  # store from the report
+    assert list(frame["metric"]) == ["ppl", "kl", "top1"]
+    verdicts = quantscope.judge(report, margin="kl=0.01").judged
+    assert {j.metric for j in verdicts} == {"kl"}
+    with pytest.raises(UserError, match="has no option 'pairs'"):
+        quantscope.compare(report, pairs=("a", "b"))
 
 
 # --- the emitted loading code, executed ---------------------------------------------------
@@ -276,3 +296,38 @@ def test_emitted_loading_code_gives_quantscopes_logits(name, tiny_model_dir, tmp
         ours = loaded.model(input_ids=ids).logits.float()
         theirs = namespace["model"].eval()(input_ids=ids).logits.float()
     assert torch.equal(ours, theirs), (ours - theirs).abs().max()
+
+
+@pytest.mark.integration
+def test_emitted_llama_quantize_command_makes_quantscopes_gguf_file(tmp_path):
+    """The GGUF snippet's ``llama-quantize`` line, run as the equivalent
+    ``llama_model_quantize`` call (what the llama-quantize tool calls), makes a file byte for
+    byte equal to the one quantscope measured."""
+    import hashlib
+    import shlex
+
+    pytest.importorskip("llama_cpp")
+    import llama_cpp
+
+    from quantscope.backends import gguf
+    from quantscope.models import bundled_gguf
+
+    source = bundled_gguf()
+    ours, _ = gguf.quantize_file(source, "Q8_0")
+    meta = {"config": "gguf[qtype=Q8_0]", "model_kind": "bundled", "model_origin": str(source),
+            "model_folder": "unused", "settings": {"baseline_dtype": "fp32"}}  # fmt: skip
+    snippet = code(Result("k", "gguf[qtype=Q8_0]", "m", "d", "s", {}, meta=meta))
+    (line,) = [x for x in snippet.splitlines() if x.startswith("# llama-quantize")]
+    words = shlex.split(line.removeprefix("# "))
+    flags = [w for w in words[1:] if w.startswith("--")]
+    src, dst, qtype = [w for w in words[1:] if not w.startswith("--")]
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    params.allow_requantize = "--allow-requantize" in flags
+    theirs = tmp_path / dst
+    assert llama_cpp.llama_model_quantize(src.encode(), str(theirs).encode(), params) == 0
+
+    def sha(p):
+        return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+    assert sha(theirs) == sha(ours)

@@ -58,8 +58,10 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.chrome.service import Service
 
+    from quantscope.cli.browse import run_html
+
     page = tmp_path / "report.html"
-    page.write_text(render_html(report), encoding="utf-8")
+    page.write_text(run_html(report.provenance["store"], report, "ppl=900%"), "utf-8")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -83,6 +85,27 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         assert len(sizes) >= 4 and min(sizes) > 10_000  # every plot drew a real SVG
         points = driver.execute_script("return document.querySelectorAll('g.points path').length")
         assert points >= 3  # the configs are plotted
+        # the report opens with the decision: above the results, its code and verdicts shown
+        tops = driver.execute_script(
+            "return ['#decision', 'pre.code', 'table.verdicts', 'h2:nth-of-type(2)']"
+            ".map(q => document.querySelector(q).getBoundingClientRect().top)"
+        )
+        assert tops[0] < tops[1] < tops[2] < tops[3]
+        assert "Recommended: bnb-nf4" in body  # a wide margin: the smallest config qualifies
+        assert "Against the baseline at margin ppl=900%" in body
+        # the hover toolbar never covers a plot's title
+        overlaps = driver.execute_script(
+            "return [...document.querySelectorAll('.js-plotly-plot')].map(p => {"
+            " const t = p.querySelector('.gtitle'), m = p.querySelector('.modebar');"
+            " if (!t || !m) return false;"
+            " const a = t.getBoundingClientRect(), b = m.getBoundingClientRect();"
+            " return !(a.right < b.left || b.right < a.left || a.bottom < b.top || b.bottom < a.top);})"
+        )
+        assert overlaps and not any(overlaps)
+        legend = driver.execute_script(
+            "return [...document.querySelectorAll('g.legend text')].map(e => e.textContent)"
+        )
+        assert any(t.startswith("recommended: ") for t in legend), legend  # the star, named
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
         shot = Path(tmp_path / "report.png")

@@ -10,18 +10,22 @@ From Python (the same runs as the command line, with the command line's option n
 
 In Jupyter a report shows as an HTML table and ``report.plot(NAME)`` gives a plotly figure.
 ``sensitivity``, ``search``, ``recover`` and ``sweep`` follow ``quantscope sensitivity``,
-``search``, ``recover`` and ``sweep``. Importing this package imports no optional backend
-library; torch and transformers are imported when a run starts.
+``search``, ``recover`` and ``sweep``; ``judge``, ``compare`` and ``recommend`` (a stored
+run judged at a margin, two of its configs token by token, the config to ship and its
+loading code) follow ``show --margin``, ``compare --pair`` and ``recommend``. Importing this
+package imports no optional backend library; torch and transformers are imported when a run
+starts.
 """
 
 from __future__ import annotations
 
 from quantscope.api import recover, run, search, sensitivity, sweep
 from quantscope.config import DataSpec, DType, ModelSpec, QuantConfig, RunSpec
+from quantscope.decisions import compare, judge, recommend
 from quantscope.errors import UserError
 
 __version__ = "0.1.0"
 __all__ = [
     "DType", "DataSpec", "ModelSpec", "QuantConfig", "RunSpec", "UserError",
-    "recover", "run", "search", "sensitivity", "sweep",
+    "compare", "judge", "recommend", "recover", "run", "search", "sensitivity", "sweep",
 ]  # fmt: skip

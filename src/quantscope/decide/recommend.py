@@ -61,6 +61,18 @@ class Recommendation:
     notes: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
 
+    def _repr_html_(self) -> str:
+        """In Jupyter: the choice, why, the runners-up and the code (all text escaped)."""
+        from html import escape
+
+        head = f"Recommended: <b>{escape(self.chosen.config)}</b>" if self.chosen else (
+            "<b>No measured config meets the budget.</b>")  # fmt: skip
+        runners = "; ".join(escape(c.config) for c in self.runners_up)
+        notes = "".join(f"<p><i>{escape(n)}</i></p>" for n in self.notes)
+        return (f"<p>{head}</p><p>{escape(self.reason)}</p>"
+                + (f"<p>Runners-up: {runners}</p>" if runners else "")
+                + f"{notes}<pre>{escape(self.code)}</pre>")  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         def cand(c: Candidate | None) -> dict[str, Any] | None:
             if c is None:

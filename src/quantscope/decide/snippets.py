@@ -153,11 +153,17 @@ def _gguf(config: Gguf, result: Result) -> list[str]:
         return ["from llama_cpp import Llama", "",
                 f"llm = Llama(model_path={json.dumps(config.file)}, n_ctx=4096)"]  # fmt: skip
     out = f"model-{config.qtype}.gguf"
-    return ["# shell: llama.cpp's converter, then its quantizer (the same calls quantscope made)",
-            f"# python convert_hf_to_gguf.py {model_ref(result)} --outtype f32 --outfile model-f32.gguf",
-            f"# llama-quantize model-f32.gguf {out} {config.qtype}",
+    meta = result.meta
+    if meta.get("model_kind") in ("bundled", "gguf-file"):  # the baseline is a GGUF file
+        steps = [
+            f"# llama-quantize --allow-requantize {meta.get('model_origin')} {out} {config.qtype}"
+        ]
+    else:
+        steps = [f"# python convert_hf_to_gguf.py {model_ref(result)} --outtype f32 --outfile model-f32.gguf",
+                 f"# llama-quantize model-f32.gguf {out} {config.qtype}"]  # fmt: skip
+    return ["# shell: llama.cpp's quantizer (the same call quantscope made)", *steps,
             "from llama_cpp import Llama", "",
-            f'llm = Llama(model_path="{out}", n_ctx=4096)']  # fmt: skip
+            f'llm = Llama(model_path="{out}", n_ctx=4096, logits_all=True)']  # fmt: skip
 
 
 def _rtn(config: Rtn, result: Result) -> list[str]:
