@@ -332,6 +332,10 @@ def recover(
     if spec.config.display not in metrics or recovered.display not in metrics:
         reasons = "; ".join(f"{o.config}: {o.reason}" for o in report.outcomes if o.reason)
         raise UserError(f"The evaluation of the recovered config failed: {reasons}")
+    invalid = [f"{o.config}: {o.result.invalid}" for o in report.outcomes
+               if o.result is not None and o.result.invalid]  # fmt: skip
+    if invalid:
+        raise UserError("; ".join(invalid) + "; measure in another dtype (--dtype).")
     plain, new = metrics[spec.config.display], metrics[recovered.display]
     result = Recovery(
         trained, metrics,

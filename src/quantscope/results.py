@@ -43,6 +43,18 @@ class Result:
     def from_json(cls, text: str) -> Result:
         return cls(**json.loads(text))
 
+    @property
+    def invalid(self) -> str:
+        """Why this result has no accuracy numbers (its logits held NaN or inf), else ""."""
+        m = self.metrics
+        if not m.get("nonfinite_tokens"):
+            return ""
+        return (
+            f"logits held NaN or inf on {100 * m['nonfinite_share']:.1f}% of scored tokens "
+            f"(first in window {int(m['nonfinite_first_window'])}): its accuracy is invalid, "
+            "not averaged over the rest"
+        )
+
     def row(self) -> dict[str, Any]:
         """A flat row for tables and DataFrames: config, then every metric."""
         return {"config": self.config, **self.metrics}

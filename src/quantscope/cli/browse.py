@@ -114,6 +114,10 @@ def show(
     if fmt == "table":
         for table in results_tables(report, console.width):
             console.print(table)
+        from quantscope.report.terminal import outcome_notes
+
+        for note in outcome_notes(report):
+            console.print(note, style="yellow")
         if found is not None:
             from quantscope.cli.decide import print_verdicts
 

@@ -43,6 +43,9 @@ class Evidence:
         return self.report.results
 
     def values(self, config: str) -> TokenValues:
+        bad = [r.invalid for r in self.results if r.config == config and r.invalid]
+        if bad:
+            raise UserError(f"'{config}' has no accuracy to compare: {bad[0]}.")
         if config not in self.tokens:
             known = ", ".join(self.tokens) or "none"
             raise UserError(
@@ -61,6 +64,8 @@ def evidence(store: Any, report: RunReport) -> Evidence:
     """``report``'s configs with their per-token values from ``store``."""
     tokens = {}
     for r in report.results:
+        if r.invalid:  # no accuracy to compare
+            continue
         blob = store.token_values(r.key)
         tokens[r.config] = TokenValues.from_bytes(blob) if blob is not None else None
     return Evidence(report, tokens)

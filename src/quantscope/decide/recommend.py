@@ -120,6 +120,8 @@ def _margin_checks(r: Result, margins: Margins, alpha: float) -> list[Check]:
 def candidate(r: Result, budget: Budget, alpha: float = eq.ALPHA) -> Candidate:
     """``r`` checked against every part of ``budget``."""
     m, checks = r.metrics, []
+    if r.invalid:
+        return Candidate(r, [Check("valid", False, f"{r.config}'s {r.invalid}")])
     if budget.max_ppl_increase is not None:
         checks.append(_ppl_check(r, budget.max_ppl_increase, alpha))
     margins = budget.margins

@@ -52,6 +52,7 @@ class TokenStats:
     kl_tail_var: np.ndarray
     agree: np.ndarray
     dp: np.ndarray
+    bad: np.ndarray  # the config's logits held NaN or ±inf at this token
     kl_exact: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> TokenStats:
@@ -221,9 +222,14 @@ def _compare_rows(
         "kl_lower": low.cpu().numpy(),
         "kl_tail_var": tail_var.cpu().numpy(),
         "agree": (x.argmax(-1) == ids[:, 0]).cpu().numpy(),
+        # NaN or +inf anywhere in a row makes its log-normaliser non-finite: free to check
+        "bad": (~torch.isfinite(lse.squeeze(-1))).cpu().numpy(),
         "dp": np.exp(lp_true.cpu().numpy())
         - np.exp(base_lp),  # one exp for both: exact 0 for equal
     }
+
+
+NONFINITE = ("nonfinite_tokens", "nonfinite_share", "nonfinite_first_window")
 
 
 def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
@@ -231,7 +237,15 @@ def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
 
     The KL columns use the exact per-token KL when the run computed it (exact mode), else the
     reference cache's estimate; ``kl_cache_mean`` and ``kl_lower_mean`` are always reported.
+    A config whose logits held NaN or inf at any scored token (fp16 overflow) gets no
+    accuracy numbers at all — never an average over the tokens that survived — only the share
+    of such tokens and the first window where one occurred.
     """
+    if ts.bad.any():
+        first = int(np.flatnonzero(ts.bad)[0])
+        return {"tokens": float(len(ts.bad)), "windows": float(len(np.unique(clusters))),
+                "nonfinite_tokens": float(ts.bad.sum()), "nonfinite_share": float(ts.bad.mean()),
+                "nonfinite_first_window": float(clusters[first])}  # fmt: skip
     base_nll = ts.base_nll
     ppl = stats.perplexity(ts.nll, clusters)
     base_ppl = stats.perplexity(base_nll, clusters)

@@ -254,8 +254,9 @@ def _verify_spec(spec: SearchSpec, configs: tuple[QuantConfig, ...]) -> RunSpec:
 
 def _verified_row(report: Any, config: QuantConfig, k: int, cand: dict[str, Any]) -> dict[str, Any]:
     outcome = next(o for o in report.outcomes if o.config == config.display)
-    if outcome.result is None:
-        return {"kept": k, "config": config.name, "failed": outcome.reason, "kl": math.inf,
+    if outcome.result is None or outcome.result.invalid:
+        why = outcome.result.invalid if outcome.result is not None else outcome.reason
+        return {"kept": k, "config": config.name, "failed": why, "kl": math.inf,
                 "dppl_pct": math.inf, "weight_mb": math.inf}  # fmt: skip
     m = outcome.result.metrics
     return {

@@ -118,7 +118,8 @@ def _results_table(report: RunReport) -> str:
     for o in report.outcomes:
         m = o.result.metrics if o.result else {}
         cells = [o.config, *(metric.cell(m, one_line=True) if m else "" for metric in TABLE)]
-        cells.append(f"{o.status.value} {o.reason}".strip())
+        why = o.result.invalid if o.result is not None else ""
+        cells.append(f"{o.status.value} {o.reason}".strip() + (f"; INVALID: {why}" if why else ""))
         rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
     return f"<table>{header}{''.join(rows)}</table>"

@@ -66,8 +66,8 @@ def _bars(models: list[str], cells: dict[str, dict[str, Result]]) -> dict[str, A
     kl = METRICS["kl_mean"]
     traces = [
         {"type": "bar", "name": model, "x": list(cells),
-         "y": [max(cells[c][model].metrics["kl_mean"], 1e-6) if model in cells[c] else None
-               for c in cells],
+         "y": [max(cells[c][model].metrics.get("kl_mean", math.nan), 1e-6)
+               if model in cells[c] and not cells[c][model].invalid else None for c in cells],
          "error_y": {"type": "data", "array": [cells[c][model].metrics.get("kl_se", 0)
                                                if model in cells[c] else 0 for c in cells]}}
         for model in models

@@ -89,6 +89,8 @@ def outcome_notes(report: RunReport) -> list[Text]:
         for o in report.outcomes
         if o.status in (Status.SKIPPED, Status.FAILED)
     ]
+    notes += [Text(f"invalid {r.config}: {r.invalid}.", style="bold red")
+              for r in report.results if r.invalid]  # fmt: skip
     windows = report.settings.get("windows")
     if isinstance(windows, int) and windows < MIN_WINDOWS:
         notes.append(
