@@ -57,3 +57,68 @@ def test_fp16_overflow_is_flagged_and_never_averaged(overflowing_model, tiny_tex
     assert fp32.metrics["kl_mean"] == 0.0
     out = cli.invoke(app, ["show", report.run_id, "--store", str(tmp_path / "r.sqlite")])
     assert "invalid fp16: logits held NaN or inf" in " ".join(out.output.split())
+
+
+CAPS = ((7, 5), (8, 0), (8, 9), (9, 0))
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [  # the level on compute capability 7.5, 8.0, 8.9, 9.0, from the vendors' requirements
+        ("bf16", ("emulated", "native", "native", "native")),  # bf16 math: Ampere (8.0)+
+        ("fp16", ("native",) * 4),
+        ("bnb-nf4[compute_dtype=bf16]", ("emulated", "native", "native", "native")),
+        ("bnb-int8", ("native",) * 4),  # cuBLASLt int8: 7.5+
+        ("quanto-fp8", ("emulated", "emulated", "native", "native")),  # fp8 math: Ada (8.9)+
+        ("torchao-int4wo", ("unsupported", "native", "native", "native")),  # tinygemm: 8.0+
+        ("gptq", ("emulated", "native", "native", "native")),  # Marlin: 8.0+
+        ("rtn", ("emulated",) * 4),  # fake quantization everywhere
+    ],
+)
+def test_support_by_capability(config, expected):
+    from quantscope.capability import Device, support
+    from quantscope.config import parse_config
+
+    found = tuple(support(parse_config(config), Device("cuda", cap)).level for cap in CAPS)
+    assert found == expected
+    for cap, level in zip(CAPS, found, strict=True):
+        reason = support(parse_config(config), Device("cuda", cap)).reason
+        assert bool(reason) == (level != "native")  # every downgrade says why, in a sentence
+
+
+def test_cpu_support_and_the_doctor_table():
+    from quantscope.capability import Device, support
+    from quantscope.config import parse_config
+
+    cpu, amx = Device("cpu"), Device("cpu", bf16_cpu=True)
+    assert support(parse_config("fp16"), cpu).level == "emulated"
+    assert support(parse_config("bf16"), cpu).level == "emulated"
+    assert support(parse_config("bf16"), amx).level == "native"
+    assert support(parse_config("torchao-int4wo"), cpu).level == "unsupported"
+    assert support(parse_config("bnb-int8"), Device("mps")).level == "unsupported"
+    out = cli.invoke(app, ["doctor", "--capability", "7.5", "--capability", "9.0"])
+    assert out.exit_code == 0, out.output
+    assert "cuda 7.5" in out.output and "cuda 9.0" in out.output
+    out = cli.invoke(app, ["doctor", "--capability", "ampere"])
+    assert out.exit_code == 2 and "like 8.0 or 8.9" in out.output
+
+
+def test_an_unsupported_config_is_refused_before_loading(tiny_model_dir, tiny_text, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    """A capability rule that says unsupported skips the config with its sentence, and the
+    backend is never asked to load it."""
+    from quantscope import backends, capability
+
+    monkeypatch.setattr(capability, "this_device", lambda _d: capability.Device("mps"))
+    loads = []
+    real = backends.Backend.load
+    monkeypatch.setattr(backends.Backend, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    spec = RunSpec(
+        model=model_spec(str(tiny_model_dir)), configs=parse_config_list("torchao-int8wo"),
+        data=DataSpec((str(tiny_text),), tokens=100, context=64, stride=32),
+        prompts=("Hi",), max_new_tokens=2, speed_reps=1, ref_topk=16,
+        store_path=str(tmp_path / "r.sqlite"),
+    )  # fmt: skip
+    (outcome,) = runner.run(spec).outcomes
+    assert outcome.status == "skipped" and "do not run on MPS" in outcome.reason
+    assert loads == []

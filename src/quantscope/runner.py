@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from quantscope import backends, data, evaluate, models, quiet, tasks
+from quantscope import backends, capability, data, evaluate, models, quiet, tasks
 from quantscope.cache import cache_dir, made, maker, read_made
 from quantscope.config import QuantConfig, RunSpec, precision_config
 from quantscope.errors import Unavailable, UserError
@@ -59,6 +59,7 @@ class _Context:
     base_answers: dict[str, dict[str, list[bool]]] | None = None
     task_errors: dict[str, str] = field(default_factory=dict)
     baseline_model: Any = None
+    hardware: capability.Device | None = None  # the device's kind and capability
 
 
 def _settings(spec: RunSpec, windows: data.Windows, device: str, bos: bool) -> dict[str, Any]:
@@ -280,6 +281,7 @@ def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
         "task_errors": dict(ctx.task_errors),
         "settings": ctx.settings,
         "hardware": hardware(ctx.device),
+        "support": capability.support(config, ctx.hardware).__dict__ if ctx.hardware else {},
     }
 
 
@@ -334,6 +336,10 @@ def evaluate_config(ctx: _Context, config: QuantConfig, key: str) -> Outcome:
     model = ctx.files.name
     try:
         backends.get(config).check(config, ctx.device)
+        ctx.hardware = ctx.hardware or capability.this_device(ctx.device)
+        support = capability.support(config, ctx.hardware)
+        if support.level == capability.Level.UNSUPPORTED:  # said before anything loads
+            raise Unavailable(config.name, support.reason)
         if config.lora:
             from quantscope.backends import lora
 

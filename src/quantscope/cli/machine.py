@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -63,10 +63,48 @@ def gguf_converter(
     console.print(f"llama.cpp's converter is in {escape(str(folder))}{escape(hint)}")
 
 
+CapabilityOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--capability",
+        help="Also show the support table for a CUDA GPU of this compute capability (7.5, 8.0, 8.9, 9.0); repeat for several.",
+    ),
+]
+
+
+def _capabilities(values: list[str]) -> list[tuple[int, int]]:
+    out = []
+    for value in values:
+        major, dot, minor = value.strip().partition(".")
+        if not (major.isdigit() and (not dot or minor.isdigit())):
+            raise UserError(
+                f"--capability takes a compute capability like 8.0 or 8.9, got '{value}'."
+            )
+        out.append((int(major), int(minor or 0)))
+    return out
+
+
+def support_table(devices: list[Any]) -> Table:
+    """Each built-in config on each device: native, emulated or unsupported, and why."""
+    from quantscope import capability
+
+    configs = [cfg.parse_config(n) for n in cfg.names()]
+    rows = capability.table(configs, devices)
+    table = Table(title="configs by device: native, emulated (runs, slower) or unsupported",
+                  title_justify="left")  # fmt: skip
+    for head in rows[0]:
+        table.add_column(head, overflow="fold")
+    style = {"native": "green", "emulated": "yellow", "unsupported": "red"}
+    for row in rows:
+        table.add_row(*(f"[{style[v]}]{v}[/]" if v in style else escape(v) for v in row.values()))
+    return table
+
+
 @app.command()
 @user_errors
-def doctor() -> None:
-    """What this machine supports, and why not where it does not."""
+def doctor(capability: CapabilityOpt = None) -> None:
+    """What this machine supports, and why not where it does not; which configs each GPU
+    (and any --capability) runs natively, emulated, or not at all."""
     import torch
 
     from quantscope.cache import cache_dir
@@ -100,6 +138,12 @@ def doctor() -> None:
     free = shutil.disk_usage(cache).free / 2**30
     table.add_row("cache", f"{cache} ({free:,.1f} GiB free)")
     console.print(table)
+    from quantscope import capability as hw
+
+    devices = [hw.this_device("cpu")]
+    devices += [hw.this_device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    devices += [hw.Device("cuda", cap) for cap in _capabilities(capability or [])]
+    console.print(support_table(devices))
 
 
 def _converter() -> str:

@@ -89,6 +89,10 @@ def outcome_notes(report: RunReport) -> list[Text]:
         for o in report.outcomes
         if o.status in (Status.SKIPPED, Status.FAILED)
     ]
+    for r in report.results:
+        found = r.meta.get("support") or {}
+        if found.get("level") == "emulated":
+            notes.append(Text(f"{r.config} runs emulated here: {found['reason']}."))
     notes += [Text(f"invalid {r.config}: {r.invalid}.", style="bold red")
               for r in report.results if r.invalid]  # fmt: skip
     windows = report.settings.get("windows")
