@@ -99,7 +99,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
             " const t = p.querySelector('.gtitle'), m = p.querySelector('.modebar');"
             " if (!t || !m) return false;"
             " const a = t.getBoundingClientRect(), b = m.getBoundingClientRect();"
-            " return !(a.right < b.left || b.right < a.left || a.bottom < b.top || b.bottom < a.top);})"
+            " return !(a.right < b.left || b.right < a.left ||"
+            "          a.bottom < b.top || b.bottom < a.top);})"
         )
         assert overlaps and not any(overlaps)
         legend = driver.execute_script(
