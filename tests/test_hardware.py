@@ -122,3 +122,58 @@ def test_an_unsupported_config_is_refused_before_loading(tiny_model_dir, tiny_te
     (outcome,) = runner.run(spec).outcomes
     assert outcome.status == "skipped" and "do not run on MPS" in outcome.reason
     assert loads == []
+
+
+def _placed_spec(model_dir, text, store, **placement):
+    from quantscope.api import run_spec
+
+    return run_spec(str(model_dir), "fp32,bnb-int8", str(text), tokens=300, context=64,
+                    stride=32, prompts=["Hello"], max_new_tokens=2, speed_reps=1, ref_topk=16,
+                    store=store, **placement)  # fmt: skip
+
+
+def test_a_baseline_offloaded_to_disk_gives_the_same_reference(tiny_model_dir, tiny_text,
+                                                                tmp_path):  # fmt: skip
+    """The baseline capped at 60 KiB of CPU memory (the tiny model's weights are 0.7 MB), so
+    accelerate sends its layers to disk; its reference equals the in-memory one: the fp32
+    config scored against it has a KL of exactly 0, and bnb-int8's numbers are the same."""
+    offload = _placed_spec(tiny_model_dir, tiny_text, tmp_path / "a.sqlite",
+                           baseline_device_map="auto", max_memory="cpu=60KiB",
+                           offload_dir=tmp_path / "offload")  # fmt: skip
+    placed = runner.run(offload)
+    assert "disk" in placed.provenance["baseline_placement"]
+    by = {o.config: o.result for o in placed.outcomes}
+    assert by["fp32"].metrics["kl_mean"] == 0.0 and by["fp32"].metrics["top1_agree"] == 1.0
+    assert by["bnb-int8"].meta["placement"] == {"cpu": 1}  # the configs: on the device, whole
+    assert by["bnb-int8"].metrics["offloaded"] == 0.0
+    import os
+
+    os.environ["QUANTSCOPE_CACHE"] = str(tmp_path / "fresh-cache")  # a new reference, in memory
+    plain = runner.run(_placed_spec(tiny_model_dir, tiny_text, tmp_path / "b.sqlite"))
+    assert plain.provenance["baseline_placement"] == {"cpu": 1}
+    again = {o.config: o.result for o in plain.outcomes}["bnb-int8"].metrics
+    assert again["kl_mean"] == pytest.approx(by["bnb-int8"].metrics["kl_mean"], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--device-map", "everywhere"], "takes auto, balanced, balanced_low_0, sequential"),
+        (["--device-map", "cuda:3"], "names a GPU that does not exist here"),
+        (["--max-memory", "cpu=1GiB"], "add --device-map auto"),
+        (["--device-map", "auto", "--max-memory", "cpu=lots"], "DEVICE=SIZE pairs"),
+        (["--baseline-device-map", "auto", "--max-memory", "gpu0=1GiB"], "DEVICE=SIZE pairs"),
+    ],
+)
+def test_placement_errors_are_one_sentence(options, words, tmp_path):
+    out = cli.invoke(app, ["run", "--store", str(tmp_path / "r.sqlite"), *options])
+    assert out.exit_code == 2, out.output
+    assert words in " ".join(out.output.split()) and "Traceback" not in out.output
+
+
+def test_layers_that_fit_nowhere_name_the_fix(tiny_model_dir, tiny_text, tmp_path):
+    spec = _placed_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", device_map="auto",
+                        max_memory="cpu=60KiB")  # fmt: skip
+    outcomes = runner.run(spec).outcomes
+    assert all(o.status == "failed" for o in outcomes)
+    assert "pass --offload-dir DIR" in outcomes[1].reason

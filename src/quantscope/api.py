@@ -24,6 +24,7 @@ import functools
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -156,10 +157,14 @@ def run_spec(
     dtype: cfg.DType | str = cfg.DType.FP32, batch_size: int = 4, ref_topk: int = 256,
     ref_samples: int = 64, exact: bool = False, max_new_tokens: int = 40, speed_reps: int = 3,
     revision: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+    device_map: str | None = None, max_memory: str | None = None,
+    offload_dir: PathLike | None = None, baseline_device_map: str | None = None,
 ) -> cfg.RunSpec:  # fmt: skip
     """The :class:`RunSpec` of ``quantscope run`` with these options (same names)."""
     model_spec = cfg.model_spec(model, _dtype(dtype, "dtype") or cfg.DType.FP32, revision,
                                 trust_remote_code, allow_pickle)  # fmt: skip
+    placed = cfg.placements(device_map, max_memory, _store(offload_dir), baseline_device_map)
+    model_spec = replace(model_spec, placement=placed[0], baseline_placement=placed[1])
     data = cfg.DataSpec(text_files(text), dataset, dataset_config, split, field, bos, tokens,
                         context, stride)  # fmt: skip
     return cfg.RunSpec(

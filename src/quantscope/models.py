@@ -214,11 +214,18 @@ def torch_dtype(dtype: DType) -> Any:
 
 
 def pretrained_kwargs(spec: ModelSpec, device: str) -> dict[str, Any]:
-    """Keyword arguments every ``from_pretrained`` call of a run shares (safety settings)."""
+    """Keyword arguments every ``from_pretrained`` call of a run shares (safety settings and
+    the placement: ``spec.placement``'s device map, memory caps and offload folder)."""
+    place = spec.placement
+    placed: dict[str, Any] = {"device_map": check_device_map(place.device_map or device)}
+    if place.max_memory:
+        placed["max_memory"] = place.memory()
+    if place.offload_dir:
+        placed["offload_folder"] = str(Path(place.offload_dir).expanduser())
     return {
+        **placed,
         "trust_remote_code": spec.trust_remote_code,
         "use_safetensors": None if spec.allow_pickle else True,
-        "device_map": device,
     }
 
 
@@ -232,3 +239,83 @@ def load_tokenizer(files: ModelFiles, spec: ModelSpec) -> Any:
         )
     except (OSError, ValueError) as err:
         raise UserError(f"Cannot load a tokenizer from '{files.folder}': {err}") from None
+
+
+def check_device_map(device_map: str) -> str:
+    """``device_map`` if every device it names exists here, else one sentence naming the fix."""
+    import torch
+
+    name = f"cuda:{device_map}" if device_map.isdigit() else device_map
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count()
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            have = ", ".join(f"cuda:{i}" for i in range(count)) or "none"
+            raise UserError(f"--device-map {device_map} names a GPU that does not exist here "
+                            f"(GPUs: {have}); pick one of them, cpu, or auto.")  # fmt: skip
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError(
+            "--device-map mps names a device this machine does not have; use cpu or auto."
+        )
+    return device_map
+
+
+def baseline_spec(spec: ModelSpec, files: ModelFiles, device: str) -> ModelSpec:
+    """The spec the baseline loads with: its own placement when given, else on the device
+    when its weights fit in the device's free memory (with 20% to spare), else placed by
+    accelerate across the device, CPU and disk (``$QUANTSCOPE_CACHE/offload``)."""
+    from dataclasses import replace
+
+    from quantscope.config import Placement
+
+    if spec.baseline_placement is not None:
+        return replace(spec, placement=spec.baseline_placement)
+    need = baseline_bytes(files, spec.dtype)
+    if 1.2 * need <= free_bytes(device):
+        return replace(spec, placement=Placement(device))
+    offload = cache_dir() / "offload" / files.fingerprint
+    return replace(spec, placement=Placement("auto", (), str(offload)))
+
+
+def baseline_bytes(files: ModelFiles, dtype: DType) -> float:
+    """The baseline's weights in ``dtype``: the safetensors files' parameter count × size."""
+    from safetensors import safe_open
+
+    count = 0
+    for path in weight_files(files.folder):
+        with safe_open(str(path), "np") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+                shape = f.get_slice(key).get_shape()
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                count += n
+    return count * (4 if dtype is DType.FP32 else 2)
+
+
+def free_bytes(device: str) -> float:
+    """Free memory on ``device``: the GPU's (torch) or the machine's available RAM."""
+    import psutil
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return float(torch.cuda.mem_get_info(index)[0])
+    return float(psutil.virtual_memory().available)
+
+
+def placement_of(model: Any, device: str) -> dict[str, int]:
+    """How many of a model's placed modules sit on each device, CPU and disk (from
+    accelerate's ``hf_device_map``; the whole model on ``device`` when it has none)."""
+    found = getattr(model, "hf_device_map", None) or {"": device}
+    counts: dict[str, int] = {}
+    for where in found.values():
+        name = f"cuda:{where}" if isinstance(where, int) else str(where)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def offloaded(placement: dict[str, int], device: str) -> bool:
+    """True when some of the model is not on the run's device (CPU or disk offload)."""
+    kind = device.split(":")[0]
+    return any(not str(where).startswith(kind) for where in placement)

@@ -60,6 +60,7 @@ class _Context:
     task_errors: dict[str, str] = field(default_factory=dict)
     baseline_model: Any = None
     hardware: capability.Device | None = None  # the device's kind and capability
+    baseline_placement: dict[str, int] | None = None  # modules per device, CPU and disk
 
 
 def _settings(spec: RunSpec, windows: data.Windows, device: str, bos: bool) -> dict[str, Any]:
@@ -89,6 +90,8 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
     """Resolve the device, model files, tokenizer, text and windows of a run."""
     device = models.resolve_device(spec.device)
     found = [tasks.resolve(name, spec.task_limit) for name in spec.tasks]  # before any model
+    for place in (spec.model.placement, spec.model.baseline_placement):
+        models.check_device_map(place.device_map) if place and place.device_map else None
     events.stage("Finding the model", None)
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
@@ -162,9 +165,9 @@ def _baseline(ctx: _Context) -> Any:
     if ctx.baseline_model is None:
         ctx.events.stage("Loading the baseline", None)
         base = precision_config(ctx.spec.model.dtype)
-        ctx.baseline_model = (
-            backends.get(base).load(ctx.files, ctx.spec.model, base, ctx.device).model
-        )
+        placed = models.baseline_spec(ctx.spec.model, ctx.files, ctx.device)  # offload if big
+        ctx.baseline_model = backends.get(base).load(ctx.files, placed, base, ctx.device).model
+        ctx.baseline_placement = models.placement_of(ctx.baseline_model, ctx.device)
     return ctx.baseline_model
 
 
@@ -228,6 +231,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes
         )  # fmt: skip
         eval_s = time.perf_counter() - start
         footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
+        placement = models.placement_of(loaded.model, ctx.device)
         clusters = ctx.windows.cluster_ids()
         accuracy = evaluate.accuracy_metrics(token_stats, clusters)
         tokens = evaluate.token_values(token_stats, clusters).to_bytes()
@@ -247,12 +251,13 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes
     for gen, base in zip(gens, ctx.base_generations, strict=True):
         gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
     library, load_s, quantize_s = loaded.library, loaded.load_s, loaded.quantize_s
-    meta = {**_meta(ctx, config, library), "kept_linears": loaded.kept}
+    meta = {**_meta(ctx, config, library), "kept_linears": loaded.kept, "placement": placement}
     del loaded
     _free()
     metrics = {**footprint, **accuracy, **speed, "load_s": load_s, "eval_s": eval_s}
     metrics["quantize_s"] = quantize_s
     metrics.update(peak_rss_mb=peak.rss_mb, peak_gpu_mb=peak.gpu_mb)
+    metrics["offloaded"] = float(models.offloaded(placement, ctx.device))  # speed: not alone
     return Result(
         key=key,
         config=config.display,
@@ -313,6 +318,7 @@ def provenance(ctx: _Context, store: Path) -> dict[str, Any]:
         "model_folder": str(ctx.files.folder), "model_fingerprint": ctx.files.fingerprint,
         "text": ctx.text_name, "data_fingerprint": ctx.windows.fingerprint, "store": str(store),
         "hardware": hardware(ctx.device), "process": maker(), "reference_made_by": made_by,
+        "baseline_placement": ctx.baseline_placement,
     }  # fmt: skip
 
 

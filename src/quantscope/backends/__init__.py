@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantscope.config import ModelSpec, QuantConfig, WeightConfig, backend_of
-from quantscope.errors import Unavailable
+from quantscope.errors import Unavailable, UserError
 from quantscope.models import ModelFiles
 
 
@@ -160,9 +160,18 @@ def from_pretrained(
     from quantscope.models import pretrained_kwargs
 
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
-        str(files.folder), **extra, **pretrained_kwargs(spec, device)
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(files.folder), **extra, **pretrained_kwargs(spec, device)
+        )
+    except ValueError as err:  # accelerate's placement: nowhere to put some layers
+        if "offload" not in str(err):
+            raise
+        raise UserError(
+            f"{files.name} does not fit in --max-memory {spec.placement.memory()} and some "
+            "layers have nowhere to go; pass --offload-dir DIR so they can wait on disk, or "
+            "raise --max-memory."
+        ) from None
     seconds = time.perf_counter() - start
     model.eval()
     return model, seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -104,6 +105,28 @@ def run(
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
     margin: MarginOpt = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the configs' layers go: auto, balanced, balanced_low_0, sequential or a device (accelerate); default: the --device."
+        ),
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory per device for auto placement, e.g. 0=20GiB,cpu=64GiB (with --device-map or --baseline-device-map)."
+        ),
+    ] = None,
+    offload_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the layers that fit nowhere in --max-memory (disk offload)."),
+    ] = None,
+    baseline_device_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the baseline's layers go (it is needed once, for the reference pass); default: on the device if it fits, else offloaded to CPU and disk."
+        ),
+    ] = None,
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config
     (with --margin, each judged equivalent, worse or not resolved at that margin)."""
@@ -114,7 +137,7 @@ def run(
         model, configs, text, dataset, dataset_config, split, field, bos, tokens, context,
         stride, prompts, tasks, task_limit, store, force, device, seed, dtype, batch_size,
         ref_topk, ref_samples, exact, max_new_tokens, speed_reps, revision, trust_remote_code,
-        allow_pickle,
+        allow_pickle, device_map, max_memory, offload_dir, baseline_device_map,
     )  # fmt: skip
     with progress() as bar:
         report = run_one(spec, ProgressEvents(bar))

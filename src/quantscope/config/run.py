@@ -30,11 +30,87 @@ DEFAULT_PROMPTS = (
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a model's layers go (accelerate's placement): ``device_map`` (auto, balanced,
+    balanced_low_0, sequential or a device; None: the run's device), ``max_memory`` per device
+    (``(("0", "20GiB"), ("cpu", "64GiB"))``) and ``offload_dir`` for layers that go to disk.
+
+    >>> parse_placement("auto", "0=20GiB,cpu=64GiB", None).max_memory
+    (('0', '20GiB'), ('cpu', '64GiB'))
+    """
+
+    device_map: str | None = None
+    max_memory: tuple[tuple[str, str], ...] = ()
+    offload_dir: str | None = None
+
+    def memory(self) -> dict[int | str, str]:
+        return {int(k) if k.isdigit() else k: v for k, v in self.max_memory}
+
+
+_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_placement(device_map: str | None, max_memory: str | None, offload_dir: str | None,
+                    option: str = "--device-map") -> Placement:  # fmt: skip
+    """Check the placement options' grammar (whether a named device exists is checked when
+    the model is placed)."""
+    if (
+        device_map is not None
+        and device_map not in _MAPS
+        and not re.fullmatch(r"cpu|mps|disk|cuda(:\d+)?|\d+", device_map)
+    ):
+        raise UserError(
+            f"{option} takes auto, balanced, balanced_low_0, sequential or a device (cpu, "
+            f"cuda, cuda:N, mps), got '{device_map}'."
+        )
+    pairs = []
+    for part in (max_memory or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if (
+            not sep
+            or not (key.isdigit() or key in ("cpu", "mps"))
+            or not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB|TiB)", value)
+        ):
+            raise UserError(
+                f"--max-memory takes DEVICE=SIZE pairs like 0=20GiB,cpu=64GiB (a GPU index or "
+                f"cpu, and a size in B, KB, MB, GB, KiB, MiB or GiB), got '{part.strip()}'."
+            )
+        pairs.append((key, value.replace(" ", "")))
+    return Placement(device_map, tuple(pairs), offload_dir)
+
+
+def placements(device_map: str | None, max_memory: str | None, offload_dir: str | None,
+               baseline_device_map: str | None) -> tuple[Placement, Placement | None]:  # fmt: skip
+    """The configs' and the baseline's placement from the run's options: ``--max-memory``
+    and ``--offload-dir`` go with whichever device map is given (both when both are).
+
+    >>> configs, baseline = placements(None, "cpu=2GiB", None, "auto")
+    >>> configs.device_map, baseline.device_map, baseline.max_memory
+    (None, 'auto', (('cpu', '2GiB'),))
+    """
+    if (max_memory or offload_dir) and not (device_map or baseline_device_map):
+        raise UserError(
+            "--max-memory and --offload-dir place a model with accelerate: add --device-map "
+            "auto (the configs) or --baseline-device-map auto (the baseline)."
+        )
+    configs = parse_placement(device_map, max_memory, offload_dir) if device_map else Placement()
+    baseline = None
+    if baseline_device_map:
+        baseline = parse_placement(baseline_device_map, max_memory, offload_dir,
+                                   "--baseline-device-map")  # fmt: skip
+    return configs, baseline
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Which baseline model to load and how.
 
     ``source`` is None for the bundled SmolLM2-135M-Instruct, else a hub id, a local folder
-    or a ``.gguf`` file; ``kind`` is inferred by :func:`model_spec`.
+    or a ``.gguf`` file; ``kind`` is inferred by :func:`model_spec`. ``placement`` places the
+    configs; ``baseline_placement`` the baseline (None: on the device when it fits, else
+    offloaded by accelerate).
     """
 
     source: str | None
@@ -43,6 +119,8 @@ class ModelSpec:
     revision: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    placement: Placement = field(default_factory=Placement)
+    baseline_placement: Placement | None = None
 
 
 def model_spec(

@@ -93,6 +93,9 @@ def outcome_notes(report: RunReport) -> list[Text]:
         found = r.meta.get("support") or {}
         if found.get("level") == "emulated":
             notes.append(Text(f"{r.config} runs emulated here: {found['reason']}."))
+    notes += [Text(f"{r.config}: speed measured with layers offloaded ({_places(r)}); it is "
+                   "slower than on the device alone.") for r in report.results
+              if r.metrics.get("offloaded")]  # fmt: skip
     notes += [Text(f"invalid {r.config}: {r.invalid}.", style="bold red")
               for r in report.results if r.invalid]  # fmt: skip
     windows = report.settings.get("windows")
@@ -106,6 +109,10 @@ def outcome_notes(report: RunReport) -> list[Text]:
     errors = {k: v for r in report.results for k, v in r.meta.get("task_errors", {}).items()}
     notes += [Text(f"task {name} left out: {reason}") for name, reason in errors.items()]
     return notes
+
+
+def _places(result: Result) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (result.meta.get("placement") or {}).items())
 
 
 def sources_table(report: RunReport) -> Table | None:
