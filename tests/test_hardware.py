@@ -177,3 +177,33 @@ def test_layers_that_fit_nowhere_name_the_fix(tiny_model_dir, tiny_text, tmp_pat
     outcomes = runner.run(spec).outcomes
     assert all(o.status == "failed" for o in outcomes)
     assert "pass --offload-dir DIR" in outcomes[1].reason
+
+
+def test_gpu_check_table_and_its_cpu_side():
+    """``make gpu-check``'s script: every backend has a config in its list (each parses), its
+    table is built from a run's outcomes, and without CUDA it says so and exits 1."""
+    import importlib.util
+    from pathlib import Path
+
+    from quantscope.config import names, parse_config_list
+    from quantscope.results import Outcome, Result, RunReport, Status
+
+    path = Path(__file__).parent.parent / "benchmarks" / "gpu_check.py"
+    loader = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(gpu_check)
+    configs = parse_config_list(",".join(gpu_check.CONFIGS))
+    backends = {type(c).BACKEND for c in configs}
+    every = {type(c).BACKEND for c in parse_config_list(",".join(names()))}
+    assert backends == every - {"quantscope.backends.rtn:BACKEND"}  # rtn: no GPU kernel at all
+    metrics = {"weight_mb": 100.0, "peak_gpu_mb": 812.0, "kl_mean": 0.0123, "dppl_pct": 1.5,
+               "decode_tps": 41.0}  # fmt: skip
+    report = RunReport("r", [
+        Outcome("bnb-nf4", Status.MEASURED, "", Result("k", "bnb-nf4", "m", "d", "s", metrics)),
+        Outcome("torchao-int4wo", Status.SKIPPED, "needs CUDA"),
+    ], {}, {})  # fmt: skip
+    text = gpu_check.table(gpu_check.rows(report, {"bnb-nf4": "native"}))
+    assert "| bnb-nf4 | measured | native | 100.0 | 812 | 0.0123 | +1.50 | 41.0 |  |" in text
+    assert "| torchao-int4wo | skipped | ? | – | – | – | – | – | needs CUDA |" in text
+    if not torch.cuda.is_available():
+        assert gpu_check.main([]) == 1
