@@ -85,3 +85,4 @@ def recommend(
         Screen("stdout").write(json.dumps(found.recommendation.to_dict(), indent=2) + "\n")
         return
     console.print(recommendation_view(found.recommendation))
+    Screen("stdout").write(found.recommendation.code)  # unwrapped: copies as it runs

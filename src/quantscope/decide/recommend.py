@@ -153,24 +153,46 @@ def recommend(report: RunReport, budget: Budget, alpha: float = eq.ALPHA) -> Rec
     ok = sorted((c for c in cands if c.ok), key=_rank_key(budget))
     settings = report.settings
     if ok:
-        chosen = ok[0]
+        chosen = _tie_break(ok, budget)
+        ok.remove(chosen)
+        ok.insert(0, chosen)
         notes = jd.notes(chosen.result, settings)
         return Recommendation(budget, chosen, ok[1:4], None, _reason(chosen, ok, report, budget),
                               code(chosen.result), notes, cands)  # fmt: skip
-    closest = min(cands, key=lambda c: (len(c.failed), _rank_key(budget)(c)), default=None)
+    near = sorted(cands, key=lambda c: (len(c.failed), _rank_key(budget)(c)))
+    closest = near[0] if near else None
     reason = "No measured config meets the budget" + (
         f"; the closest is {closest.config}, which misses: "
         + "; ".join(c.text for c in closest.failed) + "."
         if closest else "; the run has no measured config."
     )  # fmt: skip
+    others = [c for c in near[1:4] if len(c.failed) == 1]
+    if others:
+        reason += " Also one criterion short: " + "; ".join(
+            f"{c.config} ({c.failed[0].text})" for c in others) + "."  # fmt: skip
     snippet = code(closest.result) if closest else ""
     notes = jd.notes(closest.result, settings) if closest else []
     return Recommendation(budget, None, [], closest, reason, snippet, notes, cands)
 
 
+SIZE_TIE = 0.01  # configs within 1% of the smallest size count as equally small
+
+
+def _tie_break(ok: list[Candidate], budget: Budget) -> Candidate:
+    """The first of ``ok``; by size, among those within 1% of the smallest, the lowest KL
+    (equal memory: the more faithful one)."""
+    if budget.prefer != "size":
+        return ok[0]
+    smallest = ok[0].result.metrics.get("weight_mb", math.inf)
+    near = [
+        c for c in ok if c.result.metrics.get("weight_mb", math.inf) <= smallest * (1 + SIZE_TIE)
+    ]
+    return min(near, key=lambda c: c.result.metrics.get("kl_mean", math.inf))
+
+
 def _reason(chosen: Candidate, ok: list[Candidate], report: RunReport, budget: Budget) -> str:
     m, s = chosen.result.metrics, report.settings
-    what = "smallest" if budget.prefer == "size" else "fastest"
+    what = "smallest (ties within 1% of size: lowest KL)" if budget.prefer == "size" else "fastest"
     base = next((r for r in report.results
                  if r.meta.get("config") == s.get("baseline_dtype")), None)  # fmt: skip
     size = f"its weights take {m.get('weight_mb', math.nan):.1f} MB"

@@ -9,7 +9,6 @@ import math
 from typing import Any
 
 from rich.console import Group
-from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
@@ -99,7 +98,7 @@ def recommendation_view(rec: Recommendation) -> Group:
             for c in rec.runners_up)))  # fmt: skip
     parts += [Text(n, style="yellow") for n in rec.notes]
     if rec.code:
-        parts.append(Syntax(rec.code, "python", word_wrap=True))
+        parts.append(Text("The code that loads it (printed plainly below, to copy):", style="bold"))
     return Group(*parts)
 
 
