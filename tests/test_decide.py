@@ -213,8 +213,9 @@ def test_cli_margin_pair_recommend_and_report(measured, tmp_path):
     verdicts = {v["config"]: v["verdict"] for v in body["decision"]["verdicts"]}
     assert set(verdicts) == {r.config for r in report.results} and verdicts["fp32"] == "equivalent"
     assert body["decision"]["groups"][0]["metric"] == "ppl"
-    out = cli.invoke(app, ["compare", report.run_id, "--pair", "bnb-nf4,bnb-int8", *where])
-    assert out.exit_code == 0 and "token by token" in out.output
+    out = cli.invoke(app, ["compare", report.run_id, "--pair", "rtn[bits=3,group=32],bnb-int8",
+                           *where])  # fmt: skip
+    assert out.exit_code == 0 and "rtn[bits=3,group=32] − bnb-int8, token by token" in out.output
     out = cli.invoke(app, ["compare", report.run_id, "--pair", "bnb-nf4", *where])
     assert out.exit_code == 2 and "'A,B'" in out.output
     out = cli.invoke(app, ["recommend", report.run_id, *where, "--max-ppl-increase", "1000%",

@@ -66,7 +66,10 @@ def compare(run: Run = "latest", pair_: Iterable[str] | str | None = None, *,
         raise UserError(
             f"quantscope.compare has no option '{next(iter(kw))}'; it takes run, pair, store."
         )
-    names = [n.strip() for n in (chosen.split(",") if isinstance(chosen, str) else chosen or [])]
+    from quantscope.config import split_config_list
+
+    found = split_config_list(chosen) if isinstance(chosen, str) else list(chosen or [])
+    names = [n.strip() for n in found]
     if len(names) != 2:
         raise UserError("quantscope.compare takes pair=('A', 'B'): two configs of the run.")
     with captured():

@@ -174,10 +174,11 @@ def compare(
 
 
 def _pair(store: Path | None, run_id: str, pair: str, fmt: str) -> None:
+    from quantscope.config import split_config_list
     from quantscope.decide import evidence
     from quantscope.decide import pair as paired
 
-    names = [p.strip() for p in pair.split(",")]
+    names = [p.strip() for p in split_config_list(pair)]  # commas inside [..] stay
     if len(names) != 2 or not all(names):
         raise UserError(f"--pair takes two config names, 'A,B', got '{pair}'.")
     with _open_store(store) as opened:

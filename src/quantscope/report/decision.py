@@ -51,7 +51,7 @@ def verdict_rows(judged: list[Judged]) -> list[dict[str, str]]:
 
 
 def verdict_table(judged: list[Judged], title: str, notes: list[str]) -> Group:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     rows = verdict_rows(judged)
     for head in rows[0] if rows else ("config",):
         table.add_column(head, justify="left" if head in ("config", "metric") else "right")
@@ -63,8 +63,9 @@ def verdict_table(judged: list[Judged], title: str, notes: list[str]) -> Group:
 
 def groups_table(found: Groups) -> Table:
     what = "perplexity (token loss)" if found.metric == "ppl" else "mean KL"
-    table = Table(title=f"Groups by {what}: a shared letter = not shown different",
-                  title_justify="left", caption=found.method, caption_justify="left")  # fmt: skip
+    title = f"Groups by {what}: a shared letter = not shown different"
+    table = Table(title=title, title_justify="left", caption=Text(found.method),
+                  caption_justify="left")  # fmt: skip
     table.add_column("config")
     table.add_column("ppl" if found.metric == "ppl" else "KL", justify="right")
     table.add_column("group")
@@ -77,8 +78,8 @@ def groups_table(found: Groups) -> Table:
 
 def pair_table(rows: list[dict[str, Any]]) -> Table:
     a, b = rows[0]["a"], rows[0]["b"]
-    table = Table(title=f"{a} − {b}, token by token on {rows[0]['n']:,} tokens (positive: {a} "
-                  "is worse)", title_justify="left")  # fmt: skip
+    title = f"{a} − {b}, token by token on {rows[0]['n']:,} tokens (positive: {a} is worse)"
+    table = Table(title=Text(title), title_justify="left")  # config names hold [brackets]
     for head in ("metric", "Δ ± se", "95% CI", "p", "tokens to resolve"):
         table.add_column(head, justify="left" if head == "metric" else "right")
     for r in rows:
