@@ -186,3 +186,47 @@ def table(configs: list[QuantConfig], devices: list[Device]) -> list[dict[str, s
         row["why"] = "; ".join(reasons)
         rows.append(row)
     return rows
+
+
+# CPU flags (/proc/cpuinfo) and the names llama.cpp's system info gives the same features
+LLAMA_FEATURES = {
+    "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512",
+    "avx512_vnni": "AVX512_VNNI", "avx512vbmi": "AVX512_VBMI", "avx512_bf16": "AVX512_BF16",
+    "amx_int8": "AMX_INT8",
+}  # fmt: skip
+
+
+def llama_features(system_info: str) -> set[str]:
+    """The CPU features a llama.cpp build uses, from ``llama_print_system_info()``.
+
+    >>> sorted(llama_features("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 0 | OPENMP = 1 |"))
+    ['AVX', 'AVX2', 'OPENMP', 'SSE3']
+    """
+    found = set()
+    for part in system_info.replace("\n", "|").split("|"):
+        name, _, value = part.rpartition("=")
+        name = name.split(":")[-1].strip()
+        if name and value.strip() == "1":
+            found.add(name)
+    return found
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((x for x in f if x.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def llama_build_gaps(system_info: str, flags: set[str]) -> list[str]:
+    """The vector features this CPU has that the llama.cpp build does not use (a portable
+    build, say): its kernels then run slower than the CPU allows.
+
+    >>> llama_build_gaps("CPU : AVX = 1 | AVX2 = 1 |", {"avx", "avx2", "avx512f", "avx512_vnni"})
+    ['AVX512', 'AVX512_VNNI']
+    """
+    used = llama_features(system_info)
+    return [name for flag, name in LLAMA_FEATURES.items() if flag in flags and name not in used]

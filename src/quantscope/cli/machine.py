@@ -129,6 +129,7 @@ def doctor(capability: CapabilityOpt = None) -> None:
     table.add_row("bitsandbytes backend", _bnb_backend())
     for method, backend_name, _, why in _availability(device):
         table.add_row(f"config {method}", f"{backend_name}: {why}")
+    table.add_row("llama.cpp CPU features", _llama_features())
     table.add_row("HF → GGUF converter", _converter())
     try:
         table.add_row("bundled model", str(bundled_gguf()))
@@ -144,6 +145,26 @@ def doctor(capability: CapabilityOpt = None) -> None:
     devices += [hw.this_device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
     devices += [hw.Device("cuda", cap) for cap in _capabilities(capability or [])]
     console.print(support_table(devices))
+
+
+def _llama_features() -> str:
+    """The CPU features the installed llama.cpp uses, and those this CPU has that it does
+    not (a build far below the CPU is slower than llama.cpp can be here)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return "llama-cpp-python not installed"
+    from quantscope import capability
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    used = sorted(capability.llama_features(info) & set(capability.LLAMA_FEATURES.values()))
+    gaps = capability.llama_build_gaps(info, capability.cpu_flags())
+    text = " ".join(used) or "none of AVX…AMX"
+    if gaps:
+        text += (f" — this CPU also has {', '.join(gaps)}, which this build does not use: "
+                 "its GGUF passes are slower than the CPU allows (rebuild llama-cpp-python "
+                 "with CMAKE_ARGS for them)")  # fmt: skip
+    return text
 
 
 def _converter() -> str:
