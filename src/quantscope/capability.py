@@ -163,13 +163,8 @@ def this_device(device: str) -> Device:
 
 
 def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags (False where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """AVX512-BF16 or AMX-BF16 among this CPU's flags (False where they cannot be read)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def table(configs: list[QuantConfig], devices: list[Device]) -> list[dict[str, str]]:

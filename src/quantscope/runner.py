@@ -91,7 +91,8 @@ def prepare(spec: RunSpec, events: Events) -> _Context:
     device = models.resolve_device(spec.device)
     found = [tasks.resolve(name, spec.task_limit) for name in spec.tasks]  # before any model
     for place in (spec.model.placement, spec.model.baseline_placement):
-        models.check_device_map(place.device_map) if place and place.device_map else None
+        if place is not None and place.device_map:
+            models.check_device_map(place.device_map)
     events.stage("Finding the model", None)
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)

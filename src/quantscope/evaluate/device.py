@@ -12,11 +12,11 @@ def model_device(model: Any) -> torch.device:
     """Where inputs must go: the first parameter's device; for a model accelerate placed
     (``hf_device_map``), the first GPU it uses, else the CPU (offloaded weights sit on the
     meta device and are brought in by accelerate's hooks)."""
-    placed = getattr(model, "hf_device_map", None)
-    if (placed and len(set(placed.values())) > 1) or (placed and "disk" in placed.values()):
-        gpus = [v for v in placed.values() if isinstance(v, int) or str(v).startswith("cuda")]
-        return torch.device(f"cuda:{gpus[0]}" if gpus and isinstance(gpus[0], int) else
-                            (gpus[0] if gpus else "cpu"))  # fmt: skip
+    places = list((getattr(model, "hf_device_map", None) or {}).values())  # model order
+    if len(set(places)) > 1 or "disk" in places:
+        gpus = [f"cuda:{v}" if isinstance(v, int) else str(v) for v in places
+                if isinstance(v, int) or str(v).startswith("cuda")]  # fmt: skip
+        return torch.device(gpus[0] if gpus else "cpu")
     return next(model.parameters()).device
 
 
