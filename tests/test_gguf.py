@@ -170,3 +170,36 @@ def test_converting_a_model_that_ships_code_needs_trust_remote_code(tmp_path, mo
         gguf.converted(files, model_spec(str(folder)))
     with pytest.raises(UserError, match="quantscope gguf-converter"):
         gguf.converted(files, model_spec(str(folder), trust_remote_code=True))
+
+
+def test_batched_scoring_equals_one_window_at_a_time():
+    """The scoring path puts B windows in one llama_decode as B sequences with logits only
+    for the kept positions; each window's logits must equal those of the window run alone
+    with every position's logits (the former path). Measured: max |difference| exactly 0
+    (the same kernels on the same rows; with ggml's CPU flash attention, which rounds Q to
+    fp16, it was 1.4, hence it is off in both paths); 1e-3 allows a build whose matrix
+    kernels tile a batch of sequences differently. Attention leaking across sequences, a
+    position off by one or a row read from the wrong sequence would differ by whole logits."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig
+
+    from quantscope import models
+    from quantscope.backends.gguf import LlamaCppModel
+    from quantscope.config import model_spec
+
+    folder = models.resolve(model_spec(None)).folder
+    model = LlamaCppModel(bundled_gguf(), AutoConfig.from_pretrained(str(folder)), n_ctx=256)
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(rng.integers(0, 49152, size=(3, 96)))
+    alone = [model._run(row, keep=False).numpy() for row in ids.tolist()]  # (96, V) each
+    for rows, keep in ((3, 40), (2, 0), (3, 96)):  # a smaller call reuses the context
+        logits = model(input_ids=ids[:rows], use_cache=False, logits_to_keep=keep).logits
+        kept = keep or 96
+        assert tuple(logits.shape) == (rows, kept, 49152)
+        for b in range(rows):
+            assert np.abs(logits[b].numpy() - alone[b][-kept:]).max() < 1e-3
+    longer = torch.from_numpy(rng.integers(0, 49152, size=(4, 128)))  # the context is remade
+    logits = model(input_ids=longer, logits_to_keep=8).logits
+    last = model._run(longer[3].tolist(), keep=False).numpy()[-8:]
+    assert np.abs(logits[3].numpy() - last).max() < 1e-3

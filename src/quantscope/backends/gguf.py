@@ -21,10 +21,13 @@ import sys
 import tarfile
 import tempfile
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import numpy as np
 
 from quantscope.backends import Backend, Quantized
 from quantscope.cache import cache_dir, made
@@ -57,6 +60,11 @@ class LlamaCppModel:
         self.made_s = math.nan  # seconds making the file took (set by the backend)
         self.anchor = torch.nn.Parameter(torch.zeros(0))
         self.training = False
+        self.scorer = Scorer(self.llm)  # the batched scoring path (its context made on use)
+        # freed with this object, or at exit before the interpreter tears llama_cpp down (the
+        # Llama's own __del__ then finds the C functions gone and prints a TypeError): the
+        # scoring context first, then the Llama with the model it uses
+        weakref.finalize(self, _close_both, self.scorer, self.llm)
 
     def parameters(self) -> Any:
         yield self.anchor
@@ -80,16 +88,24 @@ class LlamaCppModel:
 
     def __call__(
         self, input_ids: Any, attention_mask: Any = None, use_cache: bool = False,
-        past_key_values: Any = None, **_: Any,
+        past_key_values: Any = None, logits_to_keep: int = 0, **_: Any,
     ) -> Any:  # fmt: skip
+        """Logits (B, T, V), or of the last ``logits_to_keep`` positions (0: all) as
+        transformers does. Whole windows without a cache (the scoring passes) go through
+        :class:`Scorer`: all rows in one ``llama_decode``, logits asked only where kept, and
+        returned as a view valid until the next call."""
         torch = _torch()
+        if attention_mask is None and past_key_values is None and not use_cache:
+            logits = self.scorer.score(input_ids.tolist(), logits_to_keep)
+            return SimpleNamespace(logits=torch.from_numpy(logits), past_key_values=None)
         rows = []
         for b, row in enumerate(input_ids.tolist()):
             n = int(attention_mask[b].sum()) if attention_mask is not None else len(row)
             logits = self._run(row[:n], keep=past_key_values is not None)
             pad = torch.zeros((len(row) - n, logits.shape[1]), dtype=logits.dtype)
             rows.append(torch.cat([logits, pad]))
-        return SimpleNamespace(logits=torch.stack(rows), past_key_values=self, cache=self)
+        out = torch.stack(rows)[:, -logits_to_keep:] if logits_to_keep else torch.stack(rows)
+        return SimpleNamespace(logits=out, past_key_values=self, cache=self)
 
     forward = __call__
 
@@ -106,6 +122,90 @@ class LlamaCppModel:
                 break
             logits = self._run([nxt], keep=True)
         return torch.tensor([out])
+
+
+class Scorer:
+    """Whole windows scored the way llama.cpp's own ``llama-perplexity`` does: the B windows
+    of a call are B sequences of one ``llama_decode`` (``n_seq_max`` = B, a separate KV range
+    each), logits requested only for the last ``keep`` positions of each, read in place from
+    llama.cpp's output buffer (no copy). The context is remade only when a call brings more
+    or longer windows than it holds."""
+
+    def __init__(self, llm: Any) -> None:
+        import llama_cpp as lc
+
+        self.lc, self.llm, self.n_threads = lc, llm, llm.n_threads
+        self.vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(llm.model))
+        self.ctx: Any = None
+        self.batch: Any = None
+        self._free: weakref.finalize | None = None
+        self.shape = (0, 0)  # (sequences, tokens per sequence) the context holds
+        self.layout: tuple[int, int, int] | None = None  # (B, T, keep) the batch is laid out for
+
+    def _make(self, b: int, t: int) -> None:
+        lc = self.lc
+        self.close()
+        params = lc.llama_context_default_params()
+        params.n_ctx = params.n_batch = b * t
+        params.n_ubatch = min(512, b * t)  # llama-perplexity's default micro-batch
+        params.n_seq_max, params.kv_unified = b, False
+        params.n_threads = params.n_threads_batch = self.n_threads
+        # as llama-cpp-python's Llama (the path for caches and generation): on CPU, ggml's
+        # flash attention rounds Q to fp16, which moves logits by up to ~1 on random tokens
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = lc.llama_init_from_model(self.llm.model, params)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp could not make a context for {b} x {t} tokens")
+        self.batch = lc.llama_batch_init(b * t, 0, 1)
+        # freed with this object, or at exit before llama_cpp is torn down; holds the Llama
+        # so its model outlives the context
+        self._free = weakref.finalize(self, _free_context, lc, self.llm, self.ctx, self.batch)
+        self.shape, self.layout = (b, t), None
+
+    def _lay_out(self, b: int, t: int, keep: int) -> None:
+        """Positions, sequence ids and logit flags: the same for every call of one shape."""
+        batch = self.batch
+        for s in range(b):
+            for j in range(t):
+                n = s * t + j
+                batch.pos[n], batch.n_seq_id[n], batch.seq_id[n][0] = j, 1, s
+                batch.logits[n] = j >= t - keep
+        batch.n_tokens = b * t
+        self.layout = (b, t, keep)
+
+    def score(self, rows: list[list[int]], keep: int = 0) -> np.ndarray:
+        """Logits (B, keep, V) float32 of B windows of equal length (keep 0: every position);
+        a view into llama.cpp's buffer, valid until the next call."""
+        lc = self.lc
+        b, t = len(rows), len(rows[0])
+        keep = min(keep or t, t)
+        if b > self.shape[0] or t > self.shape[1] or self.ctx is None:
+            self._make(max(b, self.shape[0]), max(t, self.shape[1]))
+        if self.layout != (b, t, keep):
+            self._lay_out(b, t, keep)
+        tokens = np.ctypeslib.as_array(self.batch.token, shape=(b * t,))
+        tokens[:] = np.asarray(rows, dtype=np.int32).reshape(-1)
+        lc.llama_memory_clear(lc.llama_get_memory(self.ctx), True)
+        code = lc.llama_decode(self.ctx, self.batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode failed (code {code}) on {b} x {t} tokens")
+        out = np.ctypeslib.as_array(lc.llama_get_logits(self.ctx), shape=(b * keep, self.vocab))
+        return out.reshape(b, keep, self.vocab)
+
+    def close(self) -> None:
+        if self._free is not None:
+            self._free()
+        self.ctx = self.batch = self._free = None
+
+
+def _close_both(scorer: Scorer, llm: Any) -> None:
+    scorer.close()
+    llm.close()
+
+
+def _free_context(lc: Any, llm: Any, ctx: Any, batch: Any) -> None:
+    lc.llama_batch_free(batch)
+    lc.llama_free(ctx)
 
 
 def file_footprint(path: Path) -> tuple[dict[str, float], dict[str, int]]:
