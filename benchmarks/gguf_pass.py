@@ -4,7 +4,7 @@ Run: .venv/bin/python benchmarks/gguf_pass.py [--qtype Q8_0] [--tokens 8192] [--
 
 Both evaluate the same GGUF file (the bundled model re-quantized by llama.cpp) on the same
 token windows — llama.cpp's own tokenization of the bundled text, cut into non-overlapping
-chunks of ``--context`` tokens of which the second half is scored, exactly as
+chunks of ``--context`` tokens of which those after the first half are scored, exactly as
 ``llama-perplexity`` does — with the same number of threads. ``llama-perplexity`` is built
 from the llama.cpp tree inside the llama-cpp-python source package of the installed version
 (so the same revision), with the Makefile's build options (``LLAMA_CMAKE_ARGS``,
@@ -73,16 +73,18 @@ def llama_perplexity() -> Path:
 
 def chunk_windows(path: Path, text: str, tokens: int, context: int) -> Windows:
     """llama-perplexity's chunks: llama.cpp's tokens, BOS first in each chunk if the model
-    adds one, the second half of each chunk scored."""
+    adds one, the tokens after the first half of each chunk scored."""
+    import llama_cpp
     from llama_cpp import Llama
 
     vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
     ids = vocab.tokenize(text.encode(), add_bos=True, special=False)
     n = min(tokens, len(ids)) // context
     chunks = np.asarray(ids[: n * context], dtype=np.int64).reshape(n, context)
-    if vocab.add_bos_token():
+    if llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(vocab.model)):
         chunks[:, 0] = vocab.token_bos()
-    return Windows(chunks, np.full(n, context // 2), "llama-perplexity-chunks")
+    # its logits at positions first .. n_ctx-2 (first = n_ctx/2) score the tokens after them
+    return Windows(chunks, np.full(n, context // 2 + 1), "llama-perplexity-chunks")
 
 
 def run_llama_perplexity(
@@ -132,7 +134,7 @@ def main() -> None:
     windows = chunk_windows(path, text, args.tokens, args.context)
     n_windows, context = windows.ids.shape
     processed = windows.ids.size
-    print(f"{path.name}: {n_windows} chunks of {context} tokens, second half scored, "
+    print(f"{path.name}: {n_windows} chunks of {context} tokens, those after the first half scored, "
           f"{threads} threads")  # fmt: skip
     binary = llama_perplexity()
 
