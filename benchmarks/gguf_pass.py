@@ -134,8 +134,8 @@ def main() -> None:
     windows = chunk_windows(path, text, args.tokens, args.context)
     n_windows, context = windows.ids.shape
     processed = windows.ids.size
-    print(f"{path.name}: {n_windows} chunks of {context} tokens, those after the first half scored, "
-          f"{threads} threads")  # fmt: skip
+    print(f"{path.name}: {n_windows} chunks of {context} tokens, those after the first half "
+          f"scored, {threads} threads")  # fmt: skip
     binary = llama_perplexity()
 
     ref = evaluate.reference_pass(model, windows, 256, args.batch_size)  # warm-up and reference
