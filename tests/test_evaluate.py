@@ -267,3 +267,41 @@ def test_module_patterns_quantize_exactly_the_selected_linears(files):
     # 4 bits + absmax per 64 weights (bf16 once bitsandbytes repacks on CPU, else float32)
     # + the 16-entry code per layer: 4.607 measured with bitsandbytes 0.50.2
     assert 4.25 <= fp["linear_bits_per_weight"] <= 4.65
+
+
+def test_position_buckets_partition_the_scored_tokens_exactly():
+    """Every scored token falls in exactly one bucket, the one holding its position in its
+    window, and the buckets stop at the context (a 3,000-token window has 2048-3000 last)."""
+    ids = np.random.default_rng(1).integers(0, 320, 9000).tolist()
+    for context, stride in ((3000, 1500), (640, 600), (64, 24)):
+        win = make_windows(ids, context, stride)
+        positions = win.positions()
+        assert len(positions) == win.n_scored == len(win.cluster_ids())
+        parts = evaluate.position_buckets(positions, context)
+        cover = np.sum([mask for _, mask in parts], axis=0)
+        assert (cover == 1).all()
+        for label, mask in parts:
+            low, high = map(int, label.split("-"))
+            assert high <= context and positions[mask].min() >= low
+            assert positions[mask].max() < high
+        assert parts[-1][0].endswith(f"-{context}") or context > 8192
+
+
+def test_accuracy_by_position_recombines_into_the_whole(files):
+    """Per-bucket metrics are the whole run's metrics on a partition of its tokens: the
+    token-weighted bucket means give back the overall mean KL and mean loss."""
+    ids = np.random.default_rng(2).integers(0, 320, 1200).tolist()
+    win = make_windows(ids, 256, 250)  # windows score positions 6-255 (the first 1-255)
+    base, quant = _load(files, "fp32").model, _load(files, "bnb-int8").model
+    ref = evaluate.reference_pass(base, win, topk=16, batch_size=4)
+    ts = evaluate.compare_pass(quant, win, ref, batch_size=4)
+    clusters = win.cluster_ids()
+    whole = evaluate.accuracy_metrics(ts, clusters)
+    parts = evaluate.by_position_metrics(win, ts, clusters)
+    assert list(parts) == ["0-128", "128-256"]
+    assert sum(p["tokens"] for p in parts.values()) == whole["tokens"]
+    assert all(p["windows"] == whole["windows"] and p["kl_se"] > 0 for p in parts.values())
+    weighted = sum(p["kl_mean"] * p["tokens"] for p in parts.values()) / whole["tokens"]
+    assert weighted == pytest.approx(whole["kl_mean"], rel=1e-9)
+    log_ppl = sum(np.log(p["ppl"]) * p["tokens"] for p in parts.values()) / whole["tokens"]
+    assert log_ppl == pytest.approx(np.log(whole["ppl"]), rel=1e-9)

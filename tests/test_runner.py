@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,30 @@ def test_bos_prefix_scores_the_first_text_token(tiny_model_dir, tiny_text, tmp_p
     assert b.windows.ids[0, 0] == eos and b.windows.ids[0, 1] == a.windows.ids[0, 0]
     assert a.windows.fingerprint != b.windows.fingerprint
     assert b.windows.n_scored == a.windows.n_scored == 400
+
+
+def test_accuracy_by_position_is_stored_and_shown(tiny_model_dir, tiny_text, tmp_path):
+    """A run whose windows span two position buckets keeps each config's metrics per bucket
+    in its stored result, and ``show`` prints them; a run within one bucket has none."""
+    from rich.console import Console
+
+    from quantscope.report import terminal
+
+    store = tmp_path / "r.sqlite"
+    data = DataSpec((str(tiny_text),), tokens=1200, context=256, stride=250)
+    spec = replace(_spec(tiny_model_dir, tiny_text, store, configs="fp32,bnb-int8"), data=data)
+    report = runner.run(spec)
+    result = report.outcomes[1].result
+    assert result is not None and list(result.by_position) == ["0-128", "128-256"]
+    stored = Store(store).get(result.key)
+    assert stored is not None and stored.by_position == result.by_position
+    assert sum(p["tokens"] for p in result.by_position.values()) == result.metrics["tokens"]
+    console = Console(width=160, record=True)
+    table = terminal.positions_table(report)
+    assert table is not None
+    console.print(table)
+    text = console.export_text()
+    assert "128-256" in text and "bnb-int8" in text
+    small = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "s.sqlite", configs="fp32"))
+    assert small.outcomes[0].result.by_position == {}  # context 64: one bucket
+    assert terminal.positions_table(small) is None

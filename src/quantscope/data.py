@@ -71,6 +71,12 @@ class Windows:
         counts = self.ids.shape[1] - self.score_from
         return np.repeat(np.arange(len(counts)), counts)
 
+    def positions(self) -> np.ndarray:
+        """Per scored token (in scoring order), its position within its window: how many
+        tokens of context the model had when it predicted it. (N,)"""
+        context = self.ids.shape[1]
+        return np.concatenate([np.arange(start, context) for start in self.score_from.tolist()])
+
     def token_sources(self) -> np.ndarray:
         """Per scored token, the index of its source in ``sources``. (N,)"""
         of = self.source_of if self.source_of is not None else np.zeros(len(self.ids), np.int64)

@@ -21,6 +21,8 @@ class Result:
     ``generations`` holds per prompt the text, token ids and the first token that differs
     from the baseline; ``meta`` the settings, versions, hardware and file paths behind them;
     ``per_source`` the accuracy metrics of each text source when a run has several;
+    ``by_position`` those of each bucket of position within the window (``"512-2048"``: the
+    tokens predicted with 512 to 2,047 tokens of context) when the scored tokens span several;
     ``tasks`` per task and metric the accuracy, flips against the baseline and McNemar's p.
     """
 
@@ -35,6 +37,7 @@ class Result:
     created: str = ""
     per_source: dict[str, dict[str, float]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_position: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=_nan_safe)  # key order kept (sources)

@@ -237,6 +237,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes
         accuracy = evaluate.accuracy_metrics(token_stats, clusters)
         tokens = evaluate.token_values(token_stats, clusters).to_bytes()
         per_source = evaluate.per_source_metrics(ctx.windows, token_stats, clusters)
+        by_position = evaluate.by_position_metrics(ctx.windows, token_stats, clusters)
         accuracy["ref_disk_bytes_per_token"] = ref.info()["disk_bytes_per_token"]
         ctx.events.stage(f"{config.display}: speed", None)
         vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
@@ -270,6 +271,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes
         meta=meta,
         per_source=per_source,
         tasks=task_results,
+        by_position=by_position,
         created=now(),
     ), tokens
 

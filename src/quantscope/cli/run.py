@@ -175,7 +175,9 @@ def show_report(report: RunReport) -> None:
 
     for table in terminal.results_tables(report, console.width):
         console.print(table)
-    for extra in (terminal.tasks_table(report), terminal.sources_table(report)):
+    extras = (terminal.tasks_table(report), terminal.sources_table(report),
+              terminal.positions_table(report))  # fmt: skip
+    for extra in extras:
         if extra is not None:
             console.print(extra)
     for note in terminal.outcome_notes(report):

@@ -310,3 +310,34 @@ def per_source_metrics(
         name: accuracy_metrics(ts.subset(owner == i), clusters[owner == i])
         for i, name in enumerate(windows.sources)
     }
+
+
+POSITION_EDGES = (0, 128, 512, 2048, 8192)  # bucket starts; the last runs to the window's end
+
+
+def position_buckets(positions: np.ndarray, context: int) -> list[tuple[str, np.ndarray]]:
+    """The tokens of each position bucket that has any: ``(label, mask (N,))``. The buckets
+    partition the tokens; labels read ``"128-512"``, the last ending at the context.
+
+    >>> [label for label, _ in position_buckets(np.array([1, 5, 200, 600]), 1024)]
+    ['0-128', '128-512', '512-1024']
+    """
+    starts = [e for e in POSITION_EDGES if e < context]
+    out = []
+    for i, low in enumerate(starts):
+        high = starts[i + 1] if i + 1 < len(starts) else context
+        mask = (positions >= low) & (positions < high)
+        if mask.any():
+            out.append((f"{low}-{high}", mask))
+    return out
+
+
+def by_position_metrics(
+    windows: Windows, ts: TokenStats, clusters: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Accuracy per bucket of position within the window (how much context the model had),
+    each with its window-clustered uncertainty; empty when only one bucket has tokens."""
+    parts = position_buckets(windows.positions(), windows.ids.shape[1])
+    if len(parts) < 2:
+        return {}
+    return {label: accuracy_metrics(ts.subset(m), clusters[m]) for label, m in parts}

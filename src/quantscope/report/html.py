@@ -111,6 +111,27 @@ def _kl_distribution(results: list[Result]) -> dict[str, Any]:
     return {"data": traces, "layout": layout}
 
 
+def _kl_by_position(results: list[Result]) -> dict[str, Any]:
+    """Per config, mean KL ± se in each bucket of position within the window (log scale): does
+    the error grow with the context the model has?"""
+    traces = []
+    for r in results:
+        parts = r.by_position
+        if parts and r.metrics.get("kl_mean", 0.0) > 0:  # the baseline (0) has no log point
+            traces.append({
+                "type": "scatter", "mode": "lines+markers", "name": r.config,
+                "x": list(parts), "y": [m.get("kl_mean") for m in parts.values()],
+                "error_y": {"type": "data", "array": [m.get("kl_se", 0) for m in parts.values()]},
+            })  # fmt: skip
+    layout = {
+        "title": {"text": "KL by position in the window", "x": 0.02, "xanchor": "left"},
+        "xaxis": {"title": {"text": "tokens of context (position bucket)"}, "type": "category"},
+        "yaxis": {"type": "log", "title": {"text": METRICS["kl_mean"].label}},
+        "legend": {"orientation": "h", "y": -0.2},
+    }  # fmt: skip
+    return {"data": traces, "layout": layout}
+
+
 def _results_table(report: RunReport) -> str:
     """One row per config: every table metric from the catalog (value ± se), then status."""
     head = ["config", *(m.header for m in TABLE), "status"]
@@ -181,7 +202,7 @@ def _tasks(results: list[Result]) -> str:
 def run_figures(results: list[Result], chosen: str | None = None) -> dict[str, dict[str, Any]]:
     """A run's plots by name (the HTML report draws them all; a notebook asks for one), the
     ``chosen`` config marked on each Pareto plot."""
-    return {
+    figures = {
         "kl_vs_mb": _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", True, chosen),
         "ppl_vs_mb": _scatter(
             results, "weight_mb", "ppl", "perplexity vs weight MB", False, chosen
@@ -191,6 +212,9 @@ def run_figures(results: list[Result], chosen: str | None = None) -> dict[str, d
         ),
         "kl_distribution": _kl_distribution(results),
     }
+    if any(r.by_position for r in results):
+        figures["kl_by_position"] = _kl_by_position(results)
+    return figures
 
 
 def render_html(report: RunReport, decision: str = "", chosen: str | None = None) -> str:

@@ -118,19 +118,32 @@ def _places(result: Result) -> str:
 def sources_table(report: RunReport) -> Table | None:
     """Per text source, each config's main accuracy numbers (only for runs with several)."""
     rows = [(o.config, o.result.per_source) for o in report.outcomes if o.result is not None]
+    return _parts_table(rows, "per text (the rows above are their token-weighted means)", "text")
+
+
+def positions_table(report: RunReport) -> Table | None:
+    """Per bucket of position within the window, each config's main accuracy numbers (only
+    when the scored tokens span several buckets)."""
+    rows = [(o.config, o.result.by_position) for o in report.outcomes if o.result is not None]
+    title = "by position in the window (tokens of context the model had; se over windows)"
+    return _parts_table(rows, title, "position")
+
+
+def _parts_table(
+    rows: list[tuple[str, dict[str, dict[str, float]]]], title: str, part: str
+) -> Table | None:
+    """Accuracy of each part (text source, position bucket) of each config's tokens."""
     if not any(parts for _, parts in rows):
         return None
-    table = Table(
-        title="per text (the rows above are their token-weighted means)", title_justify="left"
-    )
-    for header in ("config", "text", "tokens", "ppl", "Δppl %", "KL mean", "top-1 %"):
-        table.add_column(header, justify="left" if header in ("config", "text") else "right")
+    table = Table(title=title, title_justify="left")
+    for header in ("config", part, "tokens", "windows", "ppl", "Δppl %", "KL mean", "top-1 %"):
+        table.add_column(header, justify="left" if header in ("config", part) else "right")
     for config, parts in rows:
         for name, m in parts.items():
             table.add_row(
-                Text(config), Text(name[-40:]), f"{m['tokens']:.0f}",
-                *(METRICS[k].cell(m, one_line=True) for k in ("ppl", "dppl_pct")),
-                *(METRICS[k].text(m[k]) for k in ("kl_mean", "top1_agree")),
+                Text(config), Text(name[-40:]), f"{m['tokens']:.0f}", f"{m['windows']:.0f}",
+                *(METRICS[k].cell(m, one_line=True)
+                  for k in ("ppl", "dppl_pct", "kl_mean", "top1_agree")),
             )  # fmt: skip
     return table
 
