@@ -1,13 +1,14 @@
 """llama.cpp GGUF (``gguf[qtype=Q4_K_M]``, or ``gguf[file=PATH]`` for a file you have).
 
-The numbers are llama.cpp's own: the file is evaluated by llama.cpp (llama-cpp-python) with
-logits for every position, behind a small adapter that the passes call like a transformers
-model. ``qtype`` quantizes with llama.cpp's ``llama_model_quantize`` from the baseline's own
-GGUF file (a baseline given as a GGUF file, like the bundled one: its de-quantized weights are
-exactly the baseline, so re-quantizing the file quantizes the baseline), or, for a Hugging Face
-model, from an F32 GGUF file that llama.cpp's own ``convert_hf_to_gguf.py`` makes of it (see
-:func:`converter`). Weight bytes, bits per weight and the tensor type mix are read from the
-file. llama_cpp is imported only here.
+The numbers are llama.cpp's own: the file is evaluated by llama.cpp (llama-cpp-python) behind
+a small adapter that the passes call like a transformers model; the scoring passes give it
+whole windows as ``llama-perplexity`` does (see :class:`Scorer`). ``qtype`` quantizes with
+llama.cpp's ``llama_model_quantize`` from the baseline's own GGUF file (a baseline given as a
+GGUF file, like the bundled one: its de-quantized weights are exactly the baseline, so
+re-quantizing the file quantizes the baseline), or, for a Hugging Face model, from an F32 GGUF
+file that llama.cpp's own ``convert_hf_to_gguf.py`` makes of it (see :func:`converter`).
+Weight bytes, bits per weight and the tensor type mix are read from the file. llama_cpp is
+imported only here.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def _torch() -> Any:
 
 
 class LlamaCppModel:
-    """llama.cpp behind the interface the passes use: ``forward`` → ``.logits`` (B, T, V) for
-    every position, incremental calls with ``past_key_values``, greedy ``generate``, and one
-    empty parameter so the device is found."""
+    """llama.cpp behind the interface the passes use: ``forward`` → ``.logits`` (B, T, V), or
+    of the last ``logits_to_keep`` positions, incremental calls with ``past_key_values``,
+    greedy ``generate``, and one empty parameter so the device is found."""
 
     def __init__(self, path: Path, config: Any, n_ctx: int) -> None:
         from llama_cpp import Llama
