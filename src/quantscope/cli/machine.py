@@ -53,13 +53,13 @@ def gguf_converter(
 ) -> None:
     """Fetch llama.cpp's convert_hf_to_gguf.py (from the source package of the installed
     llama-cpp-python, by pip), so gguf[qtype=…] can convert Hugging Face models."""
-    from quantscope.backends import gguf
+    from quantscope.backends import gguf, gguf_files
 
     reason = gguf.BACKEND.available(cfg.Gguf(), "cpu")
     if reason:
         raise UserError(reason)
-    folder = gguf.fetch_converter(into)
-    hint = f"; set {gguf.CONVERTER_ENV}={folder} to use it" if into else ""
+    folder = gguf_files.fetch_converter(into)
+    hint = f"; set {gguf_files.CONVERTER_ENV}={folder} to use it" if into else ""
     console.print(f"llama.cpp's converter is in {escape(str(folder))}{escape(hint)}")
 
 
@@ -168,12 +168,12 @@ def _llama_features() -> str:
 
 
 def _converter() -> str:
-    from quantscope.backends import gguf
+    from quantscope.backends import gguf, gguf_files
 
     if gguf.BACKEND.available(cfg.Gguf(), "cpu"):
         return "needs llama-cpp-python (pip install 'quantscope[gguf]')"
     try:
-        return str(gguf.converter())
+        return str(gguf_files.converter())
     except UserError as err:
         return str(err)
 

@@ -31,9 +31,9 @@ from quantscope.token_values import TokenValues
 Advance = Callable[[int], None]
 # Rows of (rows, V) log-probs computed at once: 64 rows of a 49k vocabulary in float32 are
 # 12.5 MB, which stay in cache between the log-normaliser, the argmax and the gathers that
-# read them. Measured on the bundled model (benchmarks/accuracy_pass.py): the scoring work per
-# 1k tokens fell from 248 to 171 ms (fp32) and from 330 to 167 ms (bf16, with the cast) going
-# from 256-row to 64-row pieces; 32 rows was no faster.
+# read them. Measured on the bundled model's logits, scoring alone (best of three): the work
+# per 1k tokens fell from 248 to 171 ms (fp32) and from 330 to 167 ms (bf16, with the cast)
+# going from 256-row to 64-row pieces; 32 rows was no faster.
 _ROWS = 64
 
 
