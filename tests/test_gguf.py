@@ -203,3 +203,41 @@ def test_batched_scoring_equals_one_window_at_a_time():
     logits = model(input_ids=longer, logits_to_keep=8).logits
     last = model._run(longer[3].tolist(), keep=False).numpy()[-8:]
     assert np.abs(logits[3].numpy() - last).max() < 1e-3
+
+
+def test_llama_cpp_cache_types_are_in_the_scoring_path_and_hold_their_bytes():
+    """``gguf+kv=TYPE`` scores through llama.cpp's cache of that type (flash attention on, which
+    a quantized V needs): on real text the KL to the f16-cache pass grows as the cache's bits
+    fall, and the bytes of 256 cached tokens are the formula's (K and V rows as stored; llama.cpp's
+    own state size adds a header of a few kB, hence 1%)."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig
+
+    from quantscope import models
+    from quantscope.backends.gguf import LlamaCppModel
+    from quantscope.config import model_spec
+    from quantscope.config.kv import parse_kv
+    from quantscope.data import bundled_text
+    from quantscope.evaluate.depth import predicted_bytes
+
+    spec = model_spec(None)
+    files = models.resolve(spec)
+    config = AutoConfig.from_pretrained(str(files.folder))
+    ids = models.load_tokenizer(files, spec)(bundled_text("eval")[:6000])["input_ids"][:512]
+    window = torch.tensor([ids])
+
+    def log_probs(kv: str | None) -> tuple[np.ndarray, LlamaCppModel]:
+        model = LlamaCppModel(bundled_gguf(), config, n_ctx=512, kv=parse_kv(kv) if kv else None)
+        x = model(input_ids=window, logits_to_keep=256).logits[0].double()
+        return (x - torch.logsumexp(x, -1, keepdim=True)).numpy(), model
+
+    base, _ = log_probs(None)
+    kls, bytes_held = {}, {}
+    for kv in ("f16", "q8_0", "q4_0"):
+        lp, model = log_probs(kv)
+        kls[kv] = float((np.exp(base) * (base - lp)).sum(-1).mean())
+        held, _, _ = model.at_depth(ids, 256, 8, 2)
+        bytes_held[kv] = held / predicted_bytes(config, parse_kv(kv), 256, 2)
+    assert kls["f16"] < kls["q8_0"] < kls["q4_0"], kls
+    assert all(abs(ratio - 1) < 0.01 for ratio in bytes_held.values()), bytes_held

@@ -99,7 +99,7 @@ def test_calibration_kl_equals_direct_full_vocabulary_kl(tiny_model_dir):
     batches = zip(scored_logits(base, windows, 3), scored_logits(other, windows, 3), strict=True)
     for b_batch, q_batch in batches:
         for (xb, t), (xq, _) in zip(b_batch, q_batch, strict=True):
-            lb, lq = xb.double().log_softmax(-1), xq.double().log_softmax(-1)
+            lb, lq = xb[:].double().log_softmax(-1), xq[:].double().log_softmax(-1)
             kls.append(kl_full(lb, lq))
             nll_b.append(-lb.gather(-1, t[:, None]).squeeze(-1))
             nll_q.append(-lq.gather(-1, t[:, None]).squeeze(-1))

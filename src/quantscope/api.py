@@ -151,7 +151,7 @@ def run_spec(
     model: str | None = None, configs: ConfigsLike = cfg.DEFAULT_CONFIGS, text: Texts = None,
     dataset: str | None = None, dataset_config: str | None = None, split: str = "test",
     field: str = "text", bos: bool | None = None, tokens: int = 4096, context: int = 512,
-    stride: int = 256, prompts: PathLike | Iterable[str] | None = None,
+    stride: int = 0, prompts: PathLike | Iterable[str] | None = None,
     tasks: str | Iterable[str] = (), task_limit: int = 200, store: PathLike | None = None,
     force: bool = False, device: str = "auto", seed: int = 0,
     dtype: cfg.DType | str = cfg.DType.FP32, batch_size: int = 4, ref_topk: int = 256,
@@ -159,6 +159,7 @@ def run_spec(
     revision: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
     device_map: str | None = None, max_memory: str | None = None,
     offload_dir: PathLike | None = None, baseline_device_map: str | None = None,
+    depths: str | Iterable[int] | None = None,
 ) -> cfg.RunSpec:  # fmt: skip
     """The :class:`RunSpec` of ``quantscope run`` with these options (same names)."""
     model_spec = cfg.model_spec(model, _dtype(dtype, "dtype") or cfg.DType.FP32, revision,
@@ -172,8 +173,20 @@ def run_spec(
         prompts=read_prompts(prompts), max_new_tokens=max_new_tokens, device=device, seed=seed,
         batch_size=batch_size, ref_topk=ref_topk, ref_samples=ref_samples, exact=exact,
         speed_reps=speed_reps, store_path=_store(store), force=force, tasks=_names(tasks),
-        task_limit=task_limit,
+        task_limit=task_limit, depths=_depths(depths),
     )  # fmt: skip
+
+
+def _depths(depths: str | Iterable[int] | None) -> tuple[int, ...] | None:
+    """``--depths`` as token counts: ``0,1k,4096`` (k = 1024); None keeps the default."""
+    if depths is None:
+        return None
+    items = [p.strip() for p in depths.split(",")] if isinstance(depths, str) else list(depths)
+    try:
+        return tuple(int(p[:-1]) * 1024 if str(p).lower().endswith("k") else int(p)
+                     for p in map(str, items) if p)  # fmt: skip
+    except ValueError:
+        raise UserError(f"--depths takes token counts like 0,1k,4k,8k, got '{depths}'.") from None
 
 
 def study_spec(
@@ -201,7 +214,7 @@ def search_spec(
     max_ppl_increase: str | float | None = None, max_mb: float | None = None,
     model: str | None = None, fallback: cfg.DType | str | None = None, by: str = "block",
     modes: str | Iterable[str] = "all-but", text: Texts = None, tokens: int = 4096,
-    context: int = 512, stride: int = 256, calib_text: Texts = None, calib_tokens: int = 1024,
+    context: int = 512, stride: int = 0, calib_text: Texts = None, calib_tokens: int = 1024,
     calib_context: int = 256, calib_stride: int = 192, tries: int = 3,
     save: PathLike | None = None, label: str | None = None, device: str = "auto",
     batch_size: int = 4, store: PathLike | None = None, speed_reps: int = 3,
@@ -226,7 +239,7 @@ def recover_spec(
     dropout: float = 0.0, targets: str | Iterable[str] = "all-linear", steps: int = 200,
     max_minutes: float | None = None, lr: float = 1e-3, seq_len: int = 256,
     train_batch: int = 4, kl_weight: float = 1.0, train_text: Texts = None, text: Texts = None,
-    tokens: int = 4096, context: int = 512, stride: int = 256, out: PathLike | None = None,
+    tokens: int = 4096, context: int = 512, stride: int = 0, out: PathLike | None = None,
     seed: int = 0, device: str = "auto", store: PathLike | None = None, speed_reps: int = 3,
     max_new_tokens: int = 40, prompts: PathLike | Iterable[str] | None = None,
     trust_remote_code: bool = False, allow_pickle: bool = False,

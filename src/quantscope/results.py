@@ -234,3 +234,12 @@ class Study(Display):
         rows = {(r["unit"], r["mode"]): {k: v for k, v in r.items() if k not in ("unit", "mode")}
                 for r in body["rows"]}  # fmt: skip
         return cls(body["key"], body["settings"], units, rows, body["costs"])
+
+
+def depths_in(metrics: dict[str, float]) -> list[int]:
+    """The context depths a result's KV cache was measured at (``kv_bytes@D``), ascending.
+
+    >>> depths_in({"kv_bytes@4096": 1.0, "kv_bytes@0": 0.0, "kl_mean": 0.1})
+    [0, 4096]
+    """
+    return sorted({int(k.split("@")[1]) for k in metrics if k.startswith("kv_bytes@")})

@@ -83,7 +83,7 @@ def _settings(spec: RunSpec, windows: data.Windows, device: str, bos: bool) -> d
         "speed_reps": spec.speed_reps,
         "device_type": torch.device(device).type,
         "versions": versions(),
-    }
+    } | ({"depths": list(spec.depths)} if spec.depths is not None else {})
 
 
 def prepare(spec: RunSpec, events: Events) -> _Context:
@@ -228,7 +228,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes
         start = time.perf_counter()
         token_stats = evaluate.compare_pass(
             loaded.model, ctx.windows, ref.cursor(), spec.batch_size, ctx.events.advance,
-            baseline=ctx.baseline_model,
+            baseline=ctx.baseline_model, kv=config.kv,
         )  # fmt: skip
         eval_s = time.perf_counter() - start
         footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
@@ -241,7 +241,11 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes
         accuracy["ref_disk_bytes_per_token"] = ref.info()["disk_bytes_per_token"]
         ctx.events.stage(f"{config.display}: speed", None)
         vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
-        speed = evaluate.speed_metrics(loaded.model, vocab, spec.speed_reps, spec.seed)
+        speed = evaluate.speed_metrics(loaded.model, vocab, spec.speed_reps, spec.seed, config.kv)
+        depths = evaluate.depths_for(spec.depths, config.kv, loaded.model.config)
+        if depths:
+            ctx.events.stage(f"{config.display}: KV cache at depth", None)
+            speed.update(evaluate.depth_metrics(loaded.model, config.kv, tuple(depths), vocab))
         task_results = {}
         if ctx.tasks:
             ctx.events.stage(f"{config.display}: tasks", None)
@@ -249,7 +253,9 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes
             found = _answer_tasks(ctx, loaded.model)
             task_results = answers.compare(ctx.tasks, ctx.base_answers, found)
         ctx.events.stage(f"{config.display}: generations", None)
-        gens = evaluate.generate(loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens)
+        gens = evaluate.generate(
+            loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens, config.kv
+        )
     for gen, base in zip(gens, ctx.base_generations, strict=True):
         gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
     library, load_s, quantize_s = loaded.library, loaded.load_s, loaded.quantize_s

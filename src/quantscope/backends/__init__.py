@@ -90,7 +90,11 @@ class Backend:
 
     def available(self, config: QuantConfig, device: str) -> str | None:
         """None if ``config`` can run on ``device`` here, else one sentence why not."""
-        return missing(self.module, self.extra) if self.module else None
+        reason = missing(self.module, self.extra) if self.module else None
+        if reason is None and config.kv is not None and config.kv.backend:
+            module = {"quanto": "optimum.quanto", "hqq": "hqq"}[config.kv.backend]
+            reason = missing(module, config.kv.backend)
+        return reason
 
     def check(self, config: QuantConfig, device: str) -> None:
         """Raise :class:`Unavailable` with the reason when ``config`` cannot run here."""

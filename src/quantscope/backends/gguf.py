@@ -24,6 +24,7 @@ import numpy as np
 from quantscope.backends import Backend, Quantized
 from quantscope.backends.gguf_files import converted, file_footprint, quantize_file
 from quantscope.config import Gguf, ModelKind, ModelSpec, QuantConfig
+from quantscope.config.kv import KvSpec
 from quantscope.errors import UserError
 from quantscope.models import ModelFiles
 
@@ -39,20 +40,23 @@ class LlamaCppModel:
     of the last ``logits_to_keep`` positions, incremental calls with ``past_key_values``,
     greedy ``generate``, and one empty parameter so the device is found."""
 
-    def __init__(self, path: Path, config: Any, n_ctx: int) -> None:
+    def __init__(self, path: Path, config: Any, n_ctx: int, kv: KvSpec | None = None) -> None:
         from llama_cpp import Llama
 
         torch = _torch()
+        self.kv_params = cache_params(kv)
         self.llm = Llama(
             model_path=str(path), logits_all=True, n_ctx=n_ctx, n_batch=n_ctx,
-            n_threads=torch.get_num_threads(), verbose=False,
+            n_threads=torch.get_num_threads(), verbose=False, **self.kv_params,
         )  # fmt: skip
         self.config = config
         self.path = path
         self.made_s = math.nan  # seconds making the file took (set by the backend)
         self.anchor = torch.nn.Parameter(torch.zeros(0))
         self.training = False
-        self.scorer = Scorer(self.llm)  # the batched scoring path (its context made on use)
+        self.scorer = Scorer(
+            self.llm, self.kv_params
+        )  # the batched scoring path (its context made on use)
         # freed with this object, or at exit before the interpreter tears llama_cpp down (the
         # Llama's own __del__ then finds the C functions gone and prints a TypeError): the
         # scoring context first, then the Llama with the model it uses
@@ -115,6 +119,49 @@ class LlamaCppModel:
             logits = self._run([nxt], keep=True)
         return torch.tensor([out])
 
+    def at_depth(
+        self, ids: list[int], depth: int, prefill: int, steps: int
+    ) -> tuple[int, float, float]:
+        """On a context of its own (this model's cache types): the bytes of sequence 0's
+        cache after ``depth`` tokens (llama.cpp's own serialised size: K and V rows as stored),
+        then the seconds of ``prefill`` tokens and of ``steps`` one-token steps (``ids`` holds
+        them all)."""
+        from llama_cpp import Llama, llama_state_seq_get_size
+
+        torch = _torch()
+        n_ctx = -(-(depth + prefill + steps + 1) // 256) * 256
+        llm = Llama(
+            model_path=str(self.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
+            n_threads=torch.get_num_threads(), verbose=False, **self.kv_params,
+        )  # fmt: skip
+        try:
+            if depth:
+                llm.eval(ids[:depth])
+            nbytes = llama_state_seq_get_size(llm.ctx, 0) if depth else 0
+            start = time.perf_counter()
+            llm.eval(ids[depth : depth + prefill])
+            prefill_s = time.perf_counter() - start
+            start = time.perf_counter()
+            for token in ids[depth + prefill : depth + prefill + steps]:  # one-token steps
+                llm.eval([token])
+            return nbytes, prefill_s, time.perf_counter() - start
+        finally:
+            llm.close()
+
+
+def cache_params(kv: KvSpec | None) -> dict[str, Any]:
+    """llama.cpp context settings for a KV-cache config: the K and V types, and flash
+    attention (which a quantized V needs), on for every cache config so they compare among
+    themselves; nothing (f16 cache, no flash attention) without one."""
+    if kv is None:
+        return {}
+    import llama_cpp as lc
+
+    def ggml(name: str) -> int:
+        return int(getattr(lc, f"GGML_TYPE_{name.upper()}"))
+
+    return {"type_k": ggml(kv.cache), "type_v": ggml(kv.type_v), "flash_attn": True}
+
 
 class Scorer:
     """Whole windows scored the way llama.cpp's own ``llama-perplexity`` does: the B windows
@@ -123,10 +170,11 @@ class Scorer:
     llama.cpp's output buffer (no copy). The context is remade only when a call brings more
     or longer windows than it holds."""
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, kv_params: dict[str, Any] | None = None) -> None:
         import llama_cpp as lc
 
         self.lc, self.llm, self.n_threads = lc, llm, llm.n_threads
+        self.kv_params = kv_params or {}
         self.vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(llm.model))
         self.ctx: Any = None
         self.batch: Any = None
@@ -145,6 +193,9 @@ class Scorer:
         # as llama-cpp-python's Llama (the path for caches and generation): on CPU, ggml's
         # flash attention rounds Q to fp16, which moves logits by up to ~1 on random tokens
         params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if self.kv_params:  # a KV-cache config: its types, flash attention on (cache_params)
+            params.type_k, params.type_v = self.kv_params["type_k"], self.kv_params["type_v"]
+            params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = lc.llama_init_from_model(self.llm.model, params)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not make a context for {b} x {t} tokens")
@@ -213,7 +264,8 @@ class GgufBackend(Backend):
         assert isinstance(config, Gguf)
         path, quantize_s = self.file(files, spec, config)
         start = time.perf_counter()
-        model = LlamaCppModel(path, AutoConfig.from_pretrained(str(files.folder)), n_ctx=2048)
+        hf_config = AutoConfig.from_pretrained(str(files.folder))
+        model = LlamaCppModel(path, hf_config, n_ctx=2048, kv=config.kv)
         model.made_s = quantize_s
         return model, time.perf_counter() - start
 
@@ -235,7 +287,12 @@ class GgufBackend(Backend):
     ) -> Quantized:
         """Quantized by llama.cpp into the file: bytes and the type mix are read from it."""
         footprint, mix = file_footprint(model.path)
-        return Quantized(footprint=footprint, made_s=model.made_s, note=f"types {mix}")
+        kv = (
+            f", KV cache K {config.kv.cache} V {config.kv.type_v}, flash attention"
+            if config.kv
+            else ""
+        )
+        return Quantized(footprint=footprint, made_s=model.made_s, note=f"types {mix}{kv}")
 
     def library(self) -> str:
         import llama_cpp

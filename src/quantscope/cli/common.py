@@ -55,7 +55,9 @@ TokensOpt = Annotated[int, typer.Option(help="How many tokens of each text to sc
 ContextOpt = Annotated[int, typer.Option(help="Window length in tokens.")]
 StrideOpt = Annotated[
     int,
-    typer.Option(help="Tokens a window advances; scored tokens keep ≥ context−stride of context."),
+    typer.Option(
+        help="Tokens a window advances (default: half the context); scored tokens keep ≥ context−stride of context."
+    ),
 ]
 SpeedRepsOpt = Annotated[int, typer.Option(help="Timed repetitions for prefill and decode speed.")]
 NewTokensOpt = Annotated[int, typer.Option(help="Tokens generated per prompt.")]

@@ -108,7 +108,7 @@ def search(
     text: TextOpt = None,
     tokens: TokensOpt = 4096,
     context: ContextOpt = 512,
-    stride: StrideOpt = 256,
+    stride: StrideOpt = 0,
     calib_text: CalibOpt = None,
     calib_tokens: CalibTokensOpt = 1024,
     calib_context: CalibContextOpt = 256,

@@ -65,7 +65,7 @@ def recover(
     text: TextOpt = None,
     tokens: TokensOpt = 4096,
     context: ContextOpt = 512,
-    stride: StrideOpt = 256,
+    stride: StrideOpt = 0,
     out: Annotated[
         Path | None, typer.Option(help="Adapter folder; default adapters/CONFIG-lora-rRANK.")
     ] = None,

@@ -67,7 +67,7 @@ def run(
     ] = None,
     tokens: TokensOpt = 4096,
     context: ContextOpt = 512,
-    stride: StrideOpt = 256,
+    stride: StrideOpt = 0,
     prompts: PromptsOpt = None,
     tasks: Annotated[
         str,
@@ -127,6 +127,12 @@ def run(
             help="Where the baseline's layers go (it is needed once, for the reference pass); default: on the device if it fits, else offloaded to CPU and disk."
         ),
     ] = None,
+    depths: Annotated[
+        str | None,
+        typer.Option(
+            help="Context depths for KV-cache bytes and prefill/decode speed, e.g. 0,1k,4k,8k; default: those four (up to the model's positions) for configs with +kv=, none for others."
+        ),
+    ] = None,
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config
     (with --margin, each judged equivalent, worse or not resolved at that margin)."""
@@ -137,7 +143,7 @@ def run(
         model, configs, text, dataset, dataset_config, split, field, bos, tokens, context,
         stride, prompts, tasks, task_limit, store, force, device, seed, dtype, batch_size,
         ref_topk, ref_samples, exact, max_new_tokens, speed_reps, revision, trust_remote_code,
-        allow_pickle, device_map, max_memory, offload_dir, baseline_device_map,
+        allow_pickle, device_map, max_memory, offload_dir, baseline_device_map, depths,
     )  # fmt: skip
     with progress() as bar:
         report = run_one(spec, ProgressEvents(bar))
@@ -176,7 +182,7 @@ def show_report(report: RunReport) -> None:
     for table in terminal.results_tables(report, console.width):
         console.print(table)
     extras = (terminal.tasks_table(report), terminal.sources_table(report),
-              terminal.positions_table(report))  # fmt: skip
+              terminal.positions_table(report), terminal.depth_table(report))  # fmt: skip
     for extra in extras:
         if extra is not None:
             console.print(extra)

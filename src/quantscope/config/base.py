@@ -94,14 +94,17 @@ def format_value(value: object) -> str:
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig:
     """One quantization config: a method (the class and its variant fields) and its
-    validated parameters. ``lora`` is a peft LoRA adapter folder applied on top
+    validated parameters. ``kv`` is the KV cache it scores through (``bf16+kv=quanto-int4``,
+    see ``config.kv``); ``lora`` is a peft LoRA adapter folder applied on top
     (``bnb-nf4+lora=PATH``); ``label`` a display name (from a config file), not part of the
     config's identity, which is :attr:`name`.
     """
 
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}
     BACKEND: ClassVar[str] = ""
+    KV_ENGINE: ClassVar[str] = "torch"  # which KV caches (``config.kv``) its engine takes
 
+    kv: KvSpec | None = None
     lora: str = ""
     label: str = field(default="", compare=False)
 
@@ -132,8 +135,9 @@ class QuantConfig:
             for f in sorted(self.parameters(), key=lambda f: f.name)
             if getattr(self, f.name) != f.default
         ]
+        kv = f"+kv={self.kv.name}" if self.kv else ""
         lora = f"+lora={self.lora}" if self.lora else ""
-        return self.method + (f"[{','.join(parts)}]" if parts else "") + lora
+        return self.method + (f"[{','.join(parts)}]" if parts else "") + kv + lora
 
     def __str__(self) -> str:
         return self.name
@@ -260,3 +264,6 @@ def select_modules(
     """
     chosen = [n for n in names if not include or any(matches(n, p) for p in include)]
     return [n for n in chosen if not any(matches(n, p) for p in skip)]
+
+
+from quantscope.config.kv import KvSpec  # noqa: E402  (kv builds on the grammar above)

@@ -146,6 +146,7 @@ class Gguf(QuantConfig):
 
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"gguf": {}}
     BACKEND: ClassVar[str] = "quantscope.backends.gguf:BACKEND"
+    KV_ENGINE: ClassVar[str] = "gguf"
     qtype: str = param("Q8_0", help="llama.cpp quantization type", upper=True)
     file: str = param("", help="a GGUF file to evaluate instead", path=True)
 

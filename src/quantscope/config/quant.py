@@ -1,5 +1,6 @@
 """The config grammar of the command line and of config files, parsed once, at the edge:
-``method``, ``method[key=value,...]``, ``CONFIG+lora=FOLDER``, comma lists, JSON config files.
+``method``, ``method[key=value,...]``, ``CONFIG+kv=SPEC``, ``CONFIG+lora=FOLDER``, comma lists,
+JSON config files.
 
 >>> spec = parse_config("bnb-nf4[double_quant=true,compute_dtype=bf16]")
 >>> spec.method, spec.double_quant, spec.compute_dtype.value
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from quantscope.config.base import QuantConfig, did_you_mean, parse_value
+from quantscope.config.kv import GGML_BYTES_PER_32, TORCH_CACHES, parse_kv
 from quantscope.config.registry import config_class
 from quantscope.errors import UserError
 
@@ -32,12 +34,24 @@ def parse_config(text: str) -> QuantConfig:
     >>> parse_config("bnb-int8[threshold=5,skip=lm_head;mlp.down_proj]").skip
     ('lm_head', 'mlp.down_proj')
 
-    ``+lora=PATH`` applies a peft LoRA adapter folder on top of the config.
+    ``+kv=SPEC`` scores it through a KV cache (``config.kv``), refused here when the config's
+    engine cannot hold that cache; ``+lora=PATH`` applies a peft LoRA adapter folder on top.
+
+    >>> parse_config("gguf[qtype=Q4_K_M]+kv=q8_0").name
+    'gguf[qtype=Q4_K_M]+kv=q8_0'
     """
     text, _, lora = text.strip().partition("+lora=")
     if lora:
         base, folder = parse_config(text), _adapter_folder(lora)
         return replace(base, lora=folder, label=f"{base.display}+lora={Path(folder).name}")
+    text, _, kv_text = text.partition("+kv=")
+    if kv_text:
+        base, kv = parse_config(text), parse_kv(kv_text)
+        if kv.engine != base.KV_ENGINE:
+            takes = ", ".join(TORCH_CACHES if base.KV_ENGINE == "torch" else GGML_BYTES_PER_32)
+            raise UserError(f"'{base.method}' cannot score through kv={kv.name}: its engine "
+                            f"takes the KV caches {takes}.")  # fmt: skip
+        return replace(base, kv=kv)
     match = _CONFIG_RE.match(text.strip())
     if not match:
         raise UserError(f"Cannot read config '{text}'; write it as name or name[key=value,...].")

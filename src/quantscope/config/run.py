@@ -180,11 +180,13 @@ class DataSpec:
     bos: bool | None = None
     tokens: int = 4096
     context: int = 512
-    stride: int = 256
+    stride: int = 0  # 0: half the context
 
     def __post_init__(self) -> None:
         if self.context < 2:
             raise UserError(f"--context must be at least 2 tokens (got {self.context}).")
+        if self.stride == 0:
+            object.__setattr__(self, "stride", self.context // 2)
         if not 1 <= self.stride < self.context:
             raise UserError(
                 f"--stride must be at least 1 and below --context ({self.context}) so every "
@@ -218,8 +220,11 @@ class RunSpec:
     force: bool = False
     tasks: tuple[str, ...] = ()
     task_limit: int = 200
+    depths: tuple[int, ...] | None = None  # KV-cache depths; None: evaluate.depth's default
 
     def __post_init__(self) -> None:
+        if self.depths is not None and any(d < 0 for d in self.depths):
+            raise UserError(f"--depths must be token counts of 0 or more, got {self.depths}.")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise UserError(
                 f"--device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'."

@@ -15,9 +15,9 @@ from quantscope.evaluate.accuracy import (
     position_buckets,
     reference_chunks,
     reference_pass,
-    scored_logits,
     token_values,
 )
+from quantscope.evaluate.depth import DEFAULT_DEPTHS, depth_metrics, depths_for, depths_in
 from quantscope.evaluate.device import model_device
 from quantscope.evaluate.efficiency import (
     PeakMemory,
@@ -32,20 +32,28 @@ from quantscope.evaluate.generation import (
     generate,
     loglikelihoods,
 )
+from quantscope.evaluate.scoring import Rows, make_cache, output_head, scored_logits, through_cache
 
 __all__ = [
+    "DEFAULT_DEPTHS",
     "Advance",
     "PeakMemory",
+    "Rows",
     "TokenStats",
     "accuracy_metrics",
     "by_position_metrics",
     "compare_pass",
     "decode_speed",
+    "depth_metrics",
+    "depths_for",
+    "depths_in",
     "encode_prompt",
     "first_difference",
     "generate",
     "loglikelihoods",
+    "make_cache",
     "model_device",
+    "output_head",
     "per_source_metrics",
     "position_buckets",
     "prefill_speed",
@@ -53,6 +61,7 @@ __all__ = [
     "reference_pass",
     "scored_logits",
     "speed_metrics",
+    "through_cache",
     "token_values",
     "weight_footprint",
 ]

@@ -1,7 +1,8 @@
 """The accuracy passes: the baseline's reference pass and the streamed comparison.
 
-Memory stays flat in the length of the text: logits live one batch of windows at a time and
-only per-token scalars (and the baseline's top-k log-probs) are kept.
+Memory stays flat in the length of the text and of the window: hidden states live one batch
+of windows at a time, logits ``_ROWS`` rows at a time (``evaluate.scoring``), and only
+per-token scalars (and the baseline's top-k log-probs) are kept.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantscope.config.kv import KvSpec
 from quantscope.data import Windows
-from quantscope.evaluate.device import accepts, model_device
+from quantscope.evaluate.scoring import Rows, scored_logits
 from quantscope.metrics import stats
 from quantscope.metrics.divergence import (
     kl_full,
@@ -66,45 +68,17 @@ class TokenStats:
         return replace(self, **{k: v[mask] for k, v in values.items() if v is not None})
 
 
-def scored_logits(
-    model: Any, windows: Windows, batch_size: int
-) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Per batch of windows, per window: ``(logits (n, V), targets (n,))``, scored rows only.
-
-    The logits are views into the batch's output (no copy).
-
-    Where the model supports ``logits_to_keep``, the output head runs only on the positions
-    a batch scores (half of them when stride = context/2): fewer FLOPs and less memory.
-    """
-    device = model_device(model)
-    trim = accepts(model, "logits_to_keep")
-    context = windows.ids.shape[1]
-    for _, ids_np, score_from in windows.batches(batch_size):
-        ids = torch.from_numpy(ids_np).to(device)  # (B, C)
-        keep = context - int(score_from.min()) + 1 if trim else context
-        with torch.no_grad():
-            extra = {"logits_to_keep": keep} if trim else {}
-            logits = model(input_ids=ids, use_cache=False, **extra).logits  # (B, keep, V)
-        first = context - keep  # window position of logits[:, 0]
-        # position j-1 predicts token j
-        yield [
-            (logits[b, start - 1 - first : -1], ids[b, start:])
-            for b, start in enumerate(score_from.tolist())
-        ]
+Batch = list[tuple[Rows, torch.Tensor]]
 
 
-def _row_chunks(
-    batch: list[tuple[torch.Tensor, torch.Tensor]],
-) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], slice]]:
+def _row_chunks(batch: Batch) -> Iterator[tuple[tuple[Rows, torch.Tensor], slice]]:
     """Each window's rows, ``_ROWS`` at a time: ``((logits, targets), rows)``."""
     for logits, targets in batch:
-        for start in range(0, logits.shape[0], _ROWS):
+        for start in range(0, len(logits), _ROWS):
             yield (logits, targets), slice(start, start + _ROWS)
 
 
-def _log_probs(
-    batch: list[tuple[torch.Tensor, torch.Tensor]],
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _log_probs(batch: Batch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(targets (r,), log-probs (r, V))`` of each window, ``_ROWS`` rows at a time.
 
     Computed as x − logsumexp(x), exactly as the comparison pass does, so a model compared
@@ -128,10 +102,10 @@ def reference_chunks(
     generator: torch.Generator | None = None
     with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size):
-            if generator is None:
-                generator = torch.Generator(batch[0][0].device).manual_seed(seed)
             parts = []
             for targets, lp in _log_probs(batch):
+                if generator is None:
+                    generator = torch.Generator(lp.device).manual_seed(seed)
                 k = min(topk, lp.shape[-1])
                 m = tail_samples if k < lp.shape[-1] else 0
                 values, ids = lp.topk(k, dim=-1)  # (r, k)
@@ -164,18 +138,20 @@ def compare_pass(
     batch_size: int,
     advance: Advance = _noop,
     baseline: Any | None = None,
+    kv: KvSpec | None = None,
 ) -> TokenStats:
     """Score ``model`` against the reference, token by token, one batch of windows at a time.
 
     ``reference`` is read front to back (a :class:`Cursor` streams it from disk). With
     ``baseline`` (exact mode) the baseline model runs side by side and the KL is also
-    computed over the full vocabulary.
+    computed over the full vocabulary. ``kv``: the text goes through that KV cache in chunks
+    (``evaluate.scoring``).
     """
     cursor = reference.cursor() if isinstance(reference, Reference) else reference
     out: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(TokenStats)}
     base_iter = scored_logits(baseline, windows, batch_size) if baseline is not None else None
     with torch.no_grad():
-        for batch in scored_logits(model, windows, batch_size):
+        for batch in scored_logits(model, windows, batch_size, kv):
             base_chunks = _row_chunks(next(base_iter)) if base_iter is not None else None
             for (logits, targets), rows in _row_chunks(batch):
                 x = logits[rows].float()  # (r, V)

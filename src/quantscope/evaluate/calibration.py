@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from quantscope.data import Windows
-from quantscope.evaluate.accuracy import scored_logits
+from quantscope.evaluate.scoring import scored_logits
 from quantscope.metrics import stats
 
 
@@ -40,7 +40,7 @@ def _batches(model: Any, windows: Windows, batch_size: int) -> Any:
     """Per batch of windows: (targets (R,), logits (R, V)) of every scored row."""
     with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size):
-            yield torch.cat([t for _, t in batch]), torch.cat([x for x, _ in batch]).float()
+            yield torch.cat([t for _, t in batch]), torch.cat([x[:] for x, _ in batch]).float()
 
 
 def calibrate(model: Any, windows: Windows, batch_size: int = 4) -> Calibration:

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from quantscope.backends import LoadedModel
+from quantscope.config.kv import KvSpec
 from quantscope.evaluate.device import accepts, model_device, sync
+from quantscope.evaluate.scoring import cache_kwargs
 from quantscope.metrics import stats
 
 
@@ -86,9 +88,11 @@ def prefill_speed(model: Any, vocab: int, length: int, reps: int, seed: int) -> 
 
 
 def decode_speed(
-    model: Any, vocab: int, prompt: int, steps: int, reps: int, seed: int
-) -> list[float]:
-    """Tokens per second of greedy one-token steps with the KV cache, after one warm-up."""
+    model: Any, vocab: int, prompt: int, steps: int, reps: int, seed: int,
+    kv: KvSpec | None = None,
+) -> list[float]:  # fmt: skip
+    """Tokens per second of greedy one-token steps with the KV cache (transformers' default,
+    or a fresh one for ``kv``), after one warm-up."""
     device = model_device(model)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, prompt), generator=gen).to(device)
@@ -96,7 +100,7 @@ def decode_speed(
     rates = []
     with torch.no_grad():
         for rep in range(reps + 1):
-            out = model(input_ids=ids, use_cache=True)
+            out = model(input_ids=ids, use_cache=True, **cache_kwargs(model, kv))
             past, nxt = getattr(out, name), out.logits[:, -1:].argmax(-1)  # (1, 1)
             sync(device)
             start = time.perf_counter()
@@ -109,12 +113,15 @@ def decode_speed(
     return rates
 
 
-def speed_metrics(model: Any, vocab: int, reps: int, seed: int) -> dict[str, float]:
-    """Prefill (128 tokens) and decode (24 steps after a 64-token prompt) throughput."""
+def speed_metrics(
+    model: Any, vocab: int, reps: int, seed: int, kv: KvSpec | None = None
+) -> dict[str, float]:
+    """Prefill (128 tokens) and decode (24 steps after a 64-token prompt, through ``kv``'s
+    cache when given) throughput."""
     out: dict[str, float] = {}
     for label, rates in (
         ("prefill_tps", prefill_speed(model, vocab, 128, reps, seed)),
-        ("decode_tps", decode_speed(model, vocab, 64, 24, reps, seed)),
+        ("decode_tps", decode_speed(model, vocab, 64, 24, reps, seed, kv)),
     ):
         median, low, high = stats.median_spread(rates)
         out.update({label: median, f"{label}_min": low, f"{label}_max": high})

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
+from quantscope.config.kv import KvSpec
 from quantscope.evaluate.device import model_device
+from quantscope.evaluate.scoring import cache_kwargs
 
 
 def loglikelihoods(
@@ -57,9 +59,11 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: tuple[str, ...], max_new_tokens: int
-) -> list[dict[str, Any]]:
-    """Greedy continuations of each prompt: ``{"prompt", "ids", "text", "tokens"}`` each."""
+    model: Any, tokenizer: Any, prompts: tuple[str, ...], max_new_tokens: int,
+    kv: KvSpec | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Greedy continuations of each prompt: ``{"prompt", "ids", "text", "tokens"}`` each;
+    with ``kv`` (a torch cache) decoding through that cache."""
     device = model_device(model)
     outputs = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -72,6 +76,7 @@ def generate(
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
+                **cache_kwargs(model, kv),
             )
         new = [int(i) for i in out[0, ids.shape[1] :].tolist()]
         text = tokenizer.decode(new, skip_special_tokens=True)

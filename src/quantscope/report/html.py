@@ -12,7 +12,7 @@ from typing import Any
 
 from quantscope.metrics.catalog import METRICS, TABLE, Better
 from quantscope.metrics.stats import pareto
-from quantscope.results import Result, RunReport
+from quantscope.results import Result, RunReport, depths_in
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -132,6 +132,35 @@ def _kl_by_position(results: list[Result]) -> dict[str, Any]:
     return {"data": traces, "layout": layout}
 
 
+def _memory_by_context(results: list[Result]) -> dict[str, Any]:
+    """Per config measured at depth: weights + KV cache bytes against the tokens of context
+    (solid), and the cache alone (dotted): where the cache, not the weights, is the cost."""
+    traces = []
+    for r in results:
+        m, depths = r.metrics, depths_in(r.metrics)
+        if not depths:
+            continue
+        cache = [m[f"kv_bytes@{d}"] / 2**20 for d in depths]
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": r.config,
+                "x": depths,
+                "y": [m.get("weight_bytes", 0) / 2**20 + c for c in cache],
+            }
+        )
+        traces.append({"type": "scatter", "mode": "lines", "name": f"{r.config} (cache)",
+                       "x": depths, "y": cache, "line": {"dash": "dot"}})  # fmt: skip
+    layout = {
+        "title": {"text": "memory vs context: weights + KV cache", "x": 0.02, "xanchor": "left"},
+        "xaxis": {"title": {"text": "tokens of context (cached)"}},
+        "yaxis": {"title": {"text": "MiB (dotted: the cache alone)"}},
+        "legend": {"orientation": "h", "y": -0.2},
+    }  # fmt: skip
+    return {"data": traces, "layout": layout}
+
+
 def _results_table(report: RunReport) -> str:
     """One row per config: every table metric from the catalog (value ± se), then status."""
     head = ["config", *(m.header for m in TABLE), "status"]
@@ -214,6 +243,8 @@ def run_figures(results: list[Result], chosen: str | None = None) -> dict[str, d
     }
     if any(r.by_position for r in results):
         figures["kl_by_position"] = _kl_by_position(results)
+    if any(depths_in(r.metrics) for r in results):
+        figures["memory_vs_context"] = _memory_by_context(results)
     return figures
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from quantscope.metrics.catalog import METRICS, TABLE, Metric
-from quantscope.results import Result, RunReport, Status
+from quantscope.results import Result, RunReport, Status, depths_in
 
 ACCURACY: list[Metric] = [METRICS[k] for k in ("ppl", "dppl_pct", "kl_mean", "kl_p99",
                                                 "top1_agree", "dp_rms")]  # fmt: skip
@@ -127,6 +127,32 @@ def positions_table(report: RunReport) -> Table | None:
     rows = [(o.config, o.result.by_position) for o in report.outcomes if o.result is not None]
     title = "by position in the window (tokens of context the model had; se over windows)"
     return _parts_table(rows, title, "position")
+
+
+def depth_table(report: RunReport) -> Table | None:
+    """Per config measured at depth (``--depths``; configs with ``+kv=``): the KV cache's
+    bytes after d tokens (measured, and the formula's), and prefill and decode speed with d
+    tokens cached."""
+    rows = [r for r in report.results if depths_in(r.metrics)]
+    if not rows:
+        return None
+    table = Table(title="KV cache at depth (tokens already cached; prefill of 128 tokens, "
+                  "then decode)", title_justify="left")  # fmt: skip
+    heads = ("config", "depth", "KV MiB", "formula MiB", "+ weights MiB", "prefill tok/s",
+             "decode tok/s", "peak RSS MiB")  # fmt: skip
+    for header in heads:
+        table.add_column(header, justify="left" if header == "config" else "right")
+    for r in rows:
+        m = r.metrics
+        for d in depths_in(m):
+            table.add_row(
+                Text(r.config), f"{d:,}", f"{m[f'kv_bytes@{d}'] / 2**20:,.2f}",
+                f"{m[f'kv_bytes_pred@{d}'] / 2**20:,.2f}",
+                f"{(m.get('weight_bytes', 0) + m[f'kv_bytes@{d}']) / 2**20:,.1f}",
+                f"{m[f'prefill_tps@{d}']:,.1f}", f"{m[f'decode_tps@{d}']:,.1f}",
+                f"{m[f'peak_rss_mb@{d}']:,.0f}",
+            )  # fmt: skip
+    return table
 
 
 def _parts_table(
