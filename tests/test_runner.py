@@ -209,3 +209,37 @@ def test_accuracy_by_position_is_stored_and_shown(tiny_model_dir, tiny_text, tmp
     small = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "s.sqlite", configs="fp32"))
     assert small.outcomes[0].result.by_position == {}  # context 64: one bucket
     assert terminal.positions_table(small) is None
+
+
+def test_a_kv_config_is_measured_at_depth_stored_and_shown(tiny_model_dir, tiny_text, tmp_path):
+    """``fp32+kv=quanto-int2`` runs through its cache (KL far above the plain config's 0),
+    keys its result apart from ``fp32``, and stores the cache's bytes and speeds at each
+    requested depth (bytes growing with depth, smaller than the unquantized cache's), which
+    ``show`` prints and the report plots."""
+    from rich.console import Console
+
+    from quantscope.report import html, terminal
+
+    store = tmp_path / "r.sqlite"
+    configs = "fp32,fp32+kv=dynamic,fp32+kv=quanto-int2[chunk=16,group=32]"  # 32 | heads × dim
+    spec = replace(_spec(tiny_model_dir, tiny_text, store, configs=configs), depths=(0, 64, 256))
+    report = runner.run(spec)
+    plain, full, int2 = (o.result for o in report.outcomes)
+    assert plain is not None and full is not None and int2 is not None
+    assert len({plain.key, full.key, int2.key}) == 3
+    assert full.metrics["kl_mean"] < 1e-5 < 0.01 < int2.metrics["kl_mean"]
+    assert int2.meta["config"] == "fp32+kv=quanto-int2[chunk=16,group=32]"
+    for result in (plain, full, int2):  # --depths given: every config, kv or not
+        assert [k for k in result.metrics if k.startswith("kv_bytes@")] == [
+            "kv_bytes@0", "kv_bytes@64", "kv_bytes@256"]  # fmt: skip
+    assert 0 < int2.metrics["kv_bytes@64"] < int2.metrics["kv_bytes@256"]
+    assert int2.metrics["kv_bytes@256"] == int2.metrics["kv_bytes_pred@256"]  # residual and all
+    assert int2.metrics["kv_bytes@256"] < 0.6 * full.metrics["kv_bytes@256"]  # 112 of 256 in fp32
+    assert Store(store).get(int2.key).metrics["kv_bytes@256"] == int2.metrics["kv_bytes@256"]
+    console = Console(width=200, record=True)
+    table = terminal.depth_table(report)
+    assert table is not None
+    console.print(table)
+    text = console.export_text()
+    assert "quanto-int2" in text and "256" in text
+    assert "memory_vs_context" in html.run_figures(report.results)

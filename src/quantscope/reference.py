@@ -125,12 +125,14 @@ class ReferenceCache:
 
         def make(tmp: Path) -> dict[str, float]:
             tmp.mkdir(parents=True)
-            tokens = count = 0
+            tokens = count = held = 0
             for count, chunk in enumerate(chunks, start=1):
                 chunk.save(tmp / f"chunk-{count - 1:06d}.npz")
                 tokens += len(chunk)
+                held += chunk.bytes_per_token * len(chunk)
             size = sum(p.stat().st_size for p in tmp.glob("chunk-*.npz"))
-            info: dict[str, float] = {"format": FORMAT, "tokens": tokens, "chunks": count}
+            info: dict[str, float] = {"format": FORMAT, "tokens": tokens, "chunks": count,
+                                      "bytes_per_token": held / max(1, tokens)}  # fmt: skip
             info.update(disk_bytes=size, disk_bytes_per_token=size / max(1, tokens))
             (tmp / "done.json").write_text(json.dumps(info))
             return info

@@ -84,19 +84,38 @@ def cache_values_per_token(config: Any) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim
 
 
-def predicted_bytes(config: Any, kv: KvSpec, tokens: int, dtype_bytes: int) -> float:
-    """The formula's cache bytes after ``tokens``: values × bytes per value, where a quantized
-    torch cache holds ``bits``/8 per value plus a scale and a zero point (model dtype) per
-    group of ``group`` values, past its ``residual`` newest tokens (full precision)."""
+def predicted_bytes(
+    config: Any, kv: KvSpec, tokens: int, dtype_bytes: int, fed: int | None = None
+) -> float:
+    """The formula's cache bytes after ``tokens`` fed ``fed`` at a time (default: the cache's
+    chunk): values × bytes per value, where a quantized torch cache holds ``bits``/8 per value
+    plus a scale and a zero point (model dtype) per group of ``group`` values, except for the
+    tokens still in its residual (full precision; :func:`unquantized_tail`)."""
     values = cache_values_per_token(config)
     if kv.engine == "gguf":
         k, v = (GGML_BYTES_PER_32[t] / 32 for t in (kv.cache, kv.type_v))
         return values / 2 * (k + v) * tokens
     if not kv.backend:
         return float(values * dtype_bytes * tokens)
-    held = tokens % kv.residual if kv.residual and tokens > kv.residual else 0  # not flushed
+    held = unquantized_tail(tokens, fed or kv.chunk, kv.residual)
     per_value = kv.bits / 8 + 2 * dtype_bytes / kv.group
     return values * (per_value * (tokens - held) + dtype_bytes * held)
+
+
+def unquantized_tail(tokens: int, fed: int, residual: int) -> int:
+    """Tokens transformers' quantized cache still holds in full precision after ``tokens`` fed
+    ``fed`` at a time: the first call is quantized whole; later ones wait in the residual until
+    it would reach ``residual``, when everything is quantized again.
+
+    >>> [unquantized_tail(n, fed, 128) for n, fed in ((256, 16), (200, 128), (64, 128))]
+    [112, 72, 0]
+    """
+    held, seen = 0, min(fed, tokens)
+    while seen < tokens:
+        step = min(fed, tokens - seen)
+        held = 0 if held + step >= residual else held + step
+        seen += step
+    return held
 
 
 def depth_metrics(
@@ -119,7 +138,8 @@ def depth_metrics(
     for depth in depths:
         with PeakMemory() as peak:
             nbytes, prefill_s, decode_s = measure(depth)
-        predicted = predicted_bytes(model.config, kv, depth, _dtype_bytes(model))
+        fed = min(_FILL, kv.chunk) if kv.backend else _FILL
+        predicted = predicted_bytes(model.config, kv, depth, _dtype_bytes(model), fed)
         values = (float(nbytes), predicted, prefill / prefill_s, steps / decode_s, peak.rss_mb)
         out.update(zip(at_depth_keys(depth), values, strict=True))
     return out
@@ -145,7 +165,7 @@ def _torch_at_depth(
         return out.logits[:, -1:].argmax(-1)
 
     with torch.no_grad():
-        fill = min(_FILL, kv.chunk) if kv.backend else _FILL
+        fill = min(_FILL, kv.chunk) if kv.backend else _FILL  # as predicted_bytes is told
         for start in range(0, depth, fill):
             call(ids[:, start : min(start + fill, depth)])
         nbytes = tensor_bytes(cache)
