@@ -197,6 +197,37 @@ def test_search_keeps_the_planted_layers_verifies_and_saves(planted_dir, tiny_te
     assert report.outcomes[0].status == "reused" and report.outcomes[0].config == config.display
 
 
+def test_search_chooses_among_kv_caches_by_weights_plus_cache(planted_dir, tiny_text, tmp_path):
+    """With ``--kv`` choices every candidate is measured through its cache and sized as weights
+    + cache at the evaluation context; the one verified is the smallest such total meeting the
+    budget on calibration (whichever cache that is), saved with its ``+kv=``, and its cache
+    bytes are the verification run's own measurement."""
+    from quantscope.config.kv import parse_kv
+
+    study = _study(planted_dir, tmp_path, fallback=DType.BF16, modes=("only",))
+    full = sensitivity(study).all_quantized["kl"]
+    caches = (parse_kv("dynamic[chunk=16]"), parse_kv("quanto-int4[chunk=16,group=32,residual=16]"))
+    evaluation = DataSpec((str(tiny_text),), tokens=400, context=128, stride=64)
+    spec = SearchSpec(study, Budget(max_kl=0.3 * full), evaluation, kv=caches,
+                      save=str(tmp_path / "kv.json"))  # fmt: skip
+    result = search(spec)
+    assert result.chosen is not None, result.message
+    by_cache = {kv.name: [c for c in result.candidates if c["kv"] == kv.name] for kv in caches}
+    assert all(by_cache.values())  # both caches measured
+    # the int4 cache holds under a third of the unquantized (bf16) one at 128 tokens
+    sizes = {name: rows[0]["cache_mb"] for name, rows in by_cache.items()}
+    assert 0 < sizes[caches[1].name] < sizes[caches[0].name] / 3
+    meeting = [min((c for c in rows if c["kl"] <= 0.3 * full), key=lambda c: c["total_mb"],
+                   default=None) for rows in by_cache.values()]  # fmt: skip
+    best = min((c for c in meeting if c is not None), key=lambda c: c["total_mb"])
+    config = parse_config(result.chosen["config"])
+    assert config.kv is not None and config.kv.name == best["kv"] == result.chosen["kv"]
+    assert result.chosen["cache_mb"] > 0
+    assert result.chosen["total_mb"] == result.chosen["weight_mb"] + result.chosen["cache_mb"]
+    (saved,) = parse_config_list(str(tmp_path / "kv.json"))
+    assert saved.kv == config.kv
+
+
 def test_impossible_budget_says_so_and_shows_the_closest(planted_dir, tiny_text, tmp_path):
     study = _study(planted_dir, tmp_path, fallback=DType.BF16, modes=("only",))
     spec = SearchSpec(study, Budget(max_kl=1e-12), DataSpec((str(tiny_text),), tokens=400,
@@ -213,6 +244,11 @@ def test_bad_inputs_explain_themselves(tmp_path):
         Budget(max_mb=100)
     with pytest.raises(UserError, match="positive"):
         Budget(max_kl=-1)
+    with pytest.raises(UserError, match=r"llama\.cpp cache"):
+        from quantscope.config.kv import parse_kv
+
+        SearchSpec(StudySpec(model_spec(None), parse_config("bnb-nf4")), Budget(max_kl=0.1),
+                   kv=(parse_kv("q8_0"),))  # fmt: skip
     with pytest.raises(UserError, match="quantizes nothing"):
         StudySpec(model_spec(None), parse_config("bf16"))
     with pytest.raises(UserError, match="block or linear"):

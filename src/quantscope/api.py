@@ -220,8 +220,10 @@ def search_spec(
     batch_size: int = 4, store: PathLike | None = None, speed_reps: int = 3,
     max_new_tokens: int = 40, prompts: PathLike | Iterable[str] | None = None,
     trust_remote_code: bool = False, allow_pickle: bool = False,
+    kv: str | Iterable[str] | None = None,
 ) -> SearchSpec:  # fmt: skip
-    """The search of ``quantscope search`` with these options."""
+    """The search of ``quantscope search`` with these options (``kv``: KV caches to choose
+    among, e.g. ``dynamic,quanto-int4``; sizes then count the cache at ``context`` tokens)."""
     from quantscope.mixed import Budget, SearchSpec
 
     study = study_spec(config, model, fallback, by, modes, calib_text, calib_tokens,
@@ -229,9 +231,13 @@ def search_spec(
                        trust_remote_code, allow_pickle)  # fmt: skip
     budget = Budget(max_kl, _percent(max_ppl_increase, "max-ppl-increase"), max_mb)
     evaluation = cfg.DataSpec(texts=text_files(text), tokens=tokens, context=context, stride=stride)
+    from quantscope.config.kv import parse_kv
+
+    caches = cfg.split_config_list(kv) if isinstance(kv, str) else list(kv or ())
     return SearchSpec(study, budget, evaluation, tries, _store(save), label,
                       speed_reps=speed_reps, max_new_tokens=max_new_tokens,
-                      prompts=read_prompts(prompts))  # fmt: skip
+                      prompts=read_prompts(prompts),
+                      kv=tuple(dict.fromkeys(parse_kv(c) for c in caches)))  # fmt: skip
 
 
 def recover_spec(

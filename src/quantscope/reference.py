@@ -125,7 +125,8 @@ class ReferenceCache:
 
         def make(tmp: Path) -> dict[str, float]:
             tmp.mkdir(parents=True)
-            tokens = count = held = 0
+            tokens = count = 0
+            held = 0.0
             for count, chunk in enumerate(chunks, start=1):
                 chunk.save(tmp / f"chunk-{count - 1:06d}.npz")
                 tokens += len(chunk)

@@ -128,6 +128,12 @@ def search(
     json_path: JsonOpt = None,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
+    kv: Annotated[
+        str | None,
+        typer.Option(
+            help="KV caches to choose among, e.g. dynamic,quanto-int4,hqq-int2: the smallest weights + cache at --context tokens wins (give --calib-context near --context so the cache's error is calibrated)."
+        ),
+    ] = None,
 ) -> None:
     """Keep the fewest units in the fallback precision that meet the budget; verify; save."""
     from quantscope.api import search_spec
@@ -137,7 +143,7 @@ def search(
     spec = search_spec(config, max_kl, max_ppl_increase, max_mb, model, fallback, by, modes,
                        text, tokens, context, stride, calib_text, calib_tokens, calib_context,
                        calib_stride, tries, save, label, device, batch_size, store, speed_reps,
-                       max_new_tokens, prompts, trust_remote_code, allow_pickle)  # fmt: skip
+                       max_new_tokens, prompts, trust_remote_code, allow_pickle, kv)  # fmt: skip
     with progress() as bar:
         result = run_search(spec, ProgressEvents(bar)).to_dict()
     console.print(front_table(result))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantscope.config.kv import KvSpec
 from quantscope.data import Windows
 from quantscope.evaluate.scoring import scored_logits
 from quantscope.metrics import stats
@@ -36,10 +37,11 @@ class Calibration:
         return sum(len(t) for t in self.base_nll)
 
 
-def _batches(model: Any, windows: Windows, batch_size: int) -> Any:
-    """Per batch of windows: (targets (R,), logits (R, V)) of every scored row."""
+def _batches(model: Any, windows: Windows, batch_size: int, kv: KvSpec | None = None) -> Any:
+    """Per batch of windows: (targets (R,), logits (R, V)) of every scored row (through
+    ``kv``'s cache in chunks when given)."""
     with torch.no_grad():
-        for batch in scored_logits(model, windows, batch_size):
+        for batch in scored_logits(model, windows, batch_size, kv):
             yield torch.cat([t for _, t in batch]), torch.cat([x[:] for x, _ in batch]).float()
 
 
@@ -55,7 +57,7 @@ def calibrate(model: Any, windows: Windows, batch_size: int = 4) -> Calibration:
     return Calibration(windows, batch_size, probs, neg_entropy, nll)
 
 
-def divergence(model: Any, calib: Calibration) -> dict[str, float]:
+def divergence(model: Any, calib: Calibration, kv: KvSpec | None = None) -> dict[str, float]:
     """Exact mean KL(baseline ‖ model) and the perplexity change on the calibration windows,
     each with its cluster-robust standard error (the window is the cluster).
 
@@ -65,7 +67,7 @@ def divergence(model: Any, calib: Calibration) -> dict[str, float]:
     """
     kls, nlls = [], []
     for (target, x), p, neg_ent in zip(
-        _batches(model, calib.windows, calib.batch_size), calib.probs, calib.neg_entropy,
+        _batches(model, calib.windows, calib.batch_size, kv), calib.probs, calib.neg_entropy,
         strict=True,
     ):  # fmt: skip
         x = x - x.amax(dim=-1, keepdim=True)  # (R, V), ≤ 0

@@ -56,7 +56,7 @@ def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
     if isinstance(obj, torch.Tensor):
         flatten = getattr(type(obj), "__tensor_flatten__", None)
         if flatten is not None and type(obj) is not torch.nn.Parameter:
-            names, _ = obj.__tensor_flatten__()
+            names, _ = flatten(obj)
             return sum(tensor_bytes(getattr(obj, n), seen) for n in names)
         if obj.numel() == 0:
             return 0
@@ -130,7 +130,8 @@ def depth_metrics(
     def measure(depth: int) -> tuple[int, float, float]:
         ids = torch.randint(0, vocab, (1, depth + prefill + steps), generator=gen)
         if hasattr(model, "at_depth"):  # llama.cpp: a context of its own, its cache types
-            return model.at_depth(ids[0].tolist(), depth, prefill, steps)  # type: ignore[no-any-return]
+            found: tuple[int, float, float] = model.at_depth(ids[0].tolist(), depth, prefill, steps)
+            return found
         return _torch_at_depth(model, kv, ids, depth, prefill, steps)
 
     measure(0)  # warm-up, not kept
@@ -170,15 +171,15 @@ def _torch_at_depth(
             call(ids[:, start : min(start + fill, depth)])
         nbytes = tensor_bytes(cache)
         sync(device)
-        start = time.perf_counter()
+        began = time.perf_counter()
         nxt = call(ids[:, depth : depth + prefill])
         sync(device)
-        prefill_s = time.perf_counter() - start
-        start = time.perf_counter()
+        prefill_s = time.perf_counter() - began
+        began = time.perf_counter()
         for _ in range(steps):
             nxt = call(nxt)
         sync(device)
-        decode_s = time.perf_counter() - start
+        decode_s = time.perf_counter() - began
     return nbytes, prefill_s, decode_s
 
 

@@ -21,6 +21,7 @@ from quantscope.config import (
     WeightConfig,
     precision_config,
 )
+from quantscope.config.kv import KvSpec
 from quantscope.errors import UserError
 from quantscope.events import Events, LogEvents
 from quantscope.metrics.catalog import METRICS
@@ -83,10 +84,17 @@ class SearchSpec:
     speed_reps: int = 3  # of each verification run (a run like any other, stored)
     max_new_tokens: int = 40
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    kv: tuple[KvSpec, ...] = ()  # KV caches to choose among; sizes then count the cache too
 
     def __post_init__(self) -> None:
         if self.tries < 1:
             raise UserError(f"--tries must be at least 1, got {self.tries}.")
+        wrong = [k.name for k in self.kv if k.engine != "torch"]
+        if wrong:
+            raise UserError(
+                f"--kv {wrong[0]} is a llama.cpp cache; the search measures torch emulations, "
+                "so choose among dynamic, quanto-* and hqq-* caches."
+            )
 
 
 @dataclass
@@ -127,22 +135,31 @@ def order_units(study: Study) -> list[Unit]:
 
 
 class _Candidates:
-    """Calibration measurements of "the first k units of ``order`` kept", cached by k."""
+    """Calibration measurements of "the first k units of ``order`` kept" (through ``kv``'s
+    cache when given: then ``total_mb`` adds its MB at ``context`` tokens), cached by k."""
 
-    def __init__(self, b: Bench, study: Study, order: list[Unit]) -> None:
-        self.bench, self.order = b, order
+    def __init__(
+        self, b: Bench, study: Study, order: list[Unit], kv: KvSpec | None = None,
+        context: int = 0,
+    ) -> None:  # fmt: skip
+        self.bench, self.order, self.kv = b, order, kv
+        self.cache_mb = b.cache_mb(kv, context)
         self.found: dict[int, dict[str, Any]] = {}
         n = len(order)
-        for k, key in ((0, ("*", "all")), (n, ("*", "none"))):
-            self.found[k] = self._row(k, study.rows[key])
+        if kv is None:  # the study measured both ends already (without a cache)
+            for k, key in ((0, ("*", "all")), (n, ("*", "none"))):
+                self.found[k] = self._row(k, study.rows[key])
 
     def _row(self, k: int, measured: dict[str, float]) -> dict[str, Any]:
         kept = {u.name for u in self.order[:k]}
-        return {"kept": k, **measured, "estimated_mb": self.bench.estimate_mb(kept)}
+        weights = self.bench.estimate_mb(kept)
+        kv = self.kv.name if self.kv else ""
+        return {"kept": k, **measured, "estimated_mb": weights, "kv": kv,
+                "cache_mb": self.cache_mb, "total_mb": weights + self.cache_mb}  # fmt: skip
 
     def get(self, k: int) -> dict[str, Any]:
         if k not in self.found:
-            self.found[k] = self._row(k, self.bench.measure(self.order[k:]))
+            self.found[k] = self._row(k, self.bench.measure(self.order[k:], self.kv))
         return self.found[k]
 
     def smallest(self, budget: Budget, scale: float) -> int | None:
@@ -185,27 +202,31 @@ def search(spec: SearchSpec, events: Events | None = None) -> SearchResult:
     b = bench(spec.study, events)
     study = sensitivity(spec.study, events, prepared=b)
     order = order_units(study)
-    cands = _Candidates(b, study, order)
-    cands.spread()
+    context = spec.evaluation.context
+    pools = [_Candidates(b, study, order, kv, context) for kv in spec.kv or (None,)]
+    for pool in pools:
+        pool.spread()
     label = spec.label or _default_label(spec)
     fallback = precision_config(spec.study.fallback or spec.study.model.dtype)
     verified: list[dict[str, Any]] = []
     chosen, scale, run_id, message = None, 1.0, None, ""
     for _ in range(spec.tries):
-        k = cands.smallest(spec.budget, scale)
-        if k is None:
+        meeting = [(p, k) for p in pools if (k := p.smallest(spec.budget, scale)) is not None]
+        if not meeting:
             message = "Even every unit in the fallback precision misses the budget on calibration."
             break
-        if spec.budget.max_mb is not None and cands.get(k)["estimated_mb"] > spec.budget.max_mb:
-            need = cands.get(k)["estimated_mb"]
+        cands, k = min(meeting, key=lambda pk: pk[0].get(pk[1])["total_mb"])  # smallest in all
+        if spec.budget.max_mb is not None and cands.get(k)["total_mb"] > spec.budget.max_mb:
+            need = cands.get(k)["total_mb"]
             message = f"The accuracy budget needs about {need:.1f} MB, over the MB cap."
             break
-        if any(v["kept"] == k for v in verified):
+        if any(v["kept"] == k and v.get("kv", "") == cands.get(k)["kv"] for v in verified):
             message = "The calibration target cannot be tightened further."
             break
-        config = chosen_config(spec.study, order, k, label)
+        config = replace(chosen_config(spec.study, order, k, label), kv=cands.kv)
         events.stage(f"Verifying {k} kept units on the evaluation text", None)
-        report = runner.run(_verify_spec(spec, (fallback, spec.study.config, config)), events)
+        others = (fallback, spec.study.config)
+        report = runner.run(_verify_spec(spec, (*others, config)), events)
         run_id = report.run_id
         row = _verified_row(report, config, k, cands.get(k))
         verified.append(row)
@@ -213,22 +234,23 @@ def search(spec: SearchSpec, events: Events | None = None) -> SearchResult:
         if row.get("failed"):
             message = f"Verification failed: {row['failed']}"
             break
-        if over <= 1 and (spec.budget.max_mb is None or row["weight_mb"] <= spec.budget.max_mb):
+        if over <= 1 and (spec.budget.max_mb is None or row["total_mb"] <= spec.budget.max_mb):
             chosen = row
             message = f"Met {spec.budget.describe()} with {k} of {len(order)} units kept."
             break
         # emulation was optimistic by this factor: aim lower on calibration and try again
         scale *= min(0.95, 1 / over) if over > 1 else 0.95
         message = f"Verified result missed {spec.budget.describe()}."
-    points = list(cands.found.values())
-    on_front = pareto([(p["estimated_mb"], p["kl"]) for p in points])
-    front = sorted((points[i] for i in on_front), key=lambda p: p["estimated_mb"])
+    points = [row for pool in pools for row in pool.found.values()]
+    on_front = pareto([(p["total_mb"], p["kl"]) for p in points])
+    front = sorted((points[i] for i in on_front), key=lambda p: p["total_mb"])
     closest = None
     if chosen is None:
-        pool = verified or points
-        closest = min(pool, key=lambda r: spec.budget.excess(r["kl"], r["dppl_pct"]))
+        rows = verified or points
+        closest = min(rows, key=lambda r: spec.budget.excess(r["kl"], r["dppl_pct"]))
     saved = _save(spec, chosen, b, study) if chosen else None
-    result = SearchResult(_search_settings(spec, study), sorted(points, key=lambda p: p["kept"]),
+    result = SearchResult(_search_settings(spec, study),
+                          sorted(points, key=lambda p: (p["kv"], p["kept"])),
                           front, verified, chosen, closest, saved, run_id, message)  # fmt: skip
     with Store(spec.study.store_path or default_store()) as store:
         store.put_study(digest(study.key, asdict(spec.budget), now()), "search", result.to_dict())
@@ -245,10 +267,12 @@ def _default_label(spec: SearchSpec) -> str:
 
 def _verify_spec(spec: SearchSpec, configs: tuple[QuantConfig, ...]) -> RunSpec:
     study = spec.study
+    depths = (spec.evaluation.context,) if spec.kv else None  # the cache's bytes, measured
     return RunSpec(
         model=study.model, configs=configs, data=spec.evaluation, device=study.device,
         seed=spec.seed, batch_size=study.batch_size, store_path=study.store_path,
         speed_reps=spec.speed_reps, max_new_tokens=spec.max_new_tokens, prompts=spec.prompts,
+        depths=depths,
     )  # fmt: skip
 
 
@@ -256,13 +280,16 @@ def _verified_row(report: Any, config: QuantConfig, k: int, cand: dict[str, Any]
     outcome = next(o for o in report.outcomes if o.config == config.display)
     if outcome.result is None or outcome.result.invalid:
         why = outcome.result.invalid if outcome.result is not None else outcome.reason
-        return {"kept": k, "config": config.name, "failed": why, "kl": math.inf,
-                "dppl_pct": math.inf, "weight_mb": math.inf}  # fmt: skip
+        return {"kept": k, "config": config.name, "failed": why, "kl": math.inf, "kv": cand["kv"],
+                "dppl_pct": math.inf, "weight_mb": math.inf, "total_mb": math.inf}  # fmt: skip
     m = outcome.result.metrics
+    cache = [v for key, v in m.items() if key.startswith("kv_bytes@")]  # at the context
+    cache_mb = cache[-1] / 2**20 if config.kv and cache else 0.0
     return {
-        "kept": k, "config": config.name, "label": config.display,
+        "kept": k, "config": config.name, "label": config.display, "kv": cand["kv"],
         "kl": m["kl_mean"], "kl_se": m["kl_se"], "dppl_pct": m["dppl_pct"],
-        "dppl_pct_se": m["dppl_pct_se"], "weight_mb": m["weight_mb"],
+        "dppl_pct_se": m["dppl_pct_se"], "weight_mb": m["weight_mb"], "cache_mb": cache_mb,
+        "total_mb": m["weight_mb"] + cache_mb,
         "calibration_kl": cand["kl"], "estimated_mb": cand["estimated_mb"],
         "others": {o.config: o.result.metrics for o in report.outcomes
                    if o.result is not None and o.config != config.display},

@@ -23,8 +23,10 @@ from quantscope import backends, data, models
 from quantscope.backends import Emulation
 from quantscope.backends.precision import rounding
 from quantscope.config import DataSpec, DType, ModelSpec, QuantConfig, precision_config
+from quantscope.config.kv import KvSpec
 from quantscope.errors import UserError
 from quantscope.evaluate.calibration import Calibration, calibrate, divergence
+from quantscope.evaluate.depth import predicted_bytes
 from quantscope.events import Events, LogEvents
 from quantscope.provenance import digest, versions
 from quantscope.results import Study, Unit
@@ -132,11 +134,12 @@ class Bench:
     fixed_bytes: int
     key: str
 
-    def measure(self, quantized: Iterable[Unit]) -> dict[str, float]:
-        """Calibration KL and Δppl with exactly the linears of ``quantized`` quantized."""
+    def measure(self, quantized: Iterable[Unit], kv: KvSpec | None = None) -> dict[str, float]:
+        """Calibration KL and Δppl with exactly the linears of ``quantized`` quantized (and
+        the calibration text fed through ``kv``'s cache when given)."""
         self.emulated.set(n for u in quantized for n in u.linears)
         start = time.perf_counter()
-        found = divergence(self.emulated.model, self.calibration)
+        found = divergence(self.emulated.model, self.calibration, kv)
         found["seconds"] = time.perf_counter() - start
         return found
 
@@ -144,6 +147,15 @@ class Bench:
         """Bytes of a unit's linear weights, quantized or kept in the fallback precision."""
         size = self.fallback.nbytes if kept else self.quant.nbytes
         return sum(size(*self.shapes[n]) for n in unit.linears)
+
+    def cache_mb(self, kv: KvSpec | None, context: int) -> float:
+        """The formula's MB of ``kv``'s cache holding ``context`` tokens (0 without one), in
+        the precision the verified config computes in."""
+        if kv is None:
+            return 0.0
+        dtype = self.spec.fallback or self.spec.model.dtype
+        nbytes = models.torch_dtype(dtype).itemsize
+        return predicted_bytes(self.emulated.model.config, kv, context, nbytes) / 2**20
 
     def estimate_mb(self, kept: set[str]) -> float:
         """Estimated weight MB with the units named in ``kept`` in fallback precision."""

@@ -150,8 +150,9 @@ def _memory_by_context(results: list[Result]) -> dict[str, Any]:
                 "y": [m.get("weight_bytes", 0) / 2**20 + c for c in cache],
             }
         )
-        traces.append({"type": "scatter", "mode": "lines", "name": f"{r.config} (cache)",
-                       "x": depths, "y": cache, "line": {"dash": "dot"}})  # fmt: skip
+        dotted: dict[str, Any] = {"type": "scatter", "mode": "lines", "x": depths, "y": cache}
+        dotted.update(name=f"{r.config} (cache)", line={"dash": "dot"})
+        traces.append(dotted)
     layout = {
         "title": {"text": "memory vs context: weights + KV cache", "x": 0.02, "xanchor": "left"},
         "xaxis": {"title": {"text": "tokens of context (cached)"}},

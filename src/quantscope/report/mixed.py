@@ -90,24 +90,35 @@ def heatmap(study: dict[str, Any], mode: str = "only") -> dict[str, Any] | None:
 
 def front_table(result: dict[str, Any]) -> Table:
     """The measured candidates on the Pareto front (estimated MB vs calibration KL) and every
-    verified config (measured on the evaluation text)."""
+    verified config (measured on the evaluation text); with KV-cache choices, each row's
+    cache and MB as weights + cache at the evaluation context."""
+    caches = any(r.get("kv") for r in result["front"])
     table = Table(title="Search: Pareto front on calibration, then verified", title_justify="left")
-    heads = ("units kept", "est. MB", "calib KL ± se", "calib Δppl %", "verified MB",
-             "verified KL ± se", "verified Δppl %")  # fmt: skip
+    heads = ("units kept", *(("KV cache", "est. MB (w + cache)") if caches else ("est. MB",)),
+             "calib KL ± se", "calib Δppl %", "verified MB", "verified KL ± se",
+             "verified Δppl %")  # fmt: skip
     for header in heads:
         table.add_column(header, justify="right")
-    verified = {v["kept"]: v for v in result["verified"]}
+
+    def first(row: dict[str, Any]) -> list[str]:
+        mb = row.get("total_mb", row["estimated_mb"]) if caches else row["estimated_mb"]
+        return [str(row["kept"]), *([row.get("kv", "")] if caches else []), f"{mb:.1f}"]
+
+    def size(v: dict[str, Any]) -> str:
+        return _g(v.get("total_mb" if caches else "weight_mb"), 4)
+
+    verified = {(v["kept"], v.get("kv", "")): v for v in result["verified"]}
     for row in result["front"]:
-        v = verified.get(row["kept"], {})
+        v = verified.get((row["kept"], row.get("kv", "")), {})
         table.add_row(
-            str(row["kept"]), f"{row['estimated_mb']:.1f}", _pm(row, "kl"), _g(row["dppl_pct"]),
-            _g(v.get("weight_mb"), 4), _pm(v, "kl") if v else "", _g(v.get("dppl_pct")),
+            *first(row), _pm(row, "kl"), _g(row["dppl_pct"]), size(v) if v else "",
+            _pm(v, "kl") if v else "", _g(v.get("dppl_pct")),
         )  # fmt: skip
-    for kept, v in verified.items():
-        if not any(r["kept"] == kept for r in result["front"]):
+    for (kept, kv), v in verified.items():
+        if not any(r["kept"] == kept and r.get("kv", "") == kv for r in result["front"]):
             table.add_row(
-                str(kept), f"{v['estimated_mb']:.1f}", _g(v["calibration_kl"]), "",
-                _g(v.get("weight_mb"), 4), _pm(v, "kl"), _g(v.get("dppl_pct")),
+                *first(v), _g(v["calibration_kl"]), "", size(v), _pm(v, "kl"),
+                _g(v.get("dppl_pct")),
             )  # fmt: skip
     return table
 
