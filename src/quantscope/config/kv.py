@@ -11,7 +11,7 @@ cache already holds (quantized), as in decoding.
 
 >>> spec = parse_kv("hqq-int2[residual=64]")
 >>> spec.name, spec.bits, spec.engine
-('hqq-int2[residual=64]', 2, 'torch')
+('hqq-int2[residual=64]', 2.0, 'torch')
 >>> parse_kv(spec.name) == spec
 True
 >>> parse_kv("q8_0[v=q4_0]").type_v
