@@ -79,11 +79,14 @@ def test_a_cache_only_matters_when_text_goes_through_it_in_chunks(model, windows
     assert _kl(model, windows, reference, "quanto-int2[chunk=64]").mean() > 0.1
 
 
-def test_logits_are_made_a_slice_of_rows_at_a_time(model, windows, reference):
-    """The output head never sees a whole window: at most ``_ROWS`` rows per call (so 8k
-    windows hold no (8k, vocab) logits), and the sliced logits equal the model's own."""
+def test_logits_are_made_a_slice_of_rows_at_a_time(model, windows, reference, monkeypatch):
+    """Past ``SLICE_ABOVE`` bytes of a batch's logits (set to 0 here) the output head never
+    sees a whole window: at most ``_ROWS`` rows per call (so 8k windows hold no (8k, vocab)
+    logits), and the sliced logits equal the model's own."""
+    from quantscope.evaluate import scoring
     from quantscope.evaluate.accuracy import _ROWS
 
+    monkeypatch.setattr(scoring, "SLICE_ABOVE", 0)
     rows: list[int] = []
     hook = model.lm_head.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[-2]))
     try:
@@ -95,8 +98,11 @@ def test_logits_are_made_a_slice_of_rows_at_a_time(model, windows, reference):
     with torch.no_grad():
         full = model(input_ids=torch.from_numpy(windows.ids[:3])).logits
     for b, (logits, _) in enumerate(batch):
+        assert logits.head is not None  # sliced, not the model's own logits
         start = int(windows.score_from[b])
         torch.testing.assert_close(logits[:], full[b, start - 1 : -1], rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(scoring, "SLICE_ABOVE", 2**40)  # short windows: the model's own
+    assert all(x.head is None for x, _ in next(evaluate.scored_logits(model, windows, 3)))
 
 
 @pytest.mark.parametrize(

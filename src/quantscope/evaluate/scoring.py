@@ -20,6 +20,11 @@ from quantscope.config.kv import KvSpec
 from quantscope.data import Windows
 from quantscope.evaluate.device import accepts, model_device
 
+# Above this many bytes of a batch's float32 logits the head is applied a slice of rows at a
+# time (an 8k window's are 805 MB at a 49k vocabulary); below, the model's own forward makes
+# them at once, as before, so short windows' numbers stay exactly what they were.
+SLICE_ABOVE = 256 * 2**20
+
 # Output heads that are not a plain linear map of the final hidden states: these models get
 # their logits from their own forward (held per batch) instead of row slices of the head.
 _HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
@@ -106,17 +111,20 @@ def scored_logits(
     """
     device = model_device(model)
     head = output_head(model)
-    trim = head is None and accepts(model, "logits_to_keep")
+    trim = accepts(model, "logits_to_keep")
     cached = kv is not None and kv.engine == "torch"
     context = windows.ids.shape[1]
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 0) or 0
     for _, ids_np, score_from in windows.batches(batch_size):
         ids = torch.from_numpy(ids_np).to(device)  # (B, C)
         keep = context - int(score_from.min()) + 1
+        big = len(ids_np) * keep * vocab * 4 > SLICE_ABOVE
+        head_now = head if cached or big else None  # small: the model's own logits
         with torch.no_grad():
             if cached:
                 assert kv is not None
                 out = through_cache(model, ids, kv, head)[:, -keep:]
-            elif head is not None:
+            elif head_now is not None:
                 out = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
                 out = out[:, -keep:]  # (B, keep, H)
             else:
@@ -125,6 +133,6 @@ def scored_logits(
         first = context - keep  # window position of out[:, 0]
         # position j-1 predicts token j
         yield [
-            (Rows(out[b, start - 1 - first : -1], head), ids[b, start:])
+            (Rows(out[b, start - 1 - first : -1], head_now), ids[b, start:])
             for b, start in enumerate(score_from.tolist())
         ]
