@@ -27,6 +27,16 @@ def _spec(model_dir, text, store, configs="fp32,bf16,bnb-int8", **kw) -> RunSpec
     )
 
 
+def _printed(table) -> str:
+    """A table as the terminal shows it (it must exist)."""
+    from rich.console import Console
+
+    assert table is not None
+    console = Console(width=200, record=True)
+    console.print(table)
+    return console.export_text()
+
+
 def test_run_measures_stores_and_a_rerun_is_a_pure_skip(tiny_model_dir, tiny_text, tmp_path):
     spec = _spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite")
     first = runner.run(spec)
@@ -187,7 +197,6 @@ def test_bos_prefix_scores_the_first_text_token(tiny_model_dir, tiny_text, tmp_p
 def test_accuracy_by_position_is_stored_and_shown(tiny_model_dir, tiny_text, tmp_path):
     """A run whose windows span two position buckets keeps each config's metrics per bucket
     in its stored result, and ``show`` prints them; a run within one bucket has none."""
-    from rich.console import Console
 
     from quantscope.report import terminal
 
@@ -200,11 +209,7 @@ def test_accuracy_by_position_is_stored_and_shown(tiny_model_dir, tiny_text, tmp
     stored = Store(store).get(result.key)
     assert stored is not None and stored.by_position == result.by_position
     assert sum(p["tokens"] for p in result.by_position.values()) == result.metrics["tokens"]
-    console = Console(width=160, record=True)
-    table = terminal.positions_table(report)
-    assert table is not None
-    console.print(table)
-    text = console.export_text()
+    text = _printed(terminal.positions_table(report))
     assert "128-256" in text and "bnb-int8" in text
     small = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "s.sqlite", configs="fp32"))
     assert small.outcomes[0].result.by_position == {}  # context 64: one bucket
@@ -216,7 +221,6 @@ def test_a_kv_config_is_measured_at_depth_stored_and_shown(tiny_model_dir, tiny_
     keys its result apart from ``fp32``, and stores the cache's bytes and speeds at each
     requested depth (bytes growing with depth, smaller than the unquantized cache's), which
     ``show`` prints and the report plots."""
-    from rich.console import Console
 
     from quantscope.report import html, terminal
 
@@ -236,10 +240,6 @@ def test_a_kv_config_is_measured_at_depth_stored_and_shown(tiny_model_dir, tiny_
     assert int2.metrics["kv_bytes@256"] == int2.metrics["kv_bytes_pred@256"]  # residual and all
     assert int2.metrics["kv_bytes@256"] < 0.6 * full.metrics["kv_bytes@256"]  # 112 of 256 in fp32
     assert Store(store).get(int2.key).metrics["kv_bytes@256"] == int2.metrics["kv_bytes@256"]
-    console = Console(width=200, record=True)
-    table = terminal.depth_table(report)
-    assert table is not None
-    console.print(table)
-    text = console.export_text()
+    text = _printed(terminal.depth_table(report))
     assert "quanto-int2" in text and "256" in text
     assert "memory_vs_context" in html.run_figures(report.results)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from quantscope.config.kv import GGML_BYTES_PER_32, KvSpec, parse_kv
-from quantscope.evaluate.device import model_device, sync
+from quantscope.evaluate.device import accepts, model_device, sync
 from quantscope.evaluate.efficiency import PeakMemory
 from quantscope.evaluate.scoring import make_cache
 from quantscope.results import depths_in
@@ -159,7 +159,7 @@ def _torch_at_depth(
     device = model_device(model)
     ids = ids.to(device)
     cache = make_cache(model, kv)
-    name = "cache" if "cache" in _params(model) else "past_key_values"
+    name = "cache" if accepts(model, "cache") else "past_key_values"  # transformers ≥ 5.2x
 
     def call(piece: torch.Tensor) -> torch.Tensor:
         out = model(input_ids=piece, use_cache=True, logits_to_keep=1, **{name: cache})
@@ -181,9 +181,3 @@ def _torch_at_depth(
         sync(device)
         decode_s = time.perf_counter() - began
     return nbytes, prefill_s, decode_s
-
-
-def _params(model: Any) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(model.forward).parameters)
