@@ -20,8 +20,8 @@ DEFAULT = ("fp32+kv=dynamic,fp32+kv=hqq-int8,fp32+kv=quanto-int4,bf16+kv=dynamic
 
 def main() -> None:
     from quantscope import backends, evaluate, models
-    from quantscope.api import _depths
     from quantscope.config import model_spec, parse_config_list
+    from quantscope.specs import parse_depths
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", default=DEFAULT)
@@ -32,7 +32,7 @@ def main() -> None:
     spec = model_spec(None)
     files = models.resolve(spec)
     vocab = len(models.load_tokenizer(files, spec))
-    depths = _depths(args.depths) or ()
+    depths = parse_depths(args.depths) or ()
     first: dict[int, float] = {}
     print(f"{'config':34} {'depth':>6} {'KV MiB':>8} {'formula':>8} {'share':>6} "
           f"{'prefill/s':>10} {'decode/s':>9}")  # fmt: skip

@@ -126,7 +126,7 @@ def test_an_unsupported_config_is_refused_before_loading(tiny_model_dir, tiny_te
 
 
 def _placed_spec(model_dir, text, store, **placement):
-    from quantscope.api import run_spec
+    from quantscope.specs import run_spec
 
     return run_spec(str(model_dir), "fp32,bnb-int8", str(text), tokens=300, context=64,
                     stride=32, prompts=["Hello"], max_new_tokens=2, speed_reps=1, ref_topk=16,

@@ -184,9 +184,9 @@ def test_int4_cache_holds_under_a_third_of_a_16_bit_cache():
 
 
 def test_depths_read_from_the_command_line():
-    from quantscope.api import _depths
+    from quantscope.specs import parse_depths
 
-    assert _depths("0,1k,4096") == (0, 1024, 4096)
-    assert _depths(None) is None
+    assert parse_depths("0,1k,4096") == (0, 1024, 4096)
+    assert parse_depths(None) is None
     with pytest.raises(UserError, match="token counts"):
-        _depths("0,deep")
+        parse_depths("0,deep")

@@ -10,9 +10,7 @@ True
 
 from __future__ import annotations
 
-import gc
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +23,12 @@ from quantscope.cache import cache_dir, made, maker, read_made
 from quantscope.config import QuantConfig, RunSpec, precision_config
 from quantscope.errors import Unavailable, UserError
 from quantscope.events import Events, LogEvents
+from quantscope.measure import answer_tasks, free_memory, measure
 from quantscope.provenance import digest, hardware, versions
 from quantscope.reference import FORMAT as REFERENCE_FORMAT
 from quantscope.reference import Reference, ReferenceCache
 from quantscope.results import Outcome, Result, RunReport, Status
-from quantscope.store import Store, now
-from quantscope.tasks import answers
+from quantscope.store import Store
 
 __all__ = ["Events", "LogEvents", "default_store", "run"]
 
@@ -154,11 +152,11 @@ def ensure_reference(ctx: _Context) -> None:
     if ctx.tasks:
         task_path = folder / f"{digest(*common, settings['tasks'])}.tasks.json"
         ctx.base_answers = _cached_json(
-            task_path, "Baseline tasks", ctx, lambda: _answer_tasks(ctx, _baseline(ctx)), whole=True
+            task_path, "Baseline tasks", ctx, lambda: answer_tasks(ctx, _baseline(ctx)), whole=True
         )
     if not spec.exact:
         ctx.baseline_model = None
-        _free()
+        free_memory()
 
 
 def _baseline(ctx: _Context) -> Any:
@@ -197,106 +195,6 @@ def _cached_json(
     except _Partial as partial:
         return partial.value
     return json.loads(path.read_text())
-
-
-def _answer_tasks(ctx: _Context, model: Any) -> answers.Answers:
-    """Every task's answers for ``model`` (tasks that cannot run go to ``ctx.task_errors``)."""
-    return answers.answer(ctx.tasks, model, ctx.tokenizer, ctx.spec.batch_size * 2, ctx.task_errors)
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes]:
-    """Load one config and measure accuracy, efficiency and generations; the result and its
-    per-token values (``TokenValues``, compressed)."""
-    spec, ref = ctx.spec, ctx.reference
-    assert ref is not None and ctx.base_generations is not None
-    backend = backends.get(config)
-    torch.manual_seed(spec.seed)
-    with evaluate.PeakMemory() as peak:
-        ctx.events.stage(f"{config.display}: loading", None)
-        loaded = backend.load(ctx.files, spec.model, config, ctx.device)
-        if config.lora:
-            from quantscope.backends import lora
-
-            loaded = lora.attach(loaded, config.lora, spec.model.allow_pickle)
-        ctx.events.stage(f"{config.display}: accuracy pass", ctx.windows.n_scored)
-        start = time.perf_counter()
-        token_stats = evaluate.compare_pass(
-            loaded.model, ctx.windows, ref.cursor(), spec.batch_size, ctx.events.advance,
-            baseline=ctx.baseline_model, kv=config.kv,
-        )  # fmt: skip
-        eval_s = time.perf_counter() - start
-        footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
-        placement = models.placement_of(loaded.model, ctx.device)
-        clusters = ctx.windows.cluster_ids()
-        accuracy = evaluate.accuracy_metrics(token_stats, clusters)
-        tokens = evaluate.token_values(token_stats, clusters).to_bytes()
-        per_source = evaluate.per_source_metrics(ctx.windows, token_stats, clusters)
-        by_position = evaluate.by_position_metrics(ctx.windows, token_stats, clusters)
-        accuracy["ref_disk_bytes_per_token"] = ref.info()["disk_bytes_per_token"]
-        ctx.events.stage(f"{config.display}: speed", None)
-        vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
-        speed = evaluate.speed_metrics(loaded.model, vocab, spec.speed_reps, spec.seed, config.kv)
-        depths = evaluate.depths_for(spec.depths, config.kv, loaded.model.config)
-        if depths:
-            ctx.events.stage(f"{config.display}: KV cache at depth", None)
-            speed.update(evaluate.depth_metrics(loaded.model, config.kv, tuple(depths), vocab))
-        task_results = {}
-        if ctx.tasks:
-            ctx.events.stage(f"{config.display}: tasks", None)
-            assert ctx.base_answers is not None
-            found = _answer_tasks(ctx, loaded.model)
-            task_results = answers.compare(ctx.tasks, ctx.base_answers, found)
-        ctx.events.stage(f"{config.display}: generations", None)
-        gens = evaluate.generate(
-            loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens, config.kv
-        )
-    for gen, base in zip(gens, ctx.base_generations, strict=True):
-        gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
-    library, load_s, quantize_s = loaded.library, loaded.load_s, loaded.quantize_s
-    meta = {**_meta(ctx, config, library), "kept_linears": loaded.kept, "placement": placement}
-    del loaded
-    _free()
-    metrics = {**footprint, **accuracy, **speed, "load_s": load_s, "eval_s": eval_s}
-    metrics["quantize_s"] = quantize_s
-    metrics.update(peak_rss_mb=peak.rss_mb, peak_gpu_mb=peak.gpu_mb)
-    metrics["offloaded"] = float(models.offloaded(placement, ctx.device))  # speed: not alone
-    return Result(
-        key=key,
-        config=config.display,
-        model_fingerprint=ctx.files.fingerprint,
-        data_fingerprint=ctx.windows.fingerprint,
-        settings_fingerprint=ctx.settings_fp,
-        metrics=metrics,
-        generations=gens,
-        meta=meta,
-        per_source=per_source,
-        tasks=task_results,
-        by_position=by_position,
-        created=now(),
-    ), tokens
-
-
-def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
-    return {
-        "model": ctx.files.name,
-        "model_origin": ctx.files.origin,
-        "model_folder": str(ctx.files.folder),
-        "model_kind": ctx.files.kind.value,
-        "text": ctx.text_name,
-        "config": config.name,
-        "label": config.label,
-        "library": library,
-        "task_errors": dict(ctx.task_errors),
-        "settings": ctx.settings,
-        "hardware": hardware(ctx.device),
-        "support": capability.support(config, ctx.hardware).__dict__ if ctx.hardware else {},
-    }
 
 
 def run(spec: RunSpec, events: Events | None = None) -> RunReport:
@@ -363,14 +261,14 @@ def evaluate_config(ctx: _Context, config: QuantConfig, key: str) -> Outcome:
             ensure_reference(ctx)
         result, tokens = measure(ctx, config, key)
     except Unavailable as err:
-        _free()
+        free_memory()
         return Outcome(config.display, Status.SKIPPED, err.reason, None, model)
     except UserError as err:
-        _free()
+        free_memory()
         return Outcome(config.display, Status.FAILED, str(err), None, model)
     except Exception as err:  # a backend library failing fails this config, not the run
         quiet.debug("config %s failed", config.name, exc_info=True)
-        _free()
+        free_memory()
         return Outcome(config.display, Status.FAILED, f"{type(err).__name__}: {err}", None, model)
     result = Result.from_json(result.to_json())  # exactly what a rerun will read back
     return Outcome(config.display, Status.MEASURED, "", result, model, tokens)

@@ -76,9 +76,9 @@ def sensitivity(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Quantize one unit at a time (and all but one) and rank the units by the KL they cause."""
-    from quantscope.api import study_spec
     from quantscope.mixed import sensitivity as study_units
     from quantscope.report.mixed import render_study_html, sensitivity_table, totals_line
+    from quantscope.specs import study_spec
 
     spec = study_spec(config, model, fallback, by, modes, calib_text, calib_tokens,
                       calib_context, calib_stride, device, batch_size, store,
@@ -136,9 +136,9 @@ def search(
     ] = None,
 ) -> None:
     """Keep the fewest units in the fallback precision that meet the budget; verify; save."""
-    from quantscope.api import search_spec
     from quantscope.mixed import search as run_search
     from quantscope.report.mixed import comparison_table, front_table, render_study_html
+    from quantscope.specs import search_spec
 
     spec = search_spec(config, max_kl, max_ppl_increase, max_mb, model, fallback, by, modes,
                        text, tokens, context, stride, calib_text, calib_tokens, calib_context,

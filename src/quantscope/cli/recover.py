@@ -81,10 +81,10 @@ def recover(
 ) -> None:
     """Train LoRA adapters on a quantized config toward the baseline and report how much of
     the KL and perplexity gap they close, on evaluation text never trained on."""
-    from quantscope.api import recover_spec
     from quantscope.recovery import adapter_folder
     from quantscope.recovery import recover as run_recover
     from quantscope.report.mixed import recovery_table
+    from quantscope.specs import recover_spec
 
     spec = recover_spec(config, model, rank, alpha, dropout, targets, steps, max_minutes, lr,
                         seq_len, train_batch, kl_weight, train_text, text, tokens, context,

@@ -136,8 +136,8 @@ def run(
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config
     (with --margin, each judged equivalent, worse or not resolved at that margin)."""
-    from quantscope.api import run_spec
     from quantscope.runner import run as run_one
+    from quantscope.specs import run_spec
 
     spec = run_spec(
         model, configs, text, dataset, dataset_config, split, field, bos, tokens, context,

@@ -91,7 +91,7 @@ def sweep(
     ] = None,
 ) -> None:
     """Measure a study of models × configs × texts × tasks, resuming what is stored."""
-    from quantscope.api import sweep_spec
+    from quantscope.specs import sweep_spec
     from quantscope.sweeps import plan, run_study
 
     study, how = sweep_spec(study_file, store, executor, address, retries, shared_dir)

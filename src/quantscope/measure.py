@@ -1,0 +1,165 @@
+"""One loaded config measured against a prepared run: the accuracy pass, efficiency, speed
+(and the KV cache at depth), tasks and generations, into one ``Result``.
+
+The runner decides what to measure and stores it; this module only measures.
+
+>>> callable(measure)
+True
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from quantscope import backends, capability, evaluate, models
+from quantscope.config import QuantConfig
+from quantscope.provenance import hardware
+from quantscope.results import Result
+from quantscope.store import now
+from quantscope.tasks import answers
+
+if TYPE_CHECKING:
+    from quantscope.runner import _Context
+
+
+def free_memory() -> None:
+    """Give back what a config held (and CUDA's cached blocks)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def answer_tasks(ctx: _Context, model: Any) -> answers.Answers:
+    """Every task's answers for ``model`` (tasks that cannot run go to ``ctx.task_errors``)."""
+    return answers.answer(ctx.tasks, model, ctx.tokenizer, ctx.spec.batch_size * 2, ctx.task_errors)
+
+
+class _Pass(NamedTuple):
+    """What the accuracy pass gives: metrics, per-token values (compressed), per-source and
+    by-position metrics, and its seconds."""
+
+    metrics: dict[str, Any]
+    tokens: bytes
+    per_source: dict[str, Any]
+    by_position: dict[str, Any]
+    seconds: float
+
+
+def _load(ctx: _Context, config: QuantConfig) -> Any:
+    """``config`` loaded on the run's device, with its LoRA adapter attached if it names one."""
+    ctx.events.stage(f"{config.display}: loading", None)
+    loaded = backends.get(config).load(ctx.files, ctx.spec.model, config, ctx.device)
+    if config.lora:
+        from quantscope.backends import lora
+
+        loaded = lora.attach(loaded, config.lora, ctx.spec.model.allow_pickle)
+    return loaded
+
+
+def _accuracy(ctx: _Context, loaded: Any, config: QuantConfig) -> _Pass:
+    """The streamed comparison with the reference, through the config's KV cache if any."""
+    assert ctx.reference is not None
+    ctx.events.stage(f"{config.display}: accuracy pass", ctx.windows.n_scored)
+    start = time.perf_counter()
+    token_stats = evaluate.compare_pass(
+        loaded.model, ctx.windows, ctx.reference.cursor(), ctx.spec.batch_size,
+        ctx.events.advance, baseline=ctx.baseline_model, kv=config.kv,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    clusters = ctx.windows.cluster_ids()
+    metrics = evaluate.accuracy_metrics(token_stats, clusters)
+    metrics["ref_disk_bytes_per_token"] = ctx.reference.info()["disk_bytes_per_token"]
+    return _Pass(
+        metrics,
+        evaluate.token_values(token_stats, clusters).to_bytes(),
+        evaluate.per_source_metrics(ctx.windows, token_stats, clusters),
+        evaluate.by_position_metrics(ctx.windows, token_stats, clusters),
+        seconds,
+    )
+
+
+def _speed(ctx: _Context, loaded: Any, config: QuantConfig) -> dict[str, float]:
+    """Prefill and decode speed; the KV cache at depth when the config has one (or
+    ``--depths`` asks)."""
+    ctx.events.stage(f"{config.display}: speed", None)
+    vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
+    speed = evaluate.speed_metrics(loaded.model, vocab, ctx.spec.speed_reps, ctx.spec.seed,
+                                   config.kv)  # fmt: skip
+    depths = evaluate.depths_for(ctx.spec.depths, config.kv, loaded.model.config)
+    if depths:
+        ctx.events.stage(f"{config.display}: KV cache at depth", None)
+        speed.update(evaluate.depth_metrics(loaded.model, config.kv, tuple(depths), vocab))
+    return speed
+
+
+def _tasks(ctx: _Context, loaded: Any, config: QuantConfig) -> dict[str, Any]:
+    """Each task compared item by item with the baseline's answers."""
+    if not ctx.tasks:
+        return {}
+    ctx.events.stage(f"{config.display}: tasks", None)
+    assert ctx.base_answers is not None
+    return answers.compare(ctx.tasks, ctx.base_answers, answer_tasks(ctx, loaded.model))
+
+
+def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes]:
+    """Load one config and measure accuracy, efficiency and generations; the result and its
+    per-token values (``TokenValues``, compressed)."""
+    spec = ctx.spec
+    assert ctx.base_generations is not None
+    torch.manual_seed(spec.seed)
+    with evaluate.PeakMemory() as peak:
+        loaded = _load(ctx, config)
+        found = _accuracy(ctx, loaded, config)
+        footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
+        placement = models.placement_of(loaded.model, ctx.device)
+        speed = _speed(ctx, loaded, config)
+        task_results = _tasks(ctx, loaded, config)
+        ctx.events.stage(f"{config.display}: generations", None)
+        gens = evaluate.generate(
+            loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens, config.kv
+        )
+    for gen, base in zip(gens, ctx.base_generations, strict=True):
+        gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
+    library, load_s, quantize_s = loaded.library, loaded.load_s, loaded.quantize_s
+    meta = {**_meta(ctx, config, library), "kept_linears": loaded.kept, "placement": placement}
+    del loaded
+    free_memory()
+    metrics = {**footprint, **found.metrics, **speed, "load_s": load_s, "eval_s": found.seconds}
+    metrics["quantize_s"] = quantize_s
+    metrics.update(peak_rss_mb=peak.rss_mb, peak_gpu_mb=peak.gpu_mb)
+    metrics["offloaded"] = float(models.offloaded(placement, ctx.device))  # speed: not alone
+    return Result(
+        key=key,
+        config=config.display,
+        model_fingerprint=ctx.files.fingerprint,
+        data_fingerprint=ctx.windows.fingerprint,
+        settings_fingerprint=ctx.settings_fp,
+        metrics=metrics,
+        generations=gens,
+        meta=meta,
+        per_source=found.per_source,
+        tasks=task_results,
+        by_position=found.by_position,
+        created=now(),
+    ), found.tokens
+
+
+def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
+    return {
+        "model": ctx.files.name,
+        "model_origin": ctx.files.origin,
+        "model_folder": str(ctx.files.folder),
+        "model_kind": ctx.files.kind.value,
+        "text": ctx.text_name,
+        "config": config.name,
+        "label": config.label,
+        "library": library,
+        "task_errors": dict(ctx.task_errors),
+        "settings": ctx.settings,
+        "hardware": hardware(ctx.device),
+        "support": capability.support(config, ctx.hardware).__dict__ if ctx.hardware else {},
+    }
