@@ -18,7 +18,7 @@ import torch
 
 from quantscope.config.kv import KvSpec
 from quantscope.data import Windows
-from quantscope.evaluate.device import accepts, model_device
+from quantscope.evaluate.device import accepts, model_device, steady_heap
 
 # Above this many bytes of a batch's float32 logits the head is applied a slice of rows at a
 # time (an 8k window's are 805 MB at a 49k vocabulary); below, the model's own forward makes
@@ -109,6 +109,7 @@ def scored_logits(
     context/2). ``kv`` (a torch cache) feeds the windows through it in chunks; a llama.cpp
     cache type is the loaded GGUF model's own and changes nothing here.
     """
+    steady_heap()  # large transient slices go back to the system (flat memory)
     device = model_device(model)
     head = output_head(model)
     trim = accepts(model, "logits_to_keep")
