@@ -109,7 +109,6 @@ def scored_logits(
     context/2). ``kv`` (a torch cache) feeds the windows through it in chunks; a llama.cpp
     cache type is the loaded GGUF model's own and changes nothing here.
     """
-    steady_heap()  # large transient slices go back to the system (flat memory)
     device = model_device(model)
     head = output_head(model)
     trim = accepts(model, "logits_to_keep")
@@ -120,6 +119,8 @@ def scored_logits(
         ids = torch.from_numpy(ids_np).to(device)  # (B, C)
         keep = context - int(score_from.min()) + 1
         big = len(ids_np) * keep * vocab * 4 > SLICE_ABOVE
+        if big:  # long windows: their many transient slices go back to the system
+            steady_heap()
         head_now = head if cached or big else None  # small: the model's own logits
         with torch.no_grad():
             if cached:
