@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
+import subprocess
 import sys
 import warnings
 
@@ -141,6 +143,26 @@ def test_library_output_goes_to_the_debug_log(tmp_path, monkeypatch, capsys):
     for line in ("deprecation note", "a library's warning", "loader line", "Loading weights"):
         assert line in text
     assert (library.handlers, library.propagate) == before  # a notebook's own logging is kept
+
+
+def test_nothing_reaches_the_screen_at_exit_after_a_captured_warning(tmp_path):
+    # llama-cpp-python keeps two /dev/null files open at module level; a warning issued inside
+    # a capture left CPython's C-level filters pointing at the capture's "default" list, so at
+    # shutdown a ResourceWarning for them reached the screen after every GGUF run (seen with
+    # the resync patched out).
+    (tmp_path / "holder.py").write_text("import os\nheld = open(os.devnull, 'w')\n")
+    script = (
+        "import warnings, holder\n"
+        "from quantscope.quiet import captured\n"
+        "with captured():\n"
+        "    warnings.warn('a library note', UserWarning)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "QUANTSCOPE_DEBUG_LOG": str(tmp_path / "d")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == ""
+    assert "a library note" in (tmp_path / "d").read_text()
 
 
 def test_progress_bars_are_quantscopes_own(tiny_model_dir, tiny_text, tmp_path, capsys):

@@ -128,6 +128,24 @@ def _show_warning(
     DEBUG.debug("%s:%s: %s: %s", filename, lineno, category.__name__, message)
 
 
+class _Resync(Warning):
+    """Issued (and ignored) once a capture's filters are restored, for the reason below."""
+
+
+def _resync_filters() -> None:
+    """Point CPython's C-level copy of the warning filters back at the restored list.
+
+    The C side keeps the ``warnings.filters`` list it saw at the last warning; when that warning
+    came inside a capture, it is the capture's list (everything "default"), and at interpreter
+    shutdown, when ``warnings`` is gone, the C side uses it: llama-cpp-python's two unclosed
+    ``/dev/null`` files then printed a ``ResourceWarning`` on the screen after every GGUF run.
+    Any warning issued now refreshes the copy; this one is ignored (the filter is added to the
+    restored list itself, in place, so it holds even if the user reset theirs).
+    """
+    warnings.filterwarnings("ignore", category=_Resync)
+    warnings.warn_explicit("", _Resync, __file__, 0)
+
+
 def _library_loggers() -> list[logging.Logger]:
     """The libraries' top loggers, and every logger of theirs with handlers of its own."""
     names = set(LIBRARIES)
@@ -166,6 +184,7 @@ def captured() -> Iterator[Path]:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 yield path
     finally:
+        _resync_filters()
         for lg, handlers, propagate in saved:
             lg.handlers, lg.propagate = handlers, propagate
         _screen.clear()
