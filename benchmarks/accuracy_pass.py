@@ -1,6 +1,10 @@
 """Accuracy-pass throughput against the raw forward pass, and the reference cache's size.
 
-Run: .venv/bin/python benchmarks/accuracy_pass.py [--tokens 4096] [--config bnb-nf4]
+Run: .venv/bin/python benchmarks/accuracy_pass.py [--tokens 4096] [--configs bnb-nf4]
+
+With ``--configs ''`` only the plain forward and the reference pass are timed. Long windows
+(logits past 256 MB) fix glibc's mmap threshold (``evaluate.device.steady_heap``);
+``--dynamic-heap`` leaves it as glibc has it, so two runs time what fixing it costs.
 
 Prints, measured in this one run on the same windows: tokens/s of the plain forward pass
 (what any evaluation must pay), of the reference pass and of the comparison pass, their
@@ -10,6 +14,7 @@ ratios, and the reference cache's bytes per scored token (in memory and compress
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +49,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
     parser.add_argument("--reps", type=int, default=2, help="best of this many timings each")
+    parser.add_argument("--dynamic-heap", action="store_true", help="glibc's own mmap threshold")
     args = parser.parse_args()
+    if args.dynamic_heap:
+        from quantscope.evaluate import scoring
+
+        scoring.steady_heap = lambda: False
 
     spec = model_spec(None)
     files = resolve(spec)
@@ -71,9 +81,11 @@ def main() -> None:
         ref.save(path)
         disk = path.stat().st_size / n
     print(f"reference cache: {ref.bytes_per_token:.0f} B/token in memory, {disk:.0f} on disk")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS so far {peak:.0f} MB")
 
     table = []
-    for name in args.configs.split(","):
+    for name in filter(None, args.configs.split(",")):
         config: QuantConfig = parse_config(name)
         quant = backends.get(config).load(files, spec, config, "cpu").model
         raw_forward_seconds(quant, windows, bs)  # warm-up (bnb repacks on first use)

@@ -51,9 +51,10 @@ def steady_heap() -> bool:
     """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` (once per process, when the
     first long window is scored), so the passes' large transient tensors are returned to the
     system when freed instead of fragmenting the heap; resident memory then stays flat in the
-    text's length. Short windows do not need it (flat before: ×1.015 from 4k to 64k tokens
-    at context 512) and are spared its page faults. Not on other C libraries, nor when the
-    user set ``MALLOC_MMAP_THRESHOLD_`` (theirs wins). Returns whether it was set."""
+    text's length. Called once a batch's logits pass 256 MB (long windows, and a default
+    run's first batch); the page faults cost long windows 12–22% of the reference pass's speed
+    (README). Not on other C libraries, nor when the user set ``MALLOC_MMAP_THRESHOLD_``
+    (theirs wins). Returns whether it was set."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
         return False
     try:

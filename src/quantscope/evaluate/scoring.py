@@ -119,7 +119,7 @@ def scored_logits(
         ids = torch.from_numpy(ids_np).to(device)  # (B, C)
         keep = context - int(score_from.min()) + 1
         big = len(ids_np) * keep * vocab * 4 > SLICE_ABOVE
-        if big:  # long windows: their many transient slices go back to the system
+        if big:  # many transient slices: they go back to the system when freed
             steady_heap()
         head_now = head if cached or big else None  # small: the model's own logits
         with torch.no_grad():
