@@ -55,20 +55,49 @@ def llama_perplexity() -> Path:
     if binary.is_file():
         return binary
     with tempfile.TemporaryDirectory() as tmp:
-        fetch = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                 "-q", "-d", tmp, f"llama-cpp-python=={version}"]  # fmt: skip
+        fetch = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-q",
+            "-d",
+            tmp,
+            f"llama-cpp-python=={version}",
+        ]
         subprocess.run(fetch, check=True)
         with tarfile.open(next(Path(tmp).glob("*.tar.gz"))) as tar:
             tar.extractall(tmp, filter="data")
         source = next(Path(tmp).glob("*/vendor/llama.cpp"))
         env = {**os.environ, "CFLAGS": cflags, "CXXFLAGS": cflags}
         start = time.perf_counter()
-        subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja",
-                        "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF",
-                        "-DLLAMA_OPENSSL=OFF", *cmake_args], check=True, env=env,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
-        subprocess.run(["cmake", "--build", str(build), "--target", "llama-perplexity"],
-                       check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [
+                "cmake",
+                "-S",
+                str(source),
+                "-B",
+                str(build),
+                "-G",
+                "Ninja",
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_OPENSSL=OFF",
+                *cmake_args,
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            ["cmake", "--build", str(build), "--target", "llama-perplexity"],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         print(f"built llama-perplexity {version} in {time.perf_counter() - start:.0f} s")
     return binary
 
@@ -97,9 +126,25 @@ def run_llama_perplexity(
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
         f.write(text)
         f.flush()
-        command = [str(binary), "-m", str(path), "-f", f.name, "-c", str(context),
-                   "-b", str(4 * context), "--chunks", str(n), "-t", str(threads),
-                   "-tb", str(threads), "-fa", flash]  # fmt: skip
+        command = [
+            str(binary),
+            "-m",
+            str(path),
+            "-f",
+            f.name,
+            "-c",
+            str(context),
+            "-b",
+            str(4 * context),
+            "--chunks",
+            str(n),
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "-fa",
+            flash,
+        ]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -137,8 +182,10 @@ def main() -> None:
     windows = chunk_windows(path, text, args.tokens, args.context)
     n_windows, context = windows.ids.shape
     processed = windows.ids.size
-    print(f"{path.name}: {n_windows} chunks of {context} tokens, those after the first half "
-          f"scored, {threads} threads")  # fmt: skip
+    print(
+        f"{path.name}: {n_windows} chunks of {context} tokens, those after the first half "
+        f"scored, {threads} threads"
+    )
     binary = llama_perplexity()
 
     ref = evaluate.reference_pass(model, windows, 256, args.batch_size)  # warm-up and reference

@@ -16,12 +16,29 @@ from typing import Any
 
 # one config per backend (and the GPU-only kernels): every backend's CUDA path runs once
 CONFIGS = (
-    "fp16", "bf16", "bnb-int8", "bnb-nf4[compute_dtype=bf16]", "hqq[bits=4,group=64]",
-    "quanto-int8", "quanto-fp8", "torchao-int8wo", "torchao-int4wo", "gptq[bits=4,group=128]",
+    "fp16",
+    "bf16",
+    "bnb-int8",
+    "bnb-nf4[compute_dtype=bf16]",
+    "hqq[bits=4,group=64]",
+    "quanto-int8",
+    "quanto-fp8",
+    "torchao-int8wo",
+    "torchao-int4wo",
+    "gptq[bits=4,group=128]",
     "gguf[qtype=Q8_0]",
-)  # fmt: skip
-COLUMNS = ("config", "status", "support", "weights MB", "peak GPU MB", "KL", "Δppl %",
-           "decode tok/s", "note")  # fmt: skip
+)
+COLUMNS = (
+    "config",
+    "status",
+    "support",
+    "weights MB",
+    "peak GPU MB",
+    "KL",
+    "Δppl %",
+    "decode tok/s",
+    "note",
+)
 
 
 def rows(report: Any, support: dict[str, str]) -> list[dict[str, str]]:
@@ -36,10 +53,25 @@ def rows(report: Any, support: dict[str, str]) -> list[dict[str, str]]:
             return "–" if v is None else format(v, spec)
 
         note = o.reason or (o.result.invalid if o.result is not None else "")
-        out.append(dict(zip(COLUMNS, (
-            o.config, o.status.value, support.get(o.config, "?"), f("weight_mb", ".1f"),
-            f("peak_gpu_mb", ".0f"), f("kl_mean", ".3g"), f("dppl_pct", "+.2f"),
-            f("decode_tps", ".1f"), note), strict=True)))  # fmt: skip
+        out.append(
+            dict(
+                zip(
+                    COLUMNS,
+                    (
+                        o.config,
+                        o.status.value,
+                        support.get(o.config, "?"),
+                        f("weight_mb", ".1f"),
+                        f("peak_gpu_mb", ".0f"),
+                        f("kl_mean", ".3g"),
+                        f("dppl_pct", "+.2f"),
+                        f("decode_tps", ".1f"),
+                        note,
+                    ),
+                    strict=True,
+                )
+            )
+        )
     return out
 
 
@@ -59,20 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu-check: torch sees no CUDA GPU here (a CPU build, or no driver); run it on a "
-              "GPU machine with make gpu-check.")  # fmt: skip
+        print(
+            "gpu-check: torch sees no CUDA GPU here (a CPU build, or no driver); run it on a "
+            "GPU machine with make gpu-check."
+        )
         return 1
     import quantscope
     from quantscope import capability
     from quantscope.config import parse_config_list
 
     device = capability.this_device("cuda")
-    support = {c.display: capability.support(c, device).level
-               for c in parse_config_list(args.configs)}  # fmt: skip
-    print(f"{torch.cuda.get_device_name()} (capability {device.capability[0]}."
-          f"{device.capability[1]}), torch {torch.__version__}")  # fmt: skip
-    report = quantscope.run(configs=args.configs, device="cuda", tokens=args.tokens,
-                            store=args.store, progress=False)  # fmt: skip
+    support = {
+        c.display: capability.support(c, device).level for c in parse_config_list(args.configs)
+    }
+    print(
+        f"{torch.cuda.get_device_name()} (capability {device.capability[0]}."
+        f"{device.capability[1]}), torch {torch.__version__}"
+    )
+    report = quantscope.run(
+        configs=args.configs, device="cuda", tokens=args.tokens, store=args.store, progress=False
+    )
     print(table(rows(report, support)))
     return 0
 

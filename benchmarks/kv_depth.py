@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT = ("fp32+kv=dynamic,fp32+kv=hqq-int8,fp32+kv=quanto-int4,bf16+kv=dynamic,"
-           "bf16+kv=quanto-int4,gguf[qtype=F16]+kv=f16,gguf[qtype=F16]+kv=q8_0,"
-           "gguf[qtype=F16]+kv=q4_0")  # fmt: skip
+DEFAULT = (
+    "fp32+kv=dynamic,fp32+kv=hqq-int8,fp32+kv=quanto-int4,bf16+kv=dynamic,"
+    "bf16+kv=quanto-int4,gguf[qtype=F16]+kv=f16,gguf[qtype=F16]+kv=q8_0,"
+    "gguf[qtype=F16]+kv=q4_0"
+)
 
 
 def main() -> None:
@@ -34,20 +36,26 @@ def main() -> None:
     vocab = len(models.load_tokenizer(files, spec))
     depths = parse_depths(args.depths) or ()
     first: dict[int, float] = {}
-    print(f"{'config':34} {'depth':>6} {'KV MiB':>8} {'formula':>8} {'share':>6} "
-          f"{'prefill/s':>10} {'decode/s':>9}")  # fmt: skip
+    print(
+        f"{'config':34} {'depth':>6} {'KV MiB':>8} {'formula':>8} {'share':>6} "
+        f"{'prefill/s':>10} {'decode/s':>9}"
+    )
     for config in parse_config_list(args.configs):
         loaded = backends.get(config).load(files, spec, config, "cpu")
-        found = evaluate.depth_metrics(loaded.model, config.kv, tuple(depths), vocab,
-                                       args.prefill, args.steps)  # fmt: skip
+        found = evaluate.depth_metrics(
+            loaded.model, config.kv, tuple(depths), vocab, args.prefill, args.steps
+        )
         for d in depths:
             held = found[f"kv_bytes@{d}"]
             first.setdefault(d, held)
             share = f"{held / first[d]:.2f}" if first[d] else "–"
-            pred, pp, tg = (found[f"{k}@{d}"] for k in ("kv_bytes_pred", "prefill_tps",
-                                                         "decode_tps"))  # fmt: skip
-            print(f"{config.name:34} {d:>6} {held / 2**20:>8.2f} {pred / 2**20:>8.2f} "
-                  f"{share:>6} {pp:>10.1f} {tg:>9.2f}")  # fmt: skip
+            pred, pp, tg = (
+                found[f"{k}@{d}"] for k in ("kv_bytes_pred", "prefill_tps", "decode_tps")
+            )
+            print(
+                f"{config.name:34} {d:>6} {held / 2**20:>8.2f} {pred / 2**20:>8.2f} "
+                f"{share:>6} {pp:>10.1f} {tg:>9.2f}"
+            )
         del loaded
 
 

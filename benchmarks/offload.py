@@ -30,8 +30,9 @@ def main() -> None:
     spec = model_spec(None)
     files = models.resolve(spec)
     tokenizer = models.load_tokenizer(files, spec)
-    windows, _ = text_windows(read_sources(DataSpec(tokens=args.tokens)), tokenizer,
-                              DataSpec(tokens=args.tokens))  # fmt: skip
+    windows, _ = text_windows(
+        read_sources(DataSpec(tokens=args.tokens)), tokenizer, DataSpec(tokens=args.tokens)
+    )
     base = precision_config(spec.dtype)
     refs, seconds, places = [], [], []
     with tempfile.TemporaryDirectory() as offload:
@@ -52,10 +53,14 @@ def main() -> None:
     kl = float((pa * (a.topk_lp - b.topk_lp)).sum(-1).mean()) if same_ids else float("nan")
     print(f"tokens scored: {windows.n_scored}, cap cpu={args.cap}")
     print(f"placement in memory: {places[0]}; capped: {places[1]}")
-    print(f"reference pass: in memory {seconds[0]:.1f} s, offloaded {seconds[1]:.1f} s "
-          f"(offloaded/in-memory {seconds[1] / seconds[0]:.2f}x)")  # fmt: skip
-    print(f"same top-256 ids: {same_ids}; KL over them {kl:.2e}; max |Δ log p(true)| "
-          f"{float(np.abs(a.true_lp - b.true_lp).max()):.2e}")  # fmt: skip
+    print(
+        f"reference pass: in memory {seconds[0]:.1f} s, offloaded {seconds[1]:.1f} s "
+        f"(offloaded/in-memory {seconds[1] / seconds[0]:.2f}x)"
+    )
+    print(
+        f"same top-256 ids: {same_ids}; KL over them {kl:.2e}; max |Δ log p(true)| "
+        f"{float(np.abs(a.true_lp - b.true_lp).max()):.2e}"
+    )
 
 
 if __name__ == "__main__":

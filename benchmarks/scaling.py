@@ -57,10 +57,15 @@ def one(tokens: int, config_name: str, context: int, batch: int, compare: bool) 
             assert len(stats.kl) == windows.n_scored
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = windows.n_scored
-    return {"tokens": n, "windows": len(windows.ids), "peak_rss_mb": peak_mb,
-            "ref_s_per_1k": 1000 * ref_s / n, "cmp_s_per_1k": 1000 * cmp_s / n,
-            "ref_bytes_per_token": info.get("bytes_per_token", float("nan")),
-            "ref_disk_bytes_per_token": info["disk_bytes_per_token"]}  # fmt: skip
+    return {
+        "tokens": n,
+        "windows": len(windows.ids),
+        "peak_rss_mb": peak_mb,
+        "ref_s_per_1k": 1000 * ref_s / n,
+        "cmp_s_per_1k": 1000 * cmp_s / n,
+        "ref_bytes_per_token": info.get("bytes_per_token", float("nan")),
+        "ref_disk_bytes_per_token": info["disk_bytes_per_token"],
+    }
 
 
 def main() -> None:
@@ -79,8 +84,18 @@ def main() -> None:
         return
     runs = []
     for tokens in (args.small, args.large):
-        cmd = [sys.executable, __file__, "--one", str(tokens), "--config", args.config,
-               "--context", str(args.context), "--batch-size", str(args.batch_size)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(tokens),
+            "--config",
+            args.config,
+            "--context",
+            str(args.context),
+            "--batch-size",
+            str(args.batch_size),
+        ]
         cmd += ["--no-compare"] if args.no_compare else []
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
@@ -94,9 +109,11 @@ def main() -> None:
         )
     small, large = runs
     print(f"peak memory ratio large/small: {large['peak_rss_mb'] / small['peak_rss_mb']:.3f}")
-    print(f"time per token ratio large/small: reference "
-          f"{large['ref_s_per_1k'] / small['ref_s_per_1k']:.3f}, "
-          f"{args.config} pass {large['cmp_s_per_1k'] / small['cmp_s_per_1k']:.3f}")  # fmt: skip
+    print(
+        f"time per token ratio large/small: reference "
+        f"{large['ref_s_per_1k'] / small['ref_s_per_1k']:.3f}, "
+        f"{args.config} pass {large['cmp_s_per_1k'] / small['cmp_s_per_1k']:.3f}"
+    )
 
 
 if __name__ == "__main__":

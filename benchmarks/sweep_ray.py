@@ -24,17 +24,22 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 
 def measure(executor: str, tokens: int, configs: list[str], address: str | None) -> float:
-    from quantscope.sweeps import Executor, run_study
-    from quantscope.sweeps.study import parse_study
+    from quantscope.sweeps import Executor, run_sweep
+    from quantscope.sweeps.sweep_file import parse_sweep
 
     folder = Path(tempfile.mkdtemp(prefix=f"qs-{executor}-"))
     os.environ["QUANTSCOPE_CACHE"] = str(folder / "cache")
-    study = parse_study({
-        "models": ["bundled"], "configs": configs, "store": str(folder / "r.sqlite"),
-        "settings": {"tokens": tokens, "context": 256, "stride": 128},
-    }, folder)  # fmt: skip
+    study = parse_sweep(
+        {
+            "models": ["bundled"],
+            "configs": configs,
+            "store": str(folder / "r.sqlite"),
+            "settings": {"tokens": tokens, "context": 256, "stride": 128},
+        },
+        folder,
+    )
     start = time.perf_counter()
-    report = run_study(study, executor=Executor(executor), address=address)
+    report = run_sweep(study, executor=Executor(executor), address=address)
     seconds = time.perf_counter() - start
     failed = [o.reason for r in report.runs for o in r.outcomes if o.status.value != "measured"]
     assert not failed, failed
@@ -63,11 +68,18 @@ def main() -> None:
     if args.inside:
         inside(args.tokens, configs)
         return
-    me = f"{sys.executable} {Path(__file__).resolve()} --inside --tokens {args.tokens} " \
-         f"--configs {args.configs}"  # fmt: skip
+    me = (
+        f"{sys.executable} {Path(__file__).resolve()} --inside --tokens {args.tokens} "
+        f"--configs {args.configs}"
+    )
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run(["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {me}"],
-                          env=env, capture_output=True, text=True, timeout=3600)  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {me}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if done.returncode:
         sys.exit(done.stdout[-2000:] + done.stderr[-2000:])
     found = json.loads(done.stdout.strip().splitlines()[-1])

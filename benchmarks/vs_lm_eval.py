@@ -71,9 +71,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument(
-        "--bos", action=argparse.BooleanOptionalAction, default=True,
+        "--bos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="prefix BOS as lm-eval does (the same rule); --no-bos shows the difference",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
 
     spec = model_spec(None)

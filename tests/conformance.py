@@ -101,8 +101,11 @@ class BackendConformance:
         monkeypatch.setattr(
             backend, "available", lambda method, device: "no such accelerator here."
         )
-        spec = RunSpec(model=model_spec(str(model_dir)), configs=(qc,),
-                       data=DataSpec((str(tiny_text),), tokens=200, context=64, stride=32),
-                       store_path=str(tmp_path / "r.sqlite"))  # fmt: skip
+        spec = RunSpec(
+            model=model_spec(str(model_dir)),
+            configs=(qc,),
+            data=DataSpec((str(tiny_text),), tokens=200, context=64, stride=32),
+            store_path=str(tmp_path / "r.sqlite"),
+        )
         (outcome,) = runner.run(spec).outcomes
         assert (outcome.status, outcome.reason) == ("skipped", "no such accelerator here.")

@@ -27,11 +27,22 @@ def start_cluster() -> str:
 
     temp = tempfile.mkdtemp(prefix="qs-ray-", dir="/tmp")
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", "--port=6379", "--include-dashboard=false",
-            f"--temp-dir={temp}", *common]  # fmt: skip
+    head = [
+        RAY,
+        "start",
+        "--head",
+        "--port=6379",
+        "--include-dashboard=false",
+        f"--temp-dir={temp}",
+        *common,
+    ]
     subprocess.run(head, check=True, capture_output=True, timeout=120)
-    subprocess.run([RAY, "start", "--address=127.0.0.1:6379", *common], check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [RAY, "start", "--address=127.0.0.1:6379", *common],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return "127.0.0.1:6379"
 
 
@@ -50,15 +61,28 @@ def kill_one_worker(killed: list[int], deadline_s: float = 300) -> None:
 
 
 def rows(report) -> list[dict[str, float]]:
-    return [{k: v for k, v in o.result.metrics.items() if not any(t in k for t in TIMING)}
-            for r in report.runs for o in r.outcomes]  # fmt: skip
+    return [
+        {k: v for k, v in o.result.metrics.items() if not any(t in k for t in TIMING)}
+        for r in report.runs
+        for o in r.outcomes
+    ]
 
 
 def driver_killed_and_restarted(study_file: Path, address: str) -> dict[str, object]:
     store = study_file.parent / "resume.sqlite"
-    command = [sys.executable, "-c", "from quantscope.cli import main; main()", "sweep",
-               str(study_file), "--executor", "ray", "--address", address, "--store",
-               str(store)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-c",
+        "from quantscope.cli import main; main()",
+        "sweep",
+        str(study_file),
+        "--executor",
+        "ray",
+        "--address",
+        address,
+        "--store",
+        str(store),
+    ]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, stored = time.time() + 300, 0
     while stored < 2 and time.time() < deadline and driver.poll() is None:
@@ -76,17 +100,24 @@ def driver_killed_and_restarted(study_file: Path, address: str) -> dict[str, obj
         total = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
         latest = db.execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 2")
         ids = [r[0] for r in latest.fetchall()]
-        statuses = [s for (s,) in db.execute(
-            f"SELECT status FROM run_results WHERE run_id IN ({','.join('?' * len(ids))})", ids
-        )]  # fmt: skip
-    return {"stored_when_killed": stored, "rerun_code": again.returncode,
-            "rerun_output": " ".join(again.stdout.split())[-600:], "total": total,
-            "statuses": statuses}  # fmt: skip
+        statuses = [
+            s
+            for (s,) in db.execute(
+                f"SELECT status FROM run_results WHERE run_id IN ({','.join('?' * len(ids))})", ids
+            )
+        ]
+    return {
+        "stored_when_killed": stored,
+        "rerun_code": again.returncode,
+        "rerun_output": " ".join(again.stdout.split())[-600:],
+        "total": total,
+        "statuses": statuses,
+    }
 
 
 def main(study_file: Path, temp: Path) -> None:
-    from quantscope.sweeps import Executor, run_study
-    from quantscope.sweeps.study import read_study
+    from quantscope.sweeps import Executor, run_sweep
+    from quantscope.sweeps.sweep_file import read_sweep
 
     address, seen = start_cluster(), {}
     try:
@@ -95,18 +126,18 @@ def main(study_file: Path, temp: Path) -> None:
         ray.init(address=address)
         seen["nodes"] = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
         ray.shutdown()
-        study = read_study(study_file)
+        study = read_sweep(study_file)
         killed: list[int] = []
         killer = threading.Thread(target=kill_one_worker, args=(killed,), daemon=True)
         killer.start()
         start = time.perf_counter()
-        on_ray = run_study(study, executor=Executor.RAY, address=address, retries=2)
+        on_ray = run_sweep(study, executor=Executor.RAY, address=address, retries=2)
         seen["ray_s"] = time.perf_counter() - start
         killer.join(10)
         seen["killed"] = killed
         seen["ray_statuses"] = [o.status.value for r in on_ray.runs for o in r.outcomes]
         start = time.perf_counter()
-        local = run_study(dataclasses.replace(study, store=str(temp / "local.sqlite")))
+        local = run_sweep(dataclasses.replace(study, store=str(temp / "local.sqlite")))
         seen["local_s"] = time.perf_counter() - start
         seen["same_numbers"] = rows(local) == rows(on_ray)
         seen["rows"] = len(rows(on_ray))

@@ -45,9 +45,13 @@ def tiny_report(tiny_model_dir, tiny_text, tmp_path_factory) -> RunReport:
     """A list of config names and ``store=``: the two keywords that failed before."""
     store = tmp_path_factory.mktemp("api") / "results.db"
     return quantscope.run(
-        model=str(tiny_model_dir), configs=["fp32", "rtn[group=32]"], text=tiny_text,
-        store=store, progress=False, **SMALL,
-    )  # fmt: skip
+        model=str(tiny_model_dir),
+        configs=["fp32", "rtn[group=32]"],
+        text=tiny_text,
+        store=store,
+        progress=False,
+        **SMALL,
+    )
 
 
 def test_a_list_of_configs_and_store_keyword(tiny_report):
@@ -61,9 +65,14 @@ def test_a_list_of_configs_and_store_keyword(tiny_report):
 
 @pytest.mark.parametrize(
     ("function", "command"),
-    [("run", "run"), ("sensitivity", "sensitivity"), ("search", "search"),
-     ("recover", "recover"), ("sweep", "sweep")],
-)  # fmt: skip
+    [
+        ("run", "run"),
+        ("sensitivity", "sensitivity"),
+        ("search", "search"),
+        ("recover", "recover"),
+        ("sweep", "sweep"),
+    ],
+)
 def test_every_keyword_is_the_cli_option_of_the_same_name(function, command):
     click = get_command(app).commands[command]  # type: ignore[attr-defined]
     cli_names = {p.name for p in click.params} - OUTPUTS
@@ -94,8 +103,13 @@ def test_text_given_as_a_string_measures_like_the_same_file(tiny_model_dir, tiny
     """The text itself gives the numbers a file of the same text gives, and keys its results
     by its content: the same string again is found stored (reused)."""
     store = tmp_path / "r.db"
-    common = {"model": str(tiny_model_dir), "configs": "rtn[group=32]", "store": store,
-              "progress": False, **SMALL}  # fmt: skip
+    common = {
+        "model": str(tiny_model_dir),
+        "configs": "rtn[group=32]",
+        "store": store,
+        "progress": False,
+        **SMALL,
+    }
     from_file = quantscope.run(text=[tiny_text], **common)
     text = tiny_text.read_text(encoding="utf-8")
     from_string = quantscope.run(text=text, **common)
@@ -105,20 +119,38 @@ def test_text_given_as_a_string_measures_like_the_same_file(tiny_model_dir, tiny
 
 
 def test_the_api_and_the_cli_give_the_same_numbers(tiny_model_dir, tiny_text, tmp_path):
-    args = ["run", "--model", str(tiny_model_dir), "--text", str(tiny_text), "--configs",
-            "fp32,rtn[group=32]", "--json", str(tmp_path / "cli.json"), "--store",
-            str(tmp_path / "cli.db")]  # fmt: skip
+    args = [
+        "run",
+        "--model",
+        str(tiny_model_dir),
+        "--text",
+        str(tiny_text),
+        "--configs",
+        "fp32,rtn[group=32]",
+        "--json",
+        str(tmp_path / "cli.json"),
+        "--store",
+        str(tmp_path / "cli.db"),
+    ]
     for key, value in SMALL.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     printed = CliRunner().invoke(app, args)
     assert printed.exit_code == 0, printed.output
     body = json.loads((tmp_path / "cli.json").read_text())
-    cli = {c["config"]: {k: v for k, v in c["result"]["metrics"].items()
-                         if not any(t in k for t in TIMING)} for c in body["configs"]}  # fmt: skip
+    cli = {
+        c["config"]: {
+            k: v for k, v in c["result"]["metrics"].items() if not any(t in k for t in TIMING)
+        }
+        for c in body["configs"]
+    }
     report = quantscope.run(
-        model=str(tiny_model_dir), text=tiny_text, configs="fp32,rtn[group=32]",
-        store=tmp_path / "api.db", progress=False, **SMALL,
-    )  # fmt: skip
+        model=str(tiny_model_dir),
+        text=tiny_text,
+        configs="fp32,rtn[group=32]",
+        store=tmp_path / "api.db",
+        progress=False,
+        **SMALL,
+    )
     assert cli == _accuracy(report) and len(cli) == 2
 
 
@@ -167,9 +199,12 @@ def test_nothing_reaches_the_screen_at_exit_after_a_captured_warning(tmp_path):
 
 def test_progress_bars_are_quantscopes_own(tiny_model_dir, tiny_text, tmp_path, capsys):
     quantscope.run(
-        model=str(tiny_model_dir), text=tiny_text, configs="bf16", store=tmp_path / "r.db",
+        model=str(tiny_model_dir),
+        text=tiny_text,
+        configs="bf16",
+        store=tmp_path / "r.db",
         **SMALL,
-    )  # fmt: skip
+    )
     seen = capsys.readouterr()
     lines = [line for line in seen.err.replace("\r", "\n").splitlines() if line.strip()]
     bars = [line for line in lines if "it/s" in line or "%|" in line]
@@ -214,9 +249,15 @@ def test_sensitivity_through_the_api_shows_a_table_a_heatmap_and_a_dataframe(
     tiny_model_dir, tmp_path
 ):
     study = quantscope.sensitivity(
-        "rtn[bits=2,group=32]", model=str(tiny_model_dir), calib_tokens=256, calib_context=64,
-        calib_stride=48, modes=["only"], store=tmp_path / "r.db", progress=False,
-    )  # fmt: skip
+        "rtn[bits=2,group=32]",
+        model=str(tiny_model_dir),
+        calib_tokens=256,
+        calib_context=64,
+        calib_stride=48,
+        modes=["only"],
+        store=tmp_path / "r.db",
+        progress=False,
+    )
     frame = study.to_dataframe()
     assert len(frame) == 2 and set(frame["unit"]) == {r["unit"] for r in study.ranking()}
     html = study._repr_html_()
@@ -229,11 +270,15 @@ def test_sensitivity_through_the_api_shows_a_table_a_heatmap_and_a_dataframe(
 
 def test_a_sweep_from_a_mapping_shows_its_models_side_by_side(tiny_model_dir, tiny_text, tmp_path):
     body = {
-        "name": "one-tiny", "models": [str(tiny_model_dir)], "configs": ["rtn[group=32]"],
-        "texts": [str(tiny_text)], "store": str(tmp_path / "s.db"), "settings": SMALL,
-    }  # fmt: skip
+        "name": "one-tiny",
+        "models": [str(tiny_model_dir)],
+        "configs": ["rtn[group=32]"],
+        "texts": [str(tiny_text)],
+        "store": str(tmp_path / "s.db"),
+        "settings": SMALL,
+    }
     report = quantscope.sweep(body, progress=False)
-    assert report.key.startswith("study-")
+    assert report.key.startswith("sweep-")
     assert list(report.to_dataframe()["config"]) == ["rtn[group=32]"]
     html = report._repr_html_()
     assert "one-tiny" in html and "rtn[group=32]" in html and tiny_model_dir.name in html

@@ -86,15 +86,38 @@ def test_two_runs_started_together_share_one_cache_and_store(
     import sys
 
     store, env = tmp_path / "r.sqlite", {**os.environ, "QUANTSCOPE_CACHE": str(tmp_path / "c")}
-    args = ["run", "--model", str(tiny_model_dir), "--text", str(tiny_text), "--configs",
-            "fp32,bf16", "--tokens", "1500", "--context", "64", "--stride", "32",
-            "--store", str(store), "--speed-reps", "1", "--max-new-tokens", "3"]  # fmt: skip
+    args = [
+        "run",
+        "--model",
+        str(tiny_model_dir),
+        "--text",
+        str(tiny_text),
+        "--configs",
+        "fp32,bf16",
+        "--tokens",
+        "1500",
+        "--context",
+        "64",
+        "--stride",
+        "32",
+        "--store",
+        str(store),
+        "--speed-reps",
+        "1",
+        "--max-new-tokens",
+        "3",
+    ]
     code = "import sys; from quantscope.cli import main; sys.argv[0] = 'quantscope'; main()"
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, *args, "--json", str(tmp_path / f"{i}.json")],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, *args, "--json", str(tmp_path / f"{i}.json")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in (0, 1)
-    ]  # fmt: skip
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     runs = [json.loads((tmp_path / f"{i}.json").read_text()) for i in (0, 1)]
@@ -139,14 +162,21 @@ def test_a_damaged_reference_chunk_is_recomputed_with_the_same_numbers(
     from quantscope.config import DataSpec, RunSpec, model_spec, parse_config_list
 
     def spec(store: str) -> RunSpec:
-        return RunSpec(model=model_spec(str(tiny_model_dir)), configs=parse_config_list("bf16"),
-                       data=DataSpec((str(tiny_text),), tokens=300, context=64, stride=32),
-                       prompts=("Hi",), max_new_tokens=2, speed_reps=1, ref_topk=16,
-                       store_path=store)  # fmt: skip
+        return RunSpec(
+            model=model_spec(str(tiny_model_dir)),
+            configs=parse_config_list("bf16"),
+            data=DataSpec((str(tiny_text),), tokens=300, context=64, stride=32),
+            prompts=("Hi",),
+            max_new_tokens=2,
+            speed_reps=1,
+            ref_topk=16,
+            store_path=store,
+        )
 
     first = runner.run(spec(str(tmp_path / "a.sqlite")))
-    (folder,) = [p for p in (Path(os.environ["QUANTSCOPE_CACHE"]) / "reference").iterdir()
-                 if p.is_dir()]  # fmt: skip
+    (folder,) = [
+        p for p in (Path(os.environ["QUANTSCOPE_CACHE"]) / "reference").iterdir() if p.is_dir()
+    ]
     chunk = sorted(folder.glob("chunk-*.npz"))[0]
     chunk.write_bytes(chunk.read_bytes()[:-100])  # cut short
     second = runner.run(spec(str(tmp_path / "b.sqlite")))

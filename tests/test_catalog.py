@@ -8,8 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from quantscope.config import Budget
 from quantscope.metrics.catalog import METRICS, TABLE, markdown_table, summary_keys
-from quantscope.mixed import Budget
+from quantscope.mixed.search import describe_budget
 from quantscope.report.formats import run_rows
 from quantscope.report.html import render_html
 from quantscope.report.terminal import results_tables
@@ -52,4 +53,5 @@ def test_the_html_report_titles_axes_in_words(tmp_path):
 
 
 def test_budgets_are_described_in_the_catalog_s_terms():
-    assert Budget(0.05, 2.0, 200.0).describe() == "KL ≤ 0.05, Δppl ≤ 2%, weights ≤ 200 MB"
+    budget = Budget(max_kl=0.05, max_ppl_increase=2.0, max_mb=200.0)
+    assert describe_budget(budget) == "KL ≤ 0.05, Δppl ≤ 2%, weights ≤ 200 MB"

@@ -25,10 +25,26 @@ def _run(*args: str):
 
 def _tiny_args(model_dir, text, tmp_path, configs="bf16"):
     return [
-        "run", "--model", str(model_dir), "--text", str(text), "--configs", configs,
-        "--tokens", "300", "--context", "64", "--stride", "32", "--speed-reps", "1",
-        "--max-new-tokens", "3", "--store", str(tmp_path / "r.sqlite"),
-    ]  # fmt: skip
+        "run",
+        "--model",
+        str(model_dir),
+        "--text",
+        str(text),
+        "--configs",
+        configs,
+        "--tokens",
+        "300",
+        "--context",
+        "64",
+        "--stride",
+        "32",
+        "--speed-reps",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+    ]
 
 
 def _user_error(result, fragment: str) -> None:
@@ -157,12 +173,23 @@ def test_tables_fit_an_80_column_terminal_without_cropping():
     from quantscope.results import Outcome, RunReport, Status
 
     metrics = {  # the widest values the bundled model's demo gives
-        "weight_mb": 513.13, "bits_per_weight": 32.0, "linear_bits_per_weight": 32.0,
-        "ppl": 19.343, "ppl_se": 2.231, "dppl_pct": 53.4, "dppl_pct_se": 3.11,
-        "kl_mean": 0.00109, "kl_se": 1.81e-05, "kl_p99": 0.00518, "top1_agree": 0.9741,
-        "top1_agree_se": 0.0033, "dp_rms": 0.194, "prefill_tps": 1517.0, "decode_tps": 28.2,
+        "weight_mb": 513.13,
+        "bits_per_weight": 32.0,
+        "linear_bits_per_weight": 32.0,
+        "ppl": 19.343,
+        "ppl_se": 2.231,
+        "dppl_pct": 53.4,
+        "dppl_pct_se": 3.11,
+        "kl_mean": 0.00109,
+        "kl_se": 1.81e-05,
+        "kl_p99": 0.00518,
+        "top1_agree": 0.9741,
+        "top1_agree_se": 0.0033,
+        "dp_rms": 0.194,
+        "prefill_tps": 1517.0,
+        "decode_tps": 28.2,
         "load_s": 1.66,
-    }  # fmt: skip
+    }
     result = Result("k", "bnb-nf4[double_quant=true]", "m", "d", "s", metrics)
     report = RunReport("run", [Outcome(result.config, Status.MEASURED, "", result)], {}, {})
     console = Console(record=True, width=80)
@@ -203,32 +230,99 @@ def test_runs_show_compare_and_report_from_the_store(tiny_model_dir, tiny_text, 
 def test_sensitivity_and_search_commands(tiny_model_dir, tiny_text, tmp_path):
     """The commands print the ranking and the front, write HTML and JSON, save the config
     file, and an unmeetable budget exits 1 with the closest point."""
-    common = ["--model", str(tiny_model_dir), "--config", "bnb-nf4", "--calib-tokens", "300",
-              "--calib-context", "64", "--calib-stride", "48",
-              "--store", str(tmp_path / "r.sqlite")]  # fmt: skip
-    found = _run("sensitivity", *common, "--json", str(tmp_path / "s.json"),
-                 "--report", str(tmp_path / "s.html"))  # fmt: skip
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--config",
+        "bnb-nf4",
+        "--calib-tokens",
+        "300",
+        "--calib-context",
+        "64",
+        "--calib-stride",
+        "48",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+    ]
+    found = _run(
+        "sensitivity",
+        *common,
+        "--json",
+        str(tmp_path / "s.json"),
+        "--report",
+        str(tmp_path / "s.html"),
+    )
     assert found.exit_code == 0, found.output
     assert "Sensitivity to bnb-nf4" in found.output and "layers.0" in found.output
     study = json.loads((tmp_path / "s.json").read_text())
     assert len(study["units"]) == 2 and "Plotly.newPlot" in (tmp_path / "s.html").read_text()
-    done = _run("search", *common, "--fallback", "bf16", "--max-ppl-increase", "1000%",
-                "--text", str(tiny_text), "--tokens", "300", "--context", "64", "--stride", "32",
-                "--save", str(tmp_path / "m.json"))  # fmt: skip
+    done = _run(
+        "search",
+        *common,
+        "--fallback",
+        "bf16",
+        "--max-ppl-increase",
+        "1000%",
+        "--text",
+        str(tiny_text),
+        "--tokens",
+        "300",
+        "--context",
+        "64",
+        "--stride",
+        "32",
+        "--save",
+        str(tmp_path / "m.json"),
+    )
     assert done.exit_code == 0, done.output
     assert "m.json" in done.output and json.loads((tmp_path / "m.json").read_text())["config"]
-    missed = _run("search", *common, "--max-kl", "1e-12", "--text", str(tiny_text),
-                  "--tokens", "300", "--context", "64", "--stride", "32")  # fmt: skip
+    missed = _run(
+        "search",
+        *common,
+        "--max-kl",
+        "1e-12",
+        "--text",
+        str(tiny_text),
+        "--tokens",
+        "300",
+        "--context",
+        "64",
+        "--stride",
+        "32",
+    )
     assert missed.exit_code == 1 and "Closest" in missed.output
     _user_error(_run("search", *common), "Give an accuracy budget")
     _user_error(_run("search", *common, "--max-ppl-increase", "two"), "percentage")
 
 
 def test_recover_command(tiny_model_dir, tiny_text, tmp_path):
-    args = ["recover", "--model", str(tiny_model_dir), "--config", "bnb-nf4", "--steps", "3",
-            "--rank", "4", "--seq-len", "64", "--text", str(tiny_text), "--tokens", "300",
-            "--context", "64", "--stride", "32", "--out", str(tmp_path / "ad"),
-            "--store", str(tmp_path / "r.sqlite"), "--json", str(tmp_path / "r.json")]  # fmt: skip
+    args = [
+        "recover",
+        "--model",
+        str(tiny_model_dir),
+        "--config",
+        "bnb-nf4",
+        "--steps",
+        "3",
+        "--rank",
+        "4",
+        "--seq-len",
+        "64",
+        "--text",
+        str(tiny_text),
+        "--tokens",
+        "300",
+        "--context",
+        "64",
+        "--stride",
+        "32",
+        "--out",
+        str(tmp_path / "ad"),
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     done = _run(*args)
     assert done.exit_code == 0, done.output
     text = " ".join(done.output.split())

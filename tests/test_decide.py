@@ -24,7 +24,7 @@ from quantscope.config import (
     parse_config_list,
     parse_margins,
 )
-from quantscope.decide import code, evidence, groups, judge, pair, recommend
+from quantscope.decide import code, evidence, groups, pair, recommend, verdicts
 from quantscope.errors import UserError
 from quantscope.metrics import equivalence as eq
 from quantscope.metrics.stats import mean_se
@@ -94,8 +94,9 @@ def test_groups_split_what_differs_and_keep_what_does_not(tmp_path):
     tv = {}
     for name, shift in (("a", 0.0), ("b", 0.0), ("c", 0.3)):
         nll = base + shift + rng.normal(0, 0.2, clusters.size)
-        tv[name] = TokenValues(nll, base, np.abs(nll - base), np.ones(clusters.size, bool),
-                               clusters)  # fmt: skip
+        tv[name] = TokenValues(
+            nll, base, np.abs(nll - base), np.ones(clusters.size, bool), clusters
+        )
     from quantscope.decide.analysis import Evidence
     from quantscope.results import RunReport
 
@@ -108,9 +109,13 @@ def test_groups_split_what_differs_and_keep_what_does_not(tmp_path):
 
 def test_margins_parse_and_bad_ones_are_one_sentence():
     assert parse_margins("ppl=2%, kl=0.01,acc=1") == Margins(2.0, 0.01, 1.0)
-    for bad, words in (("ppl", "metric=value"), ("kl=1%", "plain number"),
-                       ("ppl=-1", "positive"), ("tps=3", "metric=value"),
-                       ("ppl=abc", "not a number")):  # fmt: skip
+    for bad, words in (
+        ("ppl", "metric=value"),
+        ("kl=1%", "plain number"),
+        ("ppl=-1", "positive"),
+        ("tps=3", "metric=value"),
+        ("ppl=abc", "not a number"),
+    ):
         with pytest.raises(UserError, match=words):
             parse_margins(bad)
     with pytest.raises(UserError, match="--prefer"):
@@ -127,9 +132,13 @@ def measured(tiny_model_dir, tiny_text, tmp_path_factory):
         model=model_spec(str(tiny_model_dir)),
         configs=parse_config_list("fp32,bf16,bnb-int8,bnb-nf4,rtn[bits=3,group=32]"),
         data=DataSpec((str(tiny_text),), tokens=1200, context=64, stride=32),
-        prompts=("Hello there",), max_new_tokens=4, speed_reps=1, batch_size=4, ref_topk=32,
+        prompts=("Hello there",),
+        max_new_tokens=4,
+        speed_reps=1,
+        batch_size=4,
+        ref_topk=32,
         store_path=str(store),
-    )  # fmt: skip
+    )
     report = run(spec)
     assert all(o.status == "measured" for o in report.outcomes), report.outcomes
     return store, report
@@ -169,7 +178,7 @@ def test_pair_is_the_token_by_token_difference(measured):
 
 def test_verdicts_follow_the_confidence_bounds(measured):
     _, report = measured
-    judged = judge(report.results, Margins(ppl=5.0, kl=0.01))
+    judged = verdicts(report.results, Margins(ppl=5.0, kl=0.01))
     for j in judged:
         v = j.verdict
         if v.verdict == eq.EQUIVALENT:
@@ -214,13 +223,15 @@ def test_cli_margin_pair_recommend_and_report(measured, tmp_path):
     verdicts = {v["config"]: v["verdict"] for v in body["decision"]["verdicts"]}
     assert set(verdicts) == {r.config for r in report.results} and verdicts["fp32"] == "equivalent"
     assert body["decision"]["groups"][0]["metric"] == "ppl"
-    out = cli.invoke(app, ["compare", report.run_id, "--pair", "rtn[bits=3,group=32],bnb-int8",
-                           *where])  # fmt: skip
+    out = cli.invoke(
+        app, ["compare", report.run_id, "--pair", "rtn[bits=3,group=32],bnb-int8", *where]
+    )
     assert out.exit_code == 0 and "rtn[bits=3,group=32] − bnb-int8, token by token" in out.output
     out = cli.invoke(app, ["compare", report.run_id, "--pair", "bnb-nf4", *where])
     assert out.exit_code == 2 and "'A,B'" in out.output
-    out = cli.invoke(app, ["recommend", report.run_id, *where, "--max-ppl-increase", "1000%",
-                           "--format", "json"])  # fmt: skip
+    out = cli.invoke(
+        app, ["recommend", report.run_id, *where, "--max-ppl-increase", "1000%", "--format", "json"]
+    )
     assert out.exit_code == 0, out.output
     rec = json.loads(out.output)
     smallest = next(r for r in report.results if r.config == rec["chosen"]["config"])
@@ -232,8 +243,9 @@ def test_cli_margin_pair_recommend_and_report(measured, tmp_path):
     out = cli.invoke(app, ["recommend", report.run_id, *where, "--max-mb", "0.001"])
     assert out.exit_code == 0 and "Nothing meets the budget" in out.output
     html_path = tmp_path / "r.html"
-    out = cli.invoke(app, ["report", report.run_id, *where, "-o", str(html_path), "--margin",
-                           "ppl=5%"])  # fmt: skip
+    out = cli.invoke(
+        app, ["report", report.run_id, *where, "-o", str(html_path), "--margin", "ppl=5%"]
+    )
     assert out.exit_code == 0, out.output
     html = html_path.read_text()
     assert html.index("id='decision'") < html.index("<h2>Results</h2>")
@@ -246,8 +258,19 @@ def test_python_api_gives_what_the_cli_gives(measured):
 
     store, report = measured
     rec = quantscope.recommend(report.run_id, max_ppl_increase="1000%", store=store)
-    cli_out = cli.invoke(app, ["recommend", report.run_id, "--store", str(store),
-                               "--max-ppl-increase", "1000%", "--format", "json"])  # fmt: skip
+    cli_out = cli.invoke(
+        app,
+        [
+            "recommend",
+            report.run_id,
+            "--store",
+            str(store),
+            "--max-ppl-increase",
+            "1000%",
+            "--format",
+            "json",
+        ],
+    )
     assert (
         rec.chosen is not None
         and rec.chosen.config == json.loads(cli_out.output)["chosen"]["config"]
@@ -276,10 +299,16 @@ def _lora_adapter(folder, tiny_model_dir):
 
 
 SNIPPET_CONFIGS = (
-    "bf16", "bnb-int8", "bnb-nf4[double_quant=true]", "bnb-fp4[skip=layers.0.*]",
-    "hqq[bits=4,group=32]", "torchao-int8wo", "torchao-intx[bits=4,group=32]",
-    "quanto-int8", "quanto-int4[skip=*.mlp.*]",
-)  # fmt: skip
+    "bf16",
+    "bnb-int8",
+    "bnb-nf4[double_quant=true]",
+    "bnb-fp4[skip=layers.0.*]",
+    "hqq[bits=4,group=32]",
+    "torchao-int8wo",
+    "torchao-intx[bits=4,group=32]",
+    "quanto-int8",
+    "quanto-int4[skip=*.mlp.*]",
+)
 
 
 @pytest.mark.parametrize("name", [*SNIPPET_CONFIGS, "bnb-nf4+lora"])
@@ -296,9 +325,14 @@ def test_emitted_loading_code_gives_quantscopes_logits(name, tiny_model_dir, tmp
     loaded = backends.get(config).load(files, spec, config, "cpu")
     if config.lora:
         loaded = lora.attach(loaded, config.lora)
-    meta = {"config": config.name, "model_folder": str(files.folder), "model_kind":
-            files.kind.value, "model_origin": files.origin, "kept_linears": loaded.kept,
-            "settings": {"baseline_dtype": "fp32"}}  # fmt: skip
+    meta = {
+        "config": config.name,
+        "model_folder": str(files.folder),
+        "model_kind": files.kind.value,
+        "model_origin": files.origin,
+        "kept_linears": loaded.kept,
+        "settings": {"baseline_dtype": "fp32"},
+    }
     snippet = code(Result("k", config.display, "m", "d", "s", {}, meta=meta))
     namespace: dict = {}
     exec(compile(snippet, "<snippet>", "exec"), namespace)  # the user's side
@@ -325,8 +359,13 @@ def test_emitted_llama_quantize_command_makes_quantscopes_gguf_file(tmp_path):
 
     source = bundled_gguf()
     ours, _ = gguf_files.quantize_file(source, "Q8_0")
-    meta = {"config": "gguf[qtype=Q8_0]", "model_kind": "bundled", "model_origin": str(source),
-            "model_folder": "unused", "settings": {"baseline_dtype": "fp32"}}  # fmt: skip
+    meta = {
+        "config": "gguf[qtype=Q8_0]",
+        "model_kind": "bundled",
+        "model_origin": str(source),
+        "model_folder": "unused",
+        "settings": {"baseline_dtype": "fp32"},
+    }
     snippet = code(Result("k", "gguf[qtype=Q8_0]", "m", "d", "s", {}, meta=meta))
     (line,) = [x for x in snippet.splitlines() if x.startswith("# llama-quantize")]
     words = shlex.split(line.removeprefix("# "))

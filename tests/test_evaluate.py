@@ -339,8 +339,14 @@ def test_a_long_window_does_not_grow_the_heap_slice_by_slice():
     still fails at a quarter of the old growth."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    done = subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True,
-                          env=env, timeout=600, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _HEAP_PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+    )
     grown_mb = float(done.stdout.split()[-1])
     assert grown_mb < 600, grown_mb
 

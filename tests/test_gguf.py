@@ -57,9 +57,11 @@ def report(cache):
         spec = RunSpec(
             configs=parse_config_list(configs),
             data=DataSpec(tokens=1024, context=256, stride=128),
-            prompts=("Explain the accuracy tradeoff in quantization.",), max_new_tokens=8,
-            speed_reps=1, store_path=str(cache / "r.sqlite"),
-        )  # fmt: skip
+            prompts=("Explain the accuracy tradeoff in quantization.",),
+            max_new_tokens=8,
+            speed_reps=1,
+            store_path=str(cache / "r.sqlite"),
+        )
         return runner.run(spec)
 
 
@@ -138,10 +140,14 @@ def test_a_hugging_face_baseline_converted_by_llama_cpp_reproduces_it(
     monkeypatch.setenv(gguf_files.CONVERTER_ENV, str(llama_cpp_converter))
     folder = models.resolve(model_spec(None)).folder  # the bundled model, saved as safetensors
     spec = RunSpec(
-        model=model_spec(str(folder)), configs=parse_config_list("gguf[qtype=F32]"),
-        data=DataSpec(tokens=1024, context=256, stride=128), prompts=("Hello",),
-        max_new_tokens=4, speed_reps=1, store_path=str(cache / "hf.sqlite"),
-    )  # fmt: skip
+        model=model_spec(str(folder)),
+        configs=parse_config_list("gguf[qtype=F32]"),
+        data=DataSpec(tokens=1024, context=256, stride=128),
+        prompts=("Hello",),
+        max_new_tokens=4,
+        speed_reps=1,
+        store_path=str(cache / "hf.sqlite"),
+    )
     (outcome,) = runner.run(spec).outcomes
     assert outcome.status == "measured", outcome.reason
     m = outcome.result.metrics

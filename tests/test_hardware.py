@@ -40,11 +40,15 @@ def overflowing_model(tmp_path_factory):
 
 def test_fp16_overflow_is_flagged_and_never_averaged(overflowing_model, tiny_text, tmp_path):
     spec = RunSpec(
-        model=model_spec(str(overflowing_model)), configs=parse_config_list("bf16,fp16,fp32"),
+        model=model_spec(str(overflowing_model)),
+        configs=parse_config_list("bf16,fp16,fp32"),
         data=DataSpec((str(tiny_text),), tokens=300, context=64, stride=32),
-        prompts=("Hello",), max_new_tokens=2, speed_reps=1, ref_topk=16,
+        prompts=("Hello",),
+        max_new_tokens=2,
+        speed_reps=1,
+        ref_topk=16,
         store_path=str(tmp_path / "r.sqlite"),
-    )  # fmt: skip
+    )
     report = runner.run(spec)
     by = {o.config: o.result for o in report.outcomes}
     fp16, bf16, fp32 = by["fp16"], by["bf16"], by["fp32"]
@@ -104,8 +108,9 @@ def test_cpu_support_and_the_doctor_table():
     assert out.exit_code == 2 and "like 8.0 or 8.9" in out.output
 
 
-def test_an_unsupported_config_is_refused_before_loading(tiny_model_dir, tiny_text, tmp_path,
-                                                          monkeypatch):  # fmt: skip
+def test_an_unsupported_config_is_refused_before_loading(
+    tiny_model_dir, tiny_text, tmp_path, monkeypatch
+):
     """A capability rule that says unsupported skips the config with its sentence, and the
     backend is never asked to load it."""
     from quantscope import backends, capability
@@ -115,11 +120,15 @@ def test_an_unsupported_config_is_refused_before_loading(tiny_model_dir, tiny_te
     real = backends.Backend.load
     monkeypatch.setattr(backends.Backend, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
     spec = RunSpec(
-        model=model_spec(str(tiny_model_dir)), configs=parse_config_list("torchao-int8wo"),
+        model=model_spec(str(tiny_model_dir)),
+        configs=parse_config_list("torchao-int8wo"),
         data=DataSpec((str(tiny_text),), tokens=100, context=64, stride=32),
-        prompts=("Hi",), max_new_tokens=2, speed_reps=1, ref_topk=16,
+        prompts=("Hi",),
+        max_new_tokens=2,
+        speed_reps=1,
+        ref_topk=16,
         store_path=str(tmp_path / "r.sqlite"),
-    )  # fmt: skip
+    )
     (outcome,) = runner.run(spec).outcomes
     assert outcome.status == "skipped" and "do not run on MPS" in outcome.reason
     assert loads == []
@@ -128,19 +137,34 @@ def test_an_unsupported_config_is_refused_before_loading(tiny_model_dir, tiny_te
 def _placed_spec(model_dir, text, store, **placement):
     from quantscope.specs import run_spec
 
-    return run_spec(str(model_dir), "fp32,bnb-int8", str(text), tokens=300, context=64,
-                    stride=32, prompts=["Hello"], max_new_tokens=2, speed_reps=1, ref_topk=16,
-                    store=store, **placement)  # fmt: skip
+    return run_spec(
+        str(model_dir),
+        "fp32,bnb-int8",
+        str(text),
+        tokens=300,
+        context=64,
+        stride=32,
+        prompts=["Hello"],
+        max_new_tokens=2,
+        speed_reps=1,
+        ref_topk=16,
+        store=store,
+        **placement,
+    )
 
 
-def test_a_baseline_offloaded_to_disk_gives_the_same_reference(tiny_model_dir, tiny_text,
-                                                                tmp_path):  # fmt: skip
+def test_a_baseline_offloaded_to_disk_gives_the_same_reference(tiny_model_dir, tiny_text, tmp_path):
     """The baseline capped at 60 KiB of CPU memory (the tiny model's weights are 0.7 MB), so
     accelerate sends its layers to disk; its reference equals the in-memory one: the fp32
     config scored against it has a KL of exactly 0, and bnb-int8's numbers are the same."""
-    offload = _placed_spec(tiny_model_dir, tiny_text, tmp_path / "a.sqlite",
-                           baseline_device_map="auto", max_memory="cpu=60KiB",
-                           offload_dir=tmp_path / "offload")  # fmt: skip
+    offload = _placed_spec(
+        tiny_model_dir,
+        tiny_text,
+        tmp_path / "a.sqlite",
+        baseline_device_map="auto",
+        max_memory="cpu=60KiB",
+        offload_dir=tmp_path / "offload",
+    )
     placed = runner.run(offload)
     assert "disk" in placed.provenance["baseline_placement"]
     by = {o.config: o.result for o in placed.outcomes}
@@ -172,13 +196,13 @@ def test_placement_errors_are_one_sentence(options, words, tmp_path):
     assert words in " ".join(out.output.split()) and "Traceback" not in out.output
 
 
-def test_configs_capped_in_memory_go_to_disk_and_are_marked(tiny_model_dir, tiny_text,
-                                                              tmp_path):  # fmt: skip
+def test_configs_capped_in_memory_go_to_disk_and_are_marked(tiny_model_dir, tiny_text, tmp_path):
     """--device-map auto with a 60 KiB cap: transformers 5 offloads to disk straight from the
     safetensors files (no --offload-dir needed); the numbers stay the baseline's own and the
     speed is marked as offloaded."""
-    spec = _placed_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", device_map="auto",
-                        max_memory="cpu=60KiB")  # fmt: skip
+    spec = _placed_spec(
+        tiny_model_dir, tiny_text, tmp_path / "r.sqlite", device_map="auto", max_memory="cpu=60KiB"
+    )
     report = runner.run(spec)
     fp32 = {o.config: o.result for o in report.outcomes}["fp32"]
     assert fp32.meta["placement"] == {"disk": 1} and fp32.metrics["offloaded"] == 1.0
@@ -197,8 +221,10 @@ def test_layers_that_fit_nowhere_name_the_fix(tiny_model_dir, monkeypatch):
     from quantscope.errors import UserError
 
     def refuse(*_a, **_k):  # transformers' own words for this case
-        raise ValueError("The current `device_map` had weights offloaded to the disk. Please "
-                         "provide an `offload_folder` for them.")  # fmt: skip
+        raise ValueError(
+            "The current `device_map` had weights offloaded to the disk. Please "
+            "provide an `offload_folder` for them."
+        )
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
     spec = model_spec(str(tiny_model_dir))
@@ -224,12 +250,22 @@ def test_gpu_check_table_and_its_cpu_side():
     backends = {type(c).BACKEND for c in configs}
     every = {type(c).BACKEND for c in parse_config_list(",".join(names()))}
     assert backends == every - {"quantscope.backends.rtn:BACKEND"}  # rtn: no GPU kernel at all
-    metrics = {"weight_mb": 100.0, "peak_gpu_mb": 812.0, "kl_mean": 0.0123, "dppl_pct": 1.5,
-               "decode_tps": 41.0}  # fmt: skip
-    report = RunReport("r", [
-        Outcome("bnb-nf4", Status.MEASURED, "", Result("k", "bnb-nf4", "m", "d", "s", metrics)),
-        Outcome("torchao-int4wo", Status.SKIPPED, "needs CUDA"),
-    ], {}, {})  # fmt: skip
+    metrics = {
+        "weight_mb": 100.0,
+        "peak_gpu_mb": 812.0,
+        "kl_mean": 0.0123,
+        "dppl_pct": 1.5,
+        "decode_tps": 41.0,
+    }
+    report = RunReport(
+        "r",
+        [
+            Outcome("bnb-nf4", Status.MEASURED, "", Result("k", "bnb-nf4", "m", "d", "s", metrics)),
+            Outcome("torchao-int4wo", Status.SKIPPED, "needs CUDA"),
+        ],
+        {},
+        {},
+    )
     text = gpu_check.table(gpu_check.rows(report, {"bnb-nf4": "native"}))
     assert "| bnb-nf4 | measured | native | 100.0 | 812 | 0.0123 | +1.50 | 41.0 |  |" in text
     assert "| torchao-int4wo | skipped | ? | – | – | – | – | – | needs CUDA |" in text

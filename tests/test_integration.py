@@ -78,8 +78,12 @@ def test_reference_cache_kl_is_close_to_exact_kl(tmp_path):
 
 
 def test_tasks_on_the_bundled_model(tmp_path):
-    spec = _spec(tmp_path / "t.sqlite", configs="fp32,bnb-nf4",
-                 tasks=("cloze", "examples/python_mc.jsonl"), task_limit=40)  # fmt: skip
+    spec = _spec(
+        tmp_path / "t.sqlite",
+        configs="fp32,bnb-nf4",
+        tasks=("cloze", "examples/python_mc.jsonl"),
+        task_limit=40,
+    )
     fp32, nf4 = (o.result.tasks for o in runner.run(spec).outcomes)
     assert set(nf4) == {"cloze:acc", "python_mc.jsonl:acc", "python_mc.jsonl:acc_norm"}
     assert all(s["correct_to_wrong"] == s["wrong_to_correct"] == 0 for s in fp32.values())

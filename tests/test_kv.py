@@ -107,10 +107,15 @@ def test_logits_are_made_a_slice_of_rows_at_a_time(model, windows, reference, mo
 
 @pytest.mark.parametrize(
     "text",
-    ["fp32+kv=dynamic", "bf16+kv=quanto-int4", "bnb-nf4+kv=hqq-int2[residual=64]",
-     "hqq[bits=4,group=64]+kv=hqq-int8[axis=1,chunk=32,group=32]", "gguf[qtype=Q4_K_M]+kv=q8_0",
-     "gguf+kv=q4_0[v=f16]"],
-)  # fmt: skip
+    [
+        "fp32+kv=dynamic",
+        "bf16+kv=quanto-int4",
+        "bnb-nf4+kv=hqq-int2[residual=64]",
+        "hqq[bits=4,group=64]+kv=hqq-int8[axis=1,chunk=32,group=32]",
+        "gguf[qtype=Q4_K_M]+kv=q8_0",
+        "gguf+kv=q4_0[v=f16]",
+    ],
+)
 def test_kv_config_names_round_trip_and_key_results(text):
     config = parse_config(text)
     assert parse_config(config.name) == config
@@ -121,20 +126,26 @@ def test_kv_config_names_round_trip_and_key_results(text):
 
 
 def test_kv_chunk_and_residual_key_results_apart():
-    names = ["fp32+kv=quanto-int4", "fp32+kv=quanto-int4[chunk=64]",
-             "fp32+kv=quanto-int4[residual=32]", "fp32+kv=hqq-int4"]  # fmt: skip
+    names = [
+        "fp32+kv=quanto-int4",
+        "fp32+kv=quanto-int4[chunk=64]",
+        "fp32+kv=quanto-int4[residual=32]",
+        "fp32+kv=hqq-int4",
+    ]
     assert len({result_key("m", parse_config(n), "d", "s") for n in names}) == len(names)
 
 
 @pytest.mark.parametrize(
     ("text", "says"),
-    [("gguf+kv=quanto-int4", "cannot score through kv=quanto-int4"),
-     ("bf16+kv=q8_0", "cannot score through kv=q8_0"),
-     ("bf16+kv=quanto-int8", "Did you mean 'quanto-int4'"),
-     ("bf16+kv=dynamic[residual=64]", "takes no parameter 'residual'"),
-     ("gguf+kv=q8_0[chunk=64]", "takes no parameter 'chunk'"),
-     ("bf16+kv=hqq-int4[axis=-1]", "axis must be 0 or 1")],
-)  # fmt: skip
+    [
+        ("gguf+kv=quanto-int4", "cannot score through kv=quanto-int4"),
+        ("bf16+kv=q8_0", "cannot score through kv=q8_0"),
+        ("bf16+kv=quanto-int8", "Did you mean 'quanto-int4'"),
+        ("bf16+kv=dynamic[residual=64]", "takes no parameter 'residual'"),
+        ("gguf+kv=q8_0[chunk=64]", "takes no parameter 'chunk'"),
+        ("bf16+kv=hqq-int4[axis=-1]", "axis must be 0 or 1"),
+    ],
+)
 def test_a_kv_config_an_engine_cannot_take_is_refused_in_one_sentence(text, says):
     with pytest.raises(UserError) as err:
         parse_config(text)
@@ -149,8 +160,9 @@ def test_the_cli_refuses_a_wrong_kv_config_before_loading_anything(monkeypatch, 
         raise AssertionError("the model was looked up before the config was refused")
 
     monkeypatch.setattr(models, "resolve", no_loading)
-    result = CliRunner().invoke(app, ["run", "--configs", "gguf+kv=hqq-int4",
-                                      "--store", str(tmp_path / "r.sqlite")])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["run", "--configs", "gguf+kv=hqq-int4", "--store", str(tmp_path / "r.sqlite")]
+    )
     assert result.exit_code == 2, result.output  # a UserError: one red sentence
     assert "cannot score through kv=hqq-int4" in " ".join(result.output.split())
     assert "Traceback" not in result.output
@@ -175,8 +187,13 @@ def test_int4_cache_holds_under_a_third_of_a_16_bit_cache():
     plus a bf16 scale and zero per 64 values is 0.5625 bytes per value, 28% of bf16's 2."""
     from types import SimpleNamespace
 
-    shape = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                            hidden_size=576, head_dim=64)  # fmt: skip
+    shape = SimpleNamespace(
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        hidden_size=576,
+        head_dim=64,
+    )
     full = predicted_bytes(shape, parse_kv("dynamic"), 8192, 2)
     int4 = predicted_bytes(shape, parse_kv("quanto-int4"), 8192, 2)
     assert full == 2 * 30 * 3 * 64 * 2 * 8192

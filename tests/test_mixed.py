@@ -15,6 +15,7 @@ from conftest import build_tiny_model
 from quantscope import backends, data, models, runner
 from quantscope.config import (
     BnbInt8,
+    Budget,
     DataSpec,
     DType,
     RunSpec,
@@ -26,7 +27,7 @@ from quantscope.errors import UserError
 from quantscope.evaluate import scored_logits
 from quantscope.evaluate.calibration import calibrate, divergence
 from quantscope.metrics.divergence import kl_full
-from quantscope.mixed import Budget, SearchSpec, StudySpec, bench, search, sensitivity
+from quantscope.mixed import SearchSpec, SensitivitySpec, bench, search, sensitivity
 
 CALIB = DataSpec(tokens=512, context=64, stride=48)
 PLANTED = (1, 3)
@@ -54,11 +55,14 @@ def planted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _study(folder: Path, tmp_path: Path, config: str = "bnb-nf4", **kw) -> StudySpec:
-    return StudySpec(
-        model_spec(str(folder)), parse_config(config), calib=CALIB,
-        store_path=str(tmp_path / "r.sqlite"), **kw,
-    )  # fmt: skip
+def _study(folder: Path, tmp_path: Path, config: str = "bnb-nf4", **kw) -> SensitivitySpec:
+    return SensitivitySpec(
+        model_spec(str(folder)),
+        parse_config(config),
+        calib=CALIB,
+        store_path=str(tmp_path / "r.sqlite"),
+        **kw,
+    )
 
 
 def _windows(folder: Path, spec: DataSpec) -> data.Windows:
@@ -152,7 +156,7 @@ def test_sensitivity_ranks_the_planted_layers_first_and_is_stored(planted_dir, t
     from quantscope.store import Store
 
     store = Store(tmp_path / "r.sqlite")
-    assert len(store.rows(study.key)) == 2 + 2 * 4
+    assert len(store.sensitivity_rows(study.key)) == 2 + 2 * 4
     store.close()
     again = sensitivity(spec)
     assert again.rows == study.rows
@@ -175,9 +179,11 @@ def test_search_keeps_the_planted_layers_verifies_and_saves(planted_dir, tiny_te
     study = _study(planted_dir, tmp_path, fallback=DType.BF16)
     full = sensitivity(study).all_quantized["kl"]
     spec = SearchSpec(
-        study, Budget(max_kl=0.05 * full), DataSpec((str(tiny_text),), tokens=400, context=64,
-        stride=32), save=str(tmp_path / "mix.json"),
-    )  # fmt: skip
+        study,
+        Budget(max_kl=0.05 * full),
+        DataSpec((str(tiny_text),), tokens=400, context=64, stride=32),
+        save=str(tmp_path / "mix.json"),
+    )
     result = search(spec)
     assert result.chosen is not None, result.message
     kept = set(parse_config(result.chosen["config"]).skip)
@@ -192,8 +198,11 @@ def test_search_keeps_the_planted_layers_verifies_and_saves(planted_dir, tiny_te
     (config,) = parse_config_list(str(tmp_path / "mix.json"))
     assert config.display == result.chosen["label"] and config.dtype is DType.BF16
     assert json.loads((tmp_path / "mix.json").read_text())["verified"]["kl"] == result.chosen["kl"]
-    report = runner.run(RunSpec(model=study.model, configs=(config,), data=spec.evaluation,
-                                store_path=study.store_path))  # fmt: skip
+    report = runner.run(
+        RunSpec(
+            model=study.model, configs=(config,), data=spec.evaluation, store_path=study.store_path
+        )
+    )
     assert report.outcomes[0].status == "reused" and report.outcomes[0].config == config.display
 
 
@@ -208,8 +217,9 @@ def test_search_chooses_among_kv_caches_by_weights_plus_cache(planted_dir, tiny_
     full = sensitivity(study).all_quantized["kl"]
     caches = (parse_kv("dynamic[chunk=16]"), parse_kv("quanto-int4[chunk=16,group=32,residual=16]"))
     evaluation = DataSpec((str(tiny_text),), tokens=400, context=128, stride=64)
-    spec = SearchSpec(study, Budget(max_kl=0.3 * full), evaluation, kv=caches,
-                      save=str(tmp_path / "kv.json"))  # fmt: skip
+    spec = SearchSpec(
+        study, Budget(max_kl=0.3 * full), evaluation, kv=caches, save=str(tmp_path / "kv.json")
+    )
     result = search(spec)
     assert result.chosen is not None, result.message
     by_cache = {kv.name: [c for c in result.candidates if c["kv"] == kv.name] for kv in caches}
@@ -217,8 +227,10 @@ def test_search_chooses_among_kv_caches_by_weights_plus_cache(planted_dir, tiny_
     # the int4 cache holds under a third of the unquantized (bf16) one at 128 tokens
     sizes = {name: rows[0]["cache_mb"] for name, rows in by_cache.items()}
     assert 0 < sizes[caches[1].name] < sizes[caches[0].name] / 3
-    meeting = [min((c for c in rows if c["kl"] <= 0.3 * full), key=lambda c: c["total_mb"],
-                   default=None) for rows in by_cache.values()]  # fmt: skip
+    meeting = [
+        min((c for c in rows if c["kl"] <= 0.3 * full), key=lambda c: c["total_mb"], default=None)
+        for rows in by_cache.values()
+    ]
     best = min((c for c in meeting if c is not None), key=lambda c: c["total_mb"])
     config = parse_config(result.chosen["config"])
     assert config.kv is not None and config.kv.name == best["kv"] == result.chosen["kv"]
@@ -230,8 +242,9 @@ def test_search_chooses_among_kv_caches_by_weights_plus_cache(planted_dir, tiny_
 
 def test_impossible_budget_says_so_and_shows_the_closest(planted_dir, tiny_text, tmp_path):
     study = _study(planted_dir, tmp_path, fallback=DType.BF16, modes=("only",))
-    spec = SearchSpec(study, Budget(max_kl=1e-12), DataSpec((str(tiny_text),), tokens=400,
-                      context=64, stride=32))  # fmt: skip
+    spec = SearchSpec(
+        study, Budget(max_kl=1e-12), DataSpec((str(tiny_text),), tokens=400, context=64, stride=32)
+    )
     result = search(spec)
     assert result.chosen is None and result.saved is None and result.verified == []
     assert "misses the budget" in result.message
@@ -241,18 +254,21 @@ def test_impossible_budget_says_so_and_shows_the_closest(planted_dir, tiny_text,
 
 def test_bad_inputs_explain_themselves(tmp_path):
     with pytest.raises(UserError, match="accuracy budget"):
-        Budget(max_mb=100)
+        SearchSpec(SensitivitySpec(model_spec(None), parse_config("bnb-nf4")), Budget(max_mb=100))
     with pytest.raises(UserError, match="positive"):
         Budget(max_kl=-1)
     with pytest.raises(UserError, match=r"llama\.cpp cache"):
         from quantscope.config.kv import parse_kv
 
-        SearchSpec(StudySpec(model_spec(None), parse_config("bnb-nf4")), Budget(max_kl=0.1),
-                   kv=(parse_kv("q8_0"),))  # fmt: skip
+        SearchSpec(
+            SensitivitySpec(model_spec(None), parse_config("bnb-nf4")),
+            Budget(max_kl=0.1),
+            kv=(parse_kv("q8_0"),),
+        )
     with pytest.raises(UserError, match="quantizes nothing"):
-        StudySpec(model_spec(None), parse_config("bf16"))
+        SensitivitySpec(model_spec(None), parse_config("bf16"))
     with pytest.raises(UserError, match="block or linear"):
-        StudySpec(model_spec(None), parse_config("bnb-nf4"), by="layer")
+        SensitivitySpec(model_spec(None), parse_config("bnb-nf4"), by="layer")
     with pytest.raises(UserError, match="No such config file"):
         parse_config_list(str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"

@@ -31,8 +31,12 @@ def test_the_example_notebook_runs_quietly_and_shows_tables_and_plots(tmp_path):
     from nbclient import NotebookClient
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})  # fmt: skip
+    client = NotebookClient(
+        notebook,
+        timeout=900,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     start = time.perf_counter()
     client.execute()  # raises on the first cell that fails
     print(f"notebook ran in {time.perf_counter() - start:.0f} s")

@@ -28,8 +28,19 @@ def sign_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     on sys.path, as a separately installed distribution with its entry point."""
     target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / "sign"
     shutil.copytree(PLUGIN, source)  # the build leaves its files beside the source, not here
-    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-               "--no-build-isolation", "--target", str(target), str(source)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-index",
+        "--no-build-isolation",
+        "--target",
+        str(target),
+        str(source),
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     assert list(target.glob("quantscope_sign-*.dist-info"))
     sys.path.insert(0, str(target))
@@ -52,10 +63,29 @@ def test_unknown_until_installed_then_listed(sign_plugin: Path) -> None:
 
 
 def test_runs_in_quantscope_run(sign_plugin: Path, tiny_model_dir, tiny_text, tmp_path) -> None:
-    args = ["run", "--model", str(tiny_model_dir), "--text", str(tiny_text), "--configs",
-            "fp32,sign", "--tokens", "300", "--context", "64", "--stride", "32",
-            "--store", str(tmp_path / "r.sqlite"), "--speed-reps", "1", "--max-new-tokens", "3",
-            "--json", str(tmp_path / "r.json")]  # fmt: skip
+    args = [
+        "run",
+        "--model",
+        str(tiny_model_dir),
+        "--text",
+        str(tiny_text),
+        "--configs",
+        "fp32,sign",
+        "--tokens",
+        "300",
+        "--context",
+        "64",
+        "--stride",
+        "32",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--speed-reps",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     import json

@@ -14,25 +14,25 @@ from quantscope.backends import lora
 from quantscope.config import DataSpec, RunSpec, model_spec, parse_config
 from quantscope.errors import UserError
 from quantscope.evaluate.calibration import calibrate, divergence
-from quantscope.recovery import (
-    RecoverSpec,
-    distill_loss,
-    recover,
-    save_adapter,
-    student_model,
-    train,
-    training_ids,
-)
+from quantscope.recovery import RecoverSpec, recover, save_adapter, train
+from quantscope.recovery.training import distill_loss, student_model, training_ids
 
 HELD_OUT = DataSpec(tokens=600, context=64, stride=48)
 
 
 def _spec(folder: Path, tmp_path: Path, **kw) -> RecoverSpec:
     values = dict(
-        model=model_spec(str(folder)), config=parse_config("bnb-nf4"), rank=4, alpha=8, steps=4,
-        lr=1e-2, seq_len=64, batch_size=4, out=str(tmp_path / "adapter"),
+        model=model_spec(str(folder)),
+        config=parse_config("bnb-nf4"),
+        rank=4,
+        alpha=8,
+        steps=4,
+        lr=1e-2,
+        seq_len=64,
+        batch_size=4,
+        out=str(tmp_path / "adapter"),
         store_path=str(tmp_path / "r.sqlite"),
-    )  # fmt: skip
+    )
     return RecoverSpec(**values | kw)
 
 
@@ -174,8 +174,14 @@ def test_recover_reports_recovery_and_the_config_is_reusable(tiny_model_dir, tin
     assert 0 < kl < 1 and kl_se > 0
     assert new["weight_bytes"] == plain["weight_bytes"] + result.training.trainable_params * 4
     assert result.configs["fp32"]["kl_mean"] < 1e-6
-    report = runner.run(RunSpec(model=spec.model, configs=(parse_config(result.recovered_config),),
-                                data=spec.evaluation, store_path=spec.store_path))  # fmt: skip
+    report = runner.run(
+        RunSpec(
+            model=spec.model,
+            configs=(parse_config(result.recovered_config),),
+            data=spec.evaluation,
+            store_path=spec.store_path,
+        )
+    )
     assert report.outcomes[0].status == "reused"
 
 

@@ -24,11 +24,15 @@ def report(tiny_model_dir, tiny_text, tmp_path_factory) -> RunReport:
     """A real run on the tiny model, with a hostile generation planted in one config."""
     store = tmp_path_factory.mktemp("store") / "r.sqlite"
     spec = RunSpec(
-        model=model_spec(str(tiny_model_dir)), configs=parse_config_list("fp32,bf16,bnb-nf4"),
+        model=model_spec(str(tiny_model_dir)),
+        configs=parse_config_list("fp32,bf16,bnb-nf4"),
         data=DataSpec((str(tiny_text),), tokens=200, context=64, stride=32),
-        prompts=("Hi <b>there</b>",), max_new_tokens=3, speed_reps=1, ref_topk=16,
+        prompts=("Hi <b>there</b>",),
+        max_new_tokens=3,
+        speed_reps=1,
+        ref_topk=16,
         store_path=str(store),
-    )  # fmt: skip
+    )
     real = runner.run(spec)
     hostile = real.outcomes[2].result
     assert hostile is not None
@@ -64,10 +68,18 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     page.write_text(run_html(report.provenance["store"], report, "ppl=900%"), "utf-8")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-sync",
-                 "--disable-component-update", "--window-size=1300,2000",
-                 f"--user-data-dir={tempfile.mkdtemp()}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--disable-component-update",
+        "--window-size=1300,2000",
+        f"--user-data-dir={tempfile.mkdtemp()}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)

@@ -86,8 +86,9 @@ def test_a_failing_config_does_not_stop_the_others(
         raise error("kernel exploded")
 
     monkeypatch.setattr(bnb, "load", broken)
-    report = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite",
-                              configs="bf16,bnb-int8,fp32"))  # fmt: skip
+    report = runner.run(
+        _spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", configs="bf16,bnb-int8,fp32")
+    )
     assert [o.status for o in report.outcomes] == ["measured", "failed", "measured"]
     assert "kernel exploded" in report.outcomes[1].reason
     from quantscope.quiet import debug_log_path  # the traceback is kept for whoever digs
@@ -101,8 +102,9 @@ def test_unavailable_config_is_skipped_with_its_reason(
 ):
     bnb = backends.get(parse_config("bnb-nf4"))
     monkeypatch.setattr(bnb, "available", lambda method, device: "no kernel for this CPU.")
-    report = runner.run(_spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite",
-                              configs="bnb-nf4,bf16"))  # fmt: skip
+    report = runner.run(
+        _spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", configs="bnb-nf4,bf16")
+    )
     assert [o.status for o in report.outcomes] == ["skipped", "measured"]
     assert report.outcomes[0].reason == "no kernel for this CPU."
 
@@ -235,7 +237,10 @@ def test_a_kv_config_is_measured_at_depth_stored_and_shown(tiny_model_dir, tiny_
     assert int2.meta["config"] == "fp32+kv=quanto-int2[chunk=16,group=32]"
     for result in (plain, full, int2):  # --depths given: every config, kv or not
         assert [k for k in result.metrics if k.startswith("kv_bytes@")] == [
-            "kv_bytes@0", "kv_bytes@64", "kv_bytes@256"]  # fmt: skip
+            "kv_bytes@0",
+            "kv_bytes@64",
+            "kv_bytes@256",
+        ]
     assert 0 < int2.metrics["kv_bytes@64"] < int2.metrics["kv_bytes@256"]
     assert int2.metrics["kv_bytes@256"] == int2.metrics["kv_bytes_pred@256"]  # residual and all
     assert int2.metrics["kv_bytes@256"] < 0.6 * full.metrics["kv_bytes@256"]  # 112 of 256 in fp32

@@ -69,10 +69,15 @@ def test_the_new_runner_reuses_every_row_of_the_previous_release(
     text.parent.mkdir(parents=True, exist_ok=True)
     text.write_text(tiny_text.read_text(encoding="utf-8"), encoding="utf-8")
     spec = RunSpec(
-        model=model_spec(str(tiny_model_dir)), configs=parse_config_list([r.config for r in old]),
+        model=model_spec(str(tiny_model_dir)),
+        configs=parse_config_list([r.config for r in old]),
         data=DataSpec((str(text),), tokens=200, context=64, stride=32),
-        prompts=("Hello",), max_new_tokens=3, speed_reps=1, ref_topk=16, store_path=str(old_store),
-    )  # fmt: skip
+        prompts=("Hello",),
+        max_new_tokens=3,
+        speed_reps=1,
+        ref_topk=16,
+        store_path=str(old_store),
+    )
     report = runner.run(spec)
     assert [o.status.value for o in report.outcomes] == ["reused"] * len(old)
     assert [o.result for o in report.outcomes] == old

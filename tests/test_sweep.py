@@ -14,8 +14,8 @@ from quantscope import runner
 from quantscope.cli import app
 from quantscope.config import DataSpec, RunSpec, model_spec, parse_config_list
 from quantscope.errors import UserError
-from quantscope.sweeps import plan, read_study, run_study
-from quantscope.sweeps.study import parse_study
+from quantscope.sweeps import plan, read_sweep, run_sweep
+from quantscope.sweeps.sweep_file import parse_sweep
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,20 @@ def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _study_file(folder: Path, models: list[str], text: Path) -> Path:
     body = {
-        "name": "two-tiny", "models": models, "configs": ["fp32", "bf16", "rtn[bits=4,group=32]"],
-        "texts": [str(text)], "store": "results.sqlite",
-        "settings": {"tokens": 300, "context": 64, "stride": 32, "speed_reps": 1,
-                     "max_new_tokens": 3, "ref_topk": 16},
-    }  # fmt: skip
+        "name": "two-tiny",
+        "models": models,
+        "configs": ["fp32", "bf16", "rtn[bits=4,group=32]"],
+        "texts": [str(text)],
+        "store": "results.sqlite",
+        "settings": {
+            "tokens": 300,
+            "context": 64,
+            "stride": 32,
+            "speed_reps": 1,
+            "max_new_tokens": 3,
+            "ref_topk": 16,
+        },
+    }
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
@@ -44,24 +53,30 @@ def _accuracy(metrics: dict[str, float]) -> dict[str, float]:
 def test_a_study_measures_what_run_measures_and_resumes(
     tiny_model_dir: Path, second_model: Path, tiny_text: Path, tmp_path: Path
 ) -> None:
-    study = read_study(_study_file(tmp_path, [str(tiny_model_dir), str(second_model)], tiny_text))
+    study = read_sweep(_study_file(tmp_path, [str(tiny_model_dir), str(second_model)], tiny_text))
     cells = plan(study)
     assert len(cells) == 6 and not any(c.stored for c in cells)
-    report = run_study(study)
+    report = run_sweep(study)
     frame = report.to_dataframe()
     assert list(frame["status"]) == ["measured"] * 6
     assert frame["model"].nunique() == 2
     for model in (tiny_model_dir, second_model):  # the same numbers as a plain run
-        alone = runner.run(RunSpec(
-            model=model_spec(str(model)), configs=study.configs,
-            data=DataSpec((str(tiny_text),), tokens=300, context=64, stride=32), speed_reps=1,
-            max_new_tokens=3, ref_topk=16, store_path=str(tmp_path / "alone.sqlite"),
-        ))  # fmt: skip
+        alone = runner.run(
+            RunSpec(
+                model=model_spec(str(model)),
+                configs=study.configs,
+                data=DataSpec((str(tiny_text),), tokens=300, context=64, stride=32),
+                speed_reps=1,
+                max_new_tokens=3,
+                ref_topk=16,
+                store_path=str(tmp_path / "alone.sqlite"),
+            )
+        )
         swept = next(r for r in report.runs if r.provenance["model_folder"] == str(model))
         for a, b in zip(alone.results, swept.results, strict=True):
             assert _accuracy(a.metrics) == _accuracy(b.metrics) and a.key == b.key
     assert all(c.stored for c in plan(study))  # resumes: nothing left to measure
-    again = run_study(study).to_dataframe()
+    again = run_sweep(study).to_dataframe()
     assert list(again["status"]) == ["reused"] * 6
 
 
@@ -77,19 +92,19 @@ def test_sweep_command_prints_the_plan_and_the_models_side_by_side(
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "models side by side" in text and "loses most" in text
-    key = text.split("Stored as study ")[1].split(";")[0]
+    key = text.split("Stored as sweep ")[1].split(";")[0]
     store = str(tmp_path / "results.sqlite")
     shown = CliRunner().invoke(app, ["show", key, "--store", store])
     assert shown.exit_code == 0 and "loses most" in shown.output
     page = tmp_path / "study.html"
-    drawn = CliRunner().invoke(app, ["report", "latest-study", "--store", store, "-o", str(page)])
+    drawn = CliRunner().invoke(app, ["report", "latest-sweep", "--store", store, "-o", str(page)])
     assert drawn.exit_code == 0, drawn.output
     html = page.read_text()
     assert (
         '"barmode":"group"' in html.replace(": ", ":") and html.count("<td>rtn[group=32]</td>") == 1
     )
-    missing = CliRunner().invoke(app, ["show", "study-nope", "--store", store])
-    assert missing.exit_code == 2 and "No study 'study-nope'" in missing.output
+    missing = CliRunner().invoke(app, ["show", "sweep-nope", "--store", store])
+    assert missing.exit_code == 2 and "No sweep 'sweep-nope'" in missing.output
     rerun = CliRunner().invoke(app, ["sweep", str(path), "--dry-run"])
     assert "6 already stored, 0 to measure" in " ".join(rerun.output.split())
 
@@ -111,7 +126,7 @@ def test_sweep_command_prints_the_plan_and_the_models_side_by_side(
 )
 def test_study_mistakes_are_one_sentence(body, fragment, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=fragment):
-        parse_study(body, tmp_path)
+        parse_sweep(body, tmp_path)
 
 
 def test_a_missing_study_file_is_a_user_error(tmp_path: Path) -> None:
@@ -121,5 +136,5 @@ def test_a_missing_study_file_is_a_user_error(tmp_path: Path) -> None:
 
 def test_configs_parse_like_run(tmp_path: Path) -> None:
     configs = "fp32,bnb-nf4[double_quant=true]"
-    study = parse_study({"models": ["bundled", "org/name"], "configs": configs}, tmp_path)
+    study = parse_sweep({"models": ["bundled", "org/name"], "configs": configs}, tmp_path)
     assert study.configs == parse_config_list(configs)

@@ -36,17 +36,30 @@ def _loopback_only() -> bool:
 )
 def test_a_study_on_a_two_node_ray_cluster(tiny_model_dir: Path, tmp_path: Path) -> None:
     body = {
-        "name": "bundled-and-tiny", "models": ["bundled", str(tiny_model_dir)],
-        "configs": ["fp32", "bf16", "rtn[bits=4,group=32]"], "store": "ray.sqlite",
-        "settings": {"tokens": 256, "context": 128, "stride": 64, "speed_reps": 1,
-                     "max_new_tokens": 2, "ref_topk": 32},
-    }  # fmt: skip
+        "name": "bundled-and-tiny",
+        "models": ["bundled", str(tiny_model_dir)],
+        "configs": ["fp32", "bf16", "rtn[bits=4,group=32]"],
+        "store": "ray.sqlite",
+        "settings": {
+            "tokens": 256,
+            "context": 128,
+            "stride": 64,
+            "speed_reps": 1,
+            "max_new_tokens": 2,
+            "ref_topk": 32,
+        },
+    }
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(body))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a private namespace: no one else here
     script = f"ip link set lo up && exec {sys.executable} {CHECK} {study} {tmp_path}"
-    done = subprocess.run(["unshare", "--net", "sh", "-c", script], env=env,
-                          capture_output=True, text=True, timeout=1500)  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(seen["nodes"]) == 2 and set(seen["nodes"]) == {"127.0.0.1"}

@@ -33,8 +33,11 @@ def test_flips_and_mcnemar_against_hand_computed_cases():
     base = [True] * 10 + [False] * 5 + [True] * 5
     quant = [True] * 10 + [True, True, False, False, False] + [False] * 5
     assert flips(base, quant) == {
-        "correct_to_wrong": 5, "wrong_to_correct": 2, "changed": 7, "n": 20,
-    }  # fmt: skip
+        "correct_to_wrong": 5,
+        "wrong_to_correct": 2,
+        "changed": 7,
+        "n": 20,
+    }
     # b=5, c=2: p = 2 · P(X ≤ 2), X ~ Bin(7, 1/2) = 2 · (1 + 7 + 21) / 128
     assert mcnemar_p(5, 2) == pytest.approx(2 * 29 / 128)
     assert mcnemar_p(2, 5) == mcnemar_p(5, 2)  # symmetric
@@ -76,9 +79,14 @@ def _tiny_spec(model_dir, text, store, tasks, configs="fp32,bnb-nf4"):
         model=model_spec(str(model_dir)),
         configs=parse_config_list(configs),
         data=DataSpec((str(text),), tokens=200, context=64, stride=32),
-        prompts=("Hi",), max_new_tokens=2, speed_reps=1, ref_topk=16,
-        store_path=str(store), tasks=tasks, task_limit=30,
-    )  # fmt: skip
+        prompts=("Hi",),
+        max_new_tokens=2,
+        speed_reps=1,
+        ref_topk=16,
+        store_path=str(store),
+        tasks=tasks,
+        task_limit=30,
+    )
 
 
 def test_identical_config_has_zero_flips_and_quantized_results_are_paired(
@@ -104,8 +112,12 @@ def test_identical_config_has_zero_flips_and_quantized_results_are_paired(
 def _hf_requests():
     from lm_eval.api.instance import Instance
 
-    pairs = [("The capital of France is", " Paris"), ("def f(x):", "\n    return x"),
-             ("", "Hello world"), ("One two three ", "four")]  # fmt: skip
+    pairs = [
+        ("The capital of France is", " Paris"),
+        ("def f(x):", "\n    return x"),
+        ("", "Hello world"),
+        ("One two three ", "four"),
+    ]
     return [
         Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i)
         for i, p in enumerate(pairs)
@@ -158,8 +170,13 @@ def test_local_lm_eval_task_file_runs_through_the_adapter(
     assert base["quantscope_tiny_mc:acc"]["n"] == len(MC)
     assert base["quantscope_tiny_mc:acc"]["correct_to_wrong"] == 0
     # lm-eval's multiple-choice scoring equals quantscope's own for the same items
-    ours = runner.run(_tiny_spec(tiny_model_dir, tiny_text, tmp_path / "s.sqlite",
-                                 (str(mc_file),), "fp32")).outcomes[0].result.tasks  # fmt: skip
+    ours = (
+        runner.run(
+            _tiny_spec(tiny_model_dir, tiny_text, tmp_path / "s.sqlite", (str(mc_file),), "fp32")
+        )
+        .outcomes[0]
+        .result.tasks
+    )
     assert ours["mc.jsonl:acc"]["accuracy"] == base["quantscope_tiny_mc:acc"]["accuracy"]
     assert bf16["quantscope_tiny_mc:acc"]["n"] == len(MC)
 
@@ -174,8 +191,9 @@ def test_unknown_task_is_refused_before_any_model_loads(tiny_text, tmp_path, mon
         raise AssertionError("the model was looked for")
 
     monkeypatch.setattr(models, "resolve", never)
-    spec = _tiny_spec("nobody/no-such-model", tiny_text, tmp_path / "r.sqlite", ("hellaswagg",),
-                      "fp32")  # fmt: skip
+    spec = _tiny_spec(
+        "nobody/no-such-model", tiny_text, tmp_path / "r.sqlite", ("hellaswagg",), "fp32"
+    )
     with pytest.raises(UserError, match=r"Unknown task 'hellaswagg'\. Did you mean 'hellaswag'"):
         runner.run(spec)
     with pytest.raises(UserError, match="Did you mean 'cloze'"):

@@ -19,13 +19,25 @@ starts.
 
 from __future__ import annotations
 
-from quantscope.api import recover, run, search, sensitivity, sweep
+from quantscope.api import compare, judge, recommend, recover, run, search, sensitivity, sweep
 from quantscope.config import DataSpec, DType, ModelSpec, QuantConfig, RunSpec
-from quantscope.decisions import compare, judge, recommend
 from quantscope.errors import UserError
+from quantscope.report import notebook as _notebook  # noqa: F401  (registers the notebook views)
 
 __version__ = "0.1.0"
 __all__ = [
-    "DType", "DataSpec", "ModelSpec", "QuantConfig", "RunSpec", "UserError",
-    "compare", "judge", "recommend", "recover", "run", "search", "sensitivity", "sweep",
-]  # fmt: skip
+    "DType",
+    "DataSpec",
+    "ModelSpec",
+    "QuantConfig",
+    "RunSpec",
+    "UserError",
+    "compare",
+    "judge",
+    "recommend",
+    "recover",
+    "run",
+    "search",
+    "sensitivity",
+    "sweep",
+]

@@ -1,7 +1,7 @@
 """The Python front door: ``quantscope.run``, ``sensitivity``, ``search``, ``recover`` and
 ``sweep`` take the command line's options by the same names (``store``, ``tasks``,
 ``batch_size``, …), and the command line builds its specs with the same functions
-(:mod:`quantscope.specs`: ``run_spec``, ``study_spec``, ``search_spec``, …), so the two
+(:mod:`quantscope.specs`: ``run_spec``, ``sensitivity_spec``, ``search_spec``, …), so the two
 cannot drift apart.
 
 Configs may be a comma list, a list of names, config objects or saved config files; text a
@@ -26,31 +26,53 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from quantscope import config as cfg
+from quantscope.decide import stored
+from quantscope.decide.stored import DecisionSpec
 from quantscope.errors import UserError
 from quantscope.events import BarEvents, Events, LogEvents
 from quantscope.specs import (
+    compare_spec,
+    judge_spec,
     read_prompts,
+    recommend_spec,
     recover_spec,
     run_spec,
     search_spec,
-    study_spec,
+    sensitivity_spec,
     sweep_spec,
     text_files,
     unknown_option,
 )
 
 if TYPE_CHECKING:
-    from quantscope.mixed import SearchResult, SearchSpec, StudySpec
+    import pandas as pd
+
+    from quantscope.decide import Decision, Recommendation
+    from quantscope.mixed import SearchResult, SearchSpec, SensitivitySpec
     from quantscope.recovery import RecoverSpec, Recovery
-    from quantscope.results import RunReport, Study
-    from quantscope.sweeps import StudyReport
+    from quantscope.results import RunReport, SensitivityStudy
+    from quantscope.sweeps import SweepReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
-    "read_prompts", "recover", "recover_spec", "run", "run_spec", "search", "search_spec",
-    "sensitivity", "study_spec", "sweep", "sweep_spec", "text_files", "unknown_option",
-]  # fmt: skip
+    "compare",
+    "judge",
+    "read_prompts",
+    "recommend",
+    "recover",
+    "recover_spec",
+    "run",
+    "run_spec",
+    "search",
+    "search_spec",
+    "sensitivity",
+    "sensitivity_spec",
+    "sweep",
+    "sweep_spec",
+    "text_files",
+    "unknown_option",
+]
 
 
 def _front(builder: Callable[..., Any]) -> Callable[[F], F]:
@@ -95,8 +117,8 @@ def run(spec: cfg.RunSpec, events: Events) -> RunReport:
     return run_one(spec, events)
 
 
-@_front(study_spec)
-def sensitivity(spec: StudySpec, events: Events) -> Study:
+@_front(sensitivity_spec)
+def sensitivity(spec: SensitivitySpec, events: Events) -> SensitivityStudy:
     """Rank the units by the KL they cause (``quantscope sensitivity``); a study."""
     from quantscope.mixed import sensitivity as study_units
 
@@ -120,9 +142,33 @@ def recover(spec: RecoverSpec, events: Events) -> Recovery:
 
 
 @_front(sweep_spec)
-def sweep(spec: tuple[Any, dict[str, Any]], events: Events) -> StudyReport:
+def sweep(spec: tuple[Any, dict[str, Any]], events: Events) -> SweepReport:
     """A study of models × configs × texts × tasks (``quantscope sweep``); a study report."""
-    from quantscope.sweeps import run_study
+    from quantscope.sweeps import run_sweep
 
     study, how = spec
-    return run_study(study, events, **how)
+    return run_sweep(study, events, **how)
+
+
+@_front(judge_spec)
+def judge(spec: DecisionSpec, events: Events) -> Decision:
+    """Each config of a stored run against the baseline at ``margin`` (``"ppl=1%,kl=0.01"``),
+    the groups, the noise floor and the recommendation within that margin (``quantscope show
+    RUN --margin``). ``run``: a run id, "latest", or the report ``quantscope.run`` returned."""
+    return stored.judge(spec)
+
+
+@_front(compare_spec)
+def compare(spec: DecisionSpec, events: Events) -> pd.DataFrame:
+    """Two configs of one run token by token (``quantscope compare RUN --pair A,B``): a
+    DataFrame with Δ ± se, p and the 95% CI per metric (``pair=("bnb-nf4", "bnb-int8")``)."""
+    import pandas as pd
+
+    return pd.DataFrame(stored.compare(spec))
+
+
+@_front(recommend_spec)
+def recommend(spec: DecisionSpec, events: Events) -> Recommendation:
+    """The config to ship under the budget (``quantscope recommend``): its ``reason``,
+    ``runners_up`` and ``code``."""
+    return stored.recommend(spec)

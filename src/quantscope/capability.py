@@ -85,11 +85,14 @@ def dtype_support(dtype: DType, device: Device) -> Support:
                 why + f"{cap[0]}.{cap[1]}, so torch emulates it slowly — use fp16 here"
             )
         if device.kind == "cpu" and not device.bf16_cpu:
-            return _emulated("this CPU has no AVX512-BF16 or AMX: bf16 runs emulated, slower "
-                             "than fp32")  # fmt: skip
+            return _emulated(
+                "this CPU has no AVX512-BF16 or AMX: bf16 runs emulated, slower than fp32"
+            )
     if dtype is DType.FP16 and device.kind == "cpu":
-        return _emulated("fp16 on a CPU is computed by slow fallback kernels; it measures fp16's "
-                         "accuracy, not its speed")  # fmt: skip
+        return _emulated(
+            "fp16 on a CPU is computed by slow fallback kernels; it measures fp16's "
+            "accuracy, not its speed"
+        )
     return _OK
 
 
@@ -124,22 +127,32 @@ def _kernel(config: QuantConfig, device: Device) -> Support:
     if isinstance(config, (BnbInt8, Bnb4)) and device.kind == "mps":
         return _no("bitsandbytes has no MPS backend")
     if isinstance(config, BnbInt8) and cuda and cap < (7, 5):
-        return _emulated("LLM.int8's int8 matmul (cuBLASLt) needs compute capability 7.5; below "
-                         "it bitsandbytes de-quantizes to fp16")  # fmt: skip
+        return _emulated(
+            "LLM.int8's int8 matmul (cuBLASLt) needs compute capability 7.5; below "
+            "it bitsandbytes de-quantizes to fp16"
+        )
     fp8 = isinstance(config, Quanto) and config.weights is QuantoWeights.FP8
     if fp8 and (not cuda or cap < (8, 9)):
-        return _emulated("float8 math needs compute capability 8.9 (Ada, Hopper); elsewhere "
-                             "quanto de-quantizes the fp8 weights to compute")  # fmt: skip
+        return _emulated(
+            "float8 math needs compute capability 8.9 (Ada, Hopper); elsewhere "
+            "quanto de-quantizes the fp8 weights to compute"
+        )
     if isinstance(config, Gptq):
         if not cuda:
-            return _emulated("GPTQ's fast kernels (Marlin, ExLlama) are CUDA-only; on CPU "
-                             "gptqmodel uses its torch kernel (slow)")  # fmt: skip
+            return _emulated(
+                "GPTQ's fast kernels (Marlin, ExLlama) are CUDA-only; on CPU "
+                "gptqmodel uses its torch kernel (slow)"
+            )
         if cap < (8, 0):
-            return _emulated("the Marlin kernel needs compute capability 8.0; below it "
-                             "gptqmodel falls back to ExLlama or torch kernels")  # fmt: skip
+            return _emulated(
+                "the Marlin kernel needs compute capability 8.0; below it "
+                "gptqmodel falls back to ExLlama or torch kernels"
+            )
     if isinstance(config, Rtn):
-        return _emulated("rtn is fake quantization: weights are held in float, so it measures "
-                         "accuracy, not memory or speed")  # fmt: skip
+        return _emulated(
+            "rtn is fake quantization: weights are held in float, so it measures "
+            "accuracy, not memory or speed"
+        )
     if isinstance(config, Hqq) and not cuda:
         return _emulated("hqq's fast kernels are CUDA-only; on CPU it de-quantizes per forward")
     if isinstance(config, (TorchAoInt8, TorchAoIntx)) and device.kind == "mps":
@@ -185,10 +198,16 @@ def table(configs: list[QuantConfig], devices: list[Device]) -> list[dict[str, s
 
 # CPU flags (/proc/cpuinfo) and the names llama.cpp's system info gives the same features
 LLAMA_FEATURES = {
-    "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512",
-    "avx512_vnni": "AVX512_VNNI", "avx512vbmi": "AVX512_VBMI", "avx512_bf16": "AVX512_BF16",
+    "avx": "AVX",
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "f16c": "F16C",
+    "avx512f": "AVX512",
+    "avx512_vnni": "AVX512_VNNI",
+    "avx512vbmi": "AVX512_VBMI",
+    "avx512_bf16": "AVX512_BF16",
     "amx_int8": "AMX_INT8",
-}  # fmt: skip
+}
 
 
 def llama_features(system_info: str) -> set[str]:

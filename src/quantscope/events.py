@@ -59,8 +59,15 @@ class BarEvents:
 
         desc, form = f"quantscope · {label}", self.UNCOUNTED if total is None else self.COUNTED
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=desc, bar_format=form, file=self.screen,
-                            leave=False, disable=False, dynamic_ncols=True)  # fmt: skip
+            self.bar = tqdm(
+                total=total,
+                desc=desc,
+                bar_format=form,
+                file=self.screen,
+                leave=False,
+                disable=False,
+                dynamic_ncols=True,
+            )
             return
         self.bar.set_description_str(desc, refresh=False)
         self.bar.bar_format = form

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from quantscope import backends, capability, evaluate, models
+from quantscope.backends import lora
 from quantscope.config import QuantConfig
-from quantscope.provenance import hardware
+from quantscope.context import RunContext
+from quantscope.provenance import hardware, now
 from quantscope.results import Result
-from quantscope.store import now
 from quantscope.tasks import answers
-
-if TYPE_CHECKING:
-    from quantscope.runner import _Context
 
 
 def free_memory() -> None:
@@ -33,7 +31,7 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def answer_tasks(ctx: _Context, model: Any) -> answers.Answers:
+def answer_tasks(ctx: RunContext, model: Any) -> answers.Answers:
     """Every task's answers for ``model`` (tasks that cannot run go to ``ctx.task_errors``)."""
     return answers.answer(ctx.tasks, model, ctx.tokenizer, ctx.spec.batch_size * 2, ctx.task_errors)
 
@@ -49,26 +47,29 @@ class _Pass(NamedTuple):
     seconds: float
 
 
-def _load(ctx: _Context, config: QuantConfig) -> Any:
+def _load(ctx: RunContext, config: QuantConfig) -> Any:
     """``config`` loaded on the run's device, with its LoRA adapter attached if it names one."""
     ctx.events.stage(f"{config.display}: loading", None)
     loaded = backends.get(config).load(ctx.files, ctx.spec.model, config, ctx.device)
     if config.lora:
-        from quantscope.backends import lora
-
         loaded = lora.attach(loaded, config.lora, ctx.spec.model.allow_pickle)
     return loaded
 
 
-def _accuracy(ctx: _Context, loaded: Any, config: QuantConfig) -> _Pass:
+def _accuracy(ctx: RunContext, loaded: Any, config: QuantConfig) -> _Pass:
     """The streamed comparison with the reference, through the config's KV cache if any."""
     assert ctx.reference is not None
     ctx.events.stage(f"{config.display}: accuracy pass", ctx.windows.n_scored)
     start = time.perf_counter()
     token_stats = evaluate.compare_pass(
-        loaded.model, ctx.windows, ctx.reference.cursor(), ctx.spec.batch_size,
-        ctx.events.advance, baseline=ctx.baseline_model, kv=config.kv,
-    )  # fmt: skip
+        loaded.model,
+        ctx.windows,
+        ctx.reference.cursor(),
+        ctx.spec.batch_size,
+        ctx.events.advance,
+        baseline=ctx.baseline_model,
+        kv=config.kv,
+    )
     seconds = time.perf_counter() - start
     clusters = ctx.windows.cluster_ids()
     metrics = evaluate.accuracy_metrics(token_stats, clusters)
@@ -82,13 +83,14 @@ def _accuracy(ctx: _Context, loaded: Any, config: QuantConfig) -> _Pass:
     )
 
 
-def _speed(ctx: _Context, loaded: Any, config: QuantConfig) -> dict[str, float]:
+def _speed(ctx: RunContext, loaded: Any, config: QuantConfig) -> dict[str, float]:
     """Prefill and decode speed; the KV cache at depth when the config has one (or
     ``--depths`` asks)."""
     ctx.events.stage(f"{config.display}: speed", None)
     vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
-    speed = evaluate.speed_metrics(loaded.model, vocab, ctx.spec.speed_reps, ctx.spec.seed,
-                                   config.kv)  # fmt: skip
+    speed = evaluate.speed_metrics(
+        loaded.model, vocab, ctx.spec.speed_reps, ctx.spec.seed, config.kv
+    )
     depths = evaluate.depths_for(ctx.spec.depths, config.kv, loaded.model.config)
     if depths:
         ctx.events.stage(f"{config.display}: KV cache at depth", None)
@@ -96,7 +98,7 @@ def _speed(ctx: _Context, loaded: Any, config: QuantConfig) -> dict[str, float]:
     return speed
 
 
-def _tasks(ctx: _Context, loaded: Any, config: QuantConfig) -> dict[str, Any]:
+def _tasks(ctx: RunContext, loaded: Any, config: QuantConfig) -> dict[str, Any]:
     """Each task compared item by item with the baseline's answers."""
     if not ctx.tasks:
         return {}
@@ -105,7 +107,7 @@ def _tasks(ctx: _Context, loaded: Any, config: QuantConfig) -> dict[str, Any]:
     return answers.compare(ctx.tasks, ctx.base_answers, answer_tasks(ctx, loaded.model))
 
 
-def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes]:
+def measure(ctx: RunContext, config: QuantConfig, key: str) -> tuple[Result, bytes]:
     """Load one config and measure accuracy, efficiency and generations; the result and its
     per-token values (``TokenValues``, compressed)."""
     spec = ctx.spec
@@ -148,7 +150,7 @@ def measure(ctx: _Context, config: QuantConfig, key: str) -> tuple[Result, bytes
     ), found.tokens
 
 
-def _meta(ctx: _Context, config: QuantConfig, library: str) -> dict[str, Any]:
+def _meta(ctx: RunContext, config: QuantConfig, library: str) -> dict[str, Any]:
     return {
         "model": ctx.files.name,
         "model_origin": ctx.files.origin,

@@ -251,8 +251,10 @@ def check_device_map(device_map: str) -> str:
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= count:
             have = ", ".join(f"cuda:{i}" for i in range(count)) or "none"
-            raise UserError(f"--device-map {device_map} names a GPU that does not exist here "
-                            f"(GPUs: {have}); pick one of them, cpu, or auto.")  # fmt: skip
+            raise UserError(
+                f"--device-map {device_map} names a GPU that does not exist here "
+                f"(GPUs: {have}); pick one of them, cpu, or auto."
+            )
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError(
             "--device-map mps names a device this machine does not have; use cpu or auto."

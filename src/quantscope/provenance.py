@@ -6,8 +6,15 @@ import hashlib
 import json
 import os
 import platform
+from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
+
+
+def now() -> str:
+    """The time a row was made, UTC, to the second (ISO 8601)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
 
 _LIBRARIES = ("torch", "transformers", "bitsandbytes", "accelerate", "numpy", "quantscope")
 

@@ -27,10 +27,27 @@ DEBUG = logging.getLogger("quantscope.debug")  # only ever to the debug log
 DEBUG.propagate = False
 DEBUG.setLevel(logging.DEBUG)
 LIBRARIES = (
-    "transformers", "torch", "torchao", "bitsandbytes", "accelerate", "huggingface_hub",
-    "peft", "optimum", "hqq", "gptqmodel", "tokenicer", "llama-cpp-python", "datasets",
-    "lm_eval", "ray", "filelock", "urllib3", "httpx", "numexpr", "jax",
-)  # fmt: skip
+    "transformers",
+    "torch",
+    "torchao",
+    "bitsandbytes",
+    "accelerate",
+    "huggingface_hub",
+    "peft",
+    "optimum",
+    "hqq",
+    "gptqmodel",
+    "tokenicer",
+    "llama-cpp-python",
+    "datasets",
+    "lm_eval",
+    "ray",
+    "filelock",
+    "urllib3",
+    "httpx",
+    "numexpr",
+    "jax",
+)
 _lock = threading.RLock()
 _depth = 0
 _screen: dict[str, TextIO] = {}
@@ -122,9 +139,13 @@ class Screen(io.TextIOBase):
 
 
 def _show_warning(
-    message: Warning | str, category: type[Warning], filename: str, lineno: int,
-    file: TextIO | None = None, line: str | None = None,
-) -> None:  # fmt: skip
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     DEBUG.debug("%s:%s: %s: %s", filename, lineno, category.__name__, message)
 
 

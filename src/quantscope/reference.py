@@ -132,8 +132,12 @@ class ReferenceCache:
                 tokens += len(chunk)
                 held += chunk.bytes_per_token * len(chunk)
             size = sum(p.stat().st_size for p in tmp.glob("chunk-*.npz"))
-            info: dict[str, float] = {"format": FORMAT, "tokens": tokens, "chunks": count,
-                                      "bytes_per_token": held / max(1, tokens)}  # fmt: skip
+            info: dict[str, float] = {
+                "format": FORMAT,
+                "tokens": tokens,
+                "chunks": count,
+                "bytes_per_token": held / max(1, tokens),
+            }
             info.update(disk_bytes=size, disk_bytes_per_token=size / max(1, tokens))
             (tmp / "done.json").write_text(json.dumps(info))
             return info

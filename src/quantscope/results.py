@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
+
+from quantscope.config import did_you_mean
+from quantscope.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -90,26 +94,62 @@ class Outcome:
     tokens: bytes | None = field(default=None, repr=False)  # TokenValues.to_bytes(), to store
 
 
+@dataclass(frozen=True)
+class View:
+    """How one kind of result shows itself in a notebook: an HTML fragment, and its plots by
+    name (plotly figure bodies, None where a plot has nothing to draw)."""
+
+    html: Callable[[Any], str]
+    plots: Callable[[Any], dict[str, Any]]
+    generations: Callable[[Any], Any] | None = None  # a run's generations beside the baseline's
+
+
+_VIEWS: dict[type, View] = {}
+
+
+def register_view(kind: type, view: View) -> None:
+    """Say how results of ``kind`` (and its subclasses) show in a notebook; ``report.notebook``
+    registers the built-in kinds (results are data: they never import their renderer)."""
+    _VIEWS[kind] = view
+
+
+def view_of(kind: type) -> View:
+    """The view registered for ``kind`` or its nearest base class."""
+    for klass in kind.__mro__:
+        if klass in _VIEWS:
+            return _VIEWS[klass]
+    raise TypeError(f"No notebook view is registered for {kind.__name__}.")
+
+
 class Display:
-    """How a result shows itself in Jupyter: an HTML table (``_repr_html_``) and its plots as
-    plotly figures (``plot(NAME)``; ``plots()`` lists them). The views are in
-    ``report.notebook``, imported when a notebook asks (display only)."""
+    """A result that shows itself in Jupyter: an HTML table (``_repr_html_``) and its plots as
+    plotly figures (``plot(NAME)``; ``plots()`` lists them), through the :class:`View`
+    registered for its type (``report.notebook`` registers them when ``quantscope`` is
+    imported)."""
 
     def _repr_html_(self) -> str:
-        from quantscope.report import notebook
-
-        return notebook.html(self)
+        return view_of(type(self)).html(self)
 
     def plots(self) -> list[str]:
-        from quantscope.report import notebook
-
-        return notebook.plot_names(self)
+        return list(view_of(type(self)).plots(self))
 
     def plot(self, name: str | None = None) -> Any:
         """A plotly figure (the first of :meth:`plots` when ``name`` is None)."""
-        from quantscope.report import notebook
+        import plotly.graph_objects as go
 
-        return notebook.plot(self, name)
+        plots = view_of(type(self)).plots(self)
+        kind = type(self).__name__
+        if not plots:
+            raise UserError(f"A {kind} has no plots; show it as a table instead.")
+        name = name or next(iter(plots))
+        if name not in plots:
+            raise UserError(
+                f"No plot '{name}' for a {kind}.{did_you_mean(name, list(plots))} "
+                f"Plots: {', '.join(plots)}."
+            )
+        if plots[name] is None:
+            raise UserError(f"Plot '{name}' has nothing to draw in this result.")
+        return go.Figure(plots[name])
 
 
 @dataclass(frozen=True)
@@ -138,9 +178,10 @@ class RunReport(Display):
     def generations(self) -> Any:
         """The greedy generations side by side with the baseline's, differing tokens marked
         (renders in Jupyter; ``str()`` is the HTML)."""
-        from quantscope.report.notebook import generations
-
-        return generations(self)
+        show = view_of(type(self)).generations
+        if show is None:
+            raise TypeError(f"No generations view is registered for {type(self).__name__}.")
+        return show(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: settings, provenance, outcomes with full results."""
@@ -172,7 +213,7 @@ class Unit:
 
 
 @dataclass
-class Study(Display):
+class SensitivityStudy(Display):
     """A finished sensitivity study: per unit and mode, calibration KL and Δppl."""
 
     key: str
@@ -192,9 +233,12 @@ class Study(Display):
         out = []
         for unit in self.units:
             row: dict[str, Any] = {
-                "unit": unit.name, "layer": unit.layer, "kind": unit.kind,
-                "params": unit.params, "mb_to_keep": self.costs[unit.name],
-            }  # fmt: skip
+                "unit": unit.name,
+                "layer": unit.layer,
+                "kind": unit.kind,
+                "params": unit.params,
+                "mb_to_keep": self.costs[unit.name],
+            }
             for mode, prefix in (("only", "only"), ("all-but", "all_but")):
                 found = self.rows.get((unit.name, mode))
                 if found:
@@ -213,8 +257,11 @@ class Study(Display):
 
     def matrix(self, mode: str = "only") -> tuple[list[int], list[str], list[list[float]]]:
         """Layers × kinds of one mode's KL (NaN where a layer has no such unit), for a heatmap."""
-        cells = {(u.layer, u.kind): self.rows[(u.name, mode)]["kl"] for u in self.units
-                 if (u.name, mode) in self.rows and u.layer is not None}  # fmt: skip
+        cells = {
+            (u.layer, u.kind): self.rows[(u.name, mode)]["kl"]
+            for u in self.units
+            if (u.name, mode) in self.rows and u.layer is not None
+        }
         layers = sorted({layer for layer, _ in cells})
         kinds = list(dict.fromkeys(kind for _, kind in cells))
         return layers, kinds, [[cells.get((la, k), math.nan) for k in kinds] for la in layers]
@@ -229,10 +276,12 @@ class Study(Display):
         }
 
     @classmethod
-    def from_dict(cls, body: dict[str, Any]) -> Study:
+    def from_dict(cls, body: dict[str, Any]) -> SensitivityStudy:
         units = [Unit(**{**u, "linears": tuple(u["linears"])}) for u in body["units"]]
-        rows = {(r["unit"], r["mode"]): {k: v for k, v in r.items() if k not in ("unit", "mode")}
-                for r in body["rows"]}  # fmt: skip
+        rows = {
+            (r["unit"], r["mode"]): {k: v for k, v in r.items() if k not in ("unit", "mode")}
+            for r in body["rows"]
+        }
         return cls(body["key"], body["settings"], units, rows, body["costs"])
 
 

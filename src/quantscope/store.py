@@ -12,16 +12,20 @@ True
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from quantscope.cache import cache_dir
 from quantscope.errors import UserError
+from quantscope.provenance import now
 from quantscope.results import Outcome, Result, RunReport, Status
 
-SCHEMA_VERSION = 3  # 3 added per-token values, 2 studies (sensitivity, search); both upgraded
+SCHEMA_VERSION = 4  # 4 renamed studies → analyses; 3 added per-token values; all upgraded
+_RENAMED = {"studies": "analyses", "study_rows": "sensitivity_rows"}  # in schema 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -36,18 +40,32 @@ CREATE TABLE IF NOT EXISTS run_results (
     position INTEGER NOT NULL, status TEXT NOT NULL, PRIMARY KEY (run_id, key)
 );
 CREATE TABLE IF NOT EXISTS token_values (key TEXT PRIMARY KEY, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
+CREATE TABLE IF NOT EXISTS analyses (
     key TEXT PRIMARY KEY, kind TEXT NOT NULL, created TEXT NOT NULL, body TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS study_rows (
+CREATE TABLE IF NOT EXISTS sensitivity_rows (
     key TEXT NOT NULL, unit TEXT NOT NULL, mode TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (key, unit, mode)
 );
 """
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def default_store() -> Path:
+    """The default results database: ``$QUANTSCOPE_CACHE/results.sqlite``."""
+    return cache_dir() / "results.sqlite"
+
+
+def open_existing(path: str | os.PathLike[str] | None) -> Store:
+    """The results database at ``path`` (the default one when None), for reading what was
+    stored: the one opener of the commands and functions that read results; one sentence
+    when there is none."""
+    found = Path(path).expanduser() if path else default_store()
+    if not found.is_file():
+        raise UserError(
+            f"No results database at '{found}'; measure first ('quantscope run') or point to "
+            "one with --store (store= from Python)."
+        )
+    return Store(found)
 
 
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write to finish
@@ -64,11 +82,13 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
             self.db.execute("PRAGMA journal_mode=WAL")
+            with self.db:
+                self._rename_tables()
             self.db.executescript(_SCHEMA)
             found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except (OSError, sqlite3.DatabaseError) as err:
             raise UserError(f"Cannot use '{self.path}' as a results database: {err}.") from None
-        if found is None or found[0] in ("1", "2"):  # older versions lacked only tables
+        if found is None or found[0] in ("1", "2", "3"):  # older: tables missing or renamed
             with self.db:
                 self.db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
@@ -78,6 +98,15 @@ class Store:
                 f"'{self.path}' has results schema {found[0]}, this quantscope reads "
                 f"{SCHEMA_VERSION}; pass another --store."
             )
+
+    def _rename_tables(self) -> None:
+        """Schema 4's names for the tables of schema 2 and 3 (the rows are kept)."""
+        tables = {
+            r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        for old, new in _RENAMED.items():
+            if old in tables and new not in tables:
+                self.db.execute(f"ALTER TABLE {old} RENAME TO {new}")
 
     def __enter__(self) -> Store:
         return self
@@ -174,47 +203,49 @@ class Store:
         provenance = {k: first[k] for k in keys if k in first}
         return RunReport(run_id, outcomes, found[0]["settings"], provenance)
 
-    def put_study(self, key: str, kind: str, body: dict[str, Any]) -> None:
-        """Insert or replace a study (a sensitivity analysis or a search); committed at once."""
+    def put_analysis(self, key: str, kind: str, body: dict[str, Any]) -> None:
+        """Insert or replace an analysis built on runs (``kind``: a sensitivity study, a search,
+        a recovery or a sweep); committed at once."""
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?)",
                 (key, kind, now(), json.dumps(body, default=str)),
             )
 
-    def get_study(self, key: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT body FROM studies WHERE key=?", (key,)).fetchone()
+    def get_analysis(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT body FROM analyses WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def studies(self, kind: str) -> list[tuple[str, str, dict[str, Any]]]:
-        """(key, created, body) of every study of ``kind``, newest first."""
+    def analyses(self, kind: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(key, created, body) of every analysis of ``kind``, newest first."""
         rows = self.db.execute(
-            "SELECT key, created, body FROM studies WHERE kind=? ORDER BY created DESC, rowid DESC",
+            "SELECT key, created, body FROM analyses WHERE kind=? "
+            "ORDER BY created DESC, rowid DESC",
             (kind,),
         ).fetchall()
         return [(k, c, json.loads(b)) for k, c, b in rows]
 
-    def study_runs(self, key: str) -> tuple[str, list[RunReport]] | None:
-        """A stored sweep study (``latest``: the newest) as its name and runs, or None."""
-        found = self.studies("sweep")
+    def sweep_runs(self, key: str) -> tuple[str, list[RunReport]] | None:
+        """A stored sweep (``latest``: the newest) as its name and runs, or None."""
+        found = self.analyses("sweep")
         match = found[:1] if key == "latest" else [s for s in found if s[0] == key]
         if not match:
             return None
         body = match[0][2]
         return str(body["name"]), [self.report(run) for run in body["runs"]]
 
-    def put_row(self, key: str, unit: str, mode: str, body: dict[str, Any]) -> None:
-        """One finished measurement of a study, committed before the next one starts."""
+    def put_sensitivity_row(self, key: str, unit: str, mode: str, body: dict[str, Any]) -> None:
+        """One finished measurement of a sensitivity study, committed before the next starts."""
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO study_rows VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sensitivity_rows VALUES (?, ?, ?, ?)",
                 (key, unit, mode, json.dumps(body, default=str)),
             )
 
-    def rows(self, key: str) -> dict[tuple[str, str], dict[str, Any]]:
-        """A study's measurements so far, by (unit, mode)."""
+    def sensitivity_rows(self, key: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """A sensitivity study's measurements so far, by (unit, mode)."""
         found = self.db.execute(
-            "SELECT unit, mode, body FROM study_rows WHERE key=?", (key,)
+            "SELECT unit, mode, body FROM sensitivity_rows WHERE key=?", (key,)
         ).fetchall()
         return {(unit, mode): json.loads(body) for unit, mode, body in found}
 

@@ -119,8 +119,17 @@ class Backend:
             quantize_s = math.nan
         library = ", ".join(p for p in (self.library(), made.note) if p)
         kept = [n for n in names if n not in set(chosen)]
-        return LoadedModel(model, load_s, made.quantized, made.state, library, made.packed,
-                           quantize_s, made.footprint, kept)  # fmt: skip
+        return LoadedModel(
+            model,
+            load_s,
+            made.quantized,
+            made.state,
+            library,
+            made.packed,
+            quantize_s,
+            made.footprint,
+            kept,
+        )
 
     def load_model(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str

@@ -62,11 +62,12 @@ class BitsAndBytesBackend(Backend):
             )
         else:
             quant = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=config.quant_type.value,
+                load_in_4bit=True,
+                bnb_4bit_quant_type=config.quant_type.value,
                 bnb_4bit_use_double_quant=config.double_quant,
                 bnb_4bit_compute_dtype=torch_dtype(config.compute_dtype),
                 llm_int8_skip_modules=skip,
-            )  # fmt: skip
+            )
         return {"quantization_config": quant}
 
     def quantize(
@@ -97,9 +98,11 @@ class BitsAndBytesBackend(Backend):
         def weight(w: Any) -> Any:
             functional = _import_bnb().functional
             packed, state = functional.quantize_4bit(
-                w.float().contiguous(), blocksize=_BLOCK, quant_type=quant_type,
+                w.float().contiguous(),
+                blocksize=_BLOCK,
+                quant_type=quant_type,
                 compress_statistics=double,
-            )  # fmt: skip
+            )
             return functional.dequantize_4bit(packed, state).to(w.dtype)
 
         def nbytes(out_f: int, in_f: int) -> int:

@@ -46,9 +46,14 @@ class LlamaCppModel:
         torch = _torch()
         self.kv_params = cache_params(kv)
         self.llm = Llama(
-            model_path=str(path), logits_all=True, n_ctx=n_ctx, n_batch=n_ctx,
-            n_threads=torch.get_num_threads(), verbose=False, **self.kv_params,
-        )  # fmt: skip
+            model_path=str(path),
+            logits_all=True,
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_threads=torch.get_num_threads(),
+            verbose=False,
+            **self.kv_params,
+        )
         self.config = config
         self.path = path
         self.made_s = math.nan  # seconds making the file took (set by the backend)
@@ -83,9 +88,14 @@ class LlamaCppModel:
         return torch.from_numpy(self.llm.scores[start : start + len(ids)].copy())  # (T, V)
 
     def __call__(
-        self, input_ids: Any, attention_mask: Any = None, use_cache: bool = False,
-        past_key_values: Any = None, logits_to_keep: int = 0, **_: Any,
-    ) -> Any:  # fmt: skip
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        use_cache: bool = False,
+        past_key_values: Any = None,
+        logits_to_keep: int = 0,
+        **_: Any,
+    ) -> Any:
         """Logits (B, T, V), or of the last ``logits_to_keep`` positions (0: all) as
         transformers does. Whole windows without a cache (the scoring passes) go through
         :class:`Scorer`: all rows in one ``llama_decode``, logits asked only where kept, and
@@ -131,9 +141,14 @@ class LlamaCppModel:
         torch = _torch()
         n_ctx = -(-(depth + prefill + steps + 1) // 256) * 256
         llm = Llama(
-            model_path=str(self.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
-            n_threads=torch.get_num_threads(), verbose=False, **self.kv_params,
-        )  # fmt: skip
+            model_path=str(self.path),
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_ubatch=512,
+            n_threads=torch.get_num_threads(),
+            verbose=False,
+            **self.kv_params,
+        )
         try:
             if depth:
                 llm.eval(ids[:depth])

@@ -39,11 +39,13 @@ def file_footprint(path: Path) -> tuple[dict[str, float], dict[str, int]]:
             linear_params += int(t.n_elements)
             mix[t.tensor_type.name] += 1
     footprint = {
-        "weight_bytes": float(total), "weight_mb": total / 2**20, "params": float(params),
+        "weight_bytes": float(total),
+        "weight_mb": total / 2**20,
+        "params": float(params),
         "bits_per_weight": 8.0 * total / params,
         "linear_bits_per_weight": 8.0 * linear_bytes / linear_params,
         "quantized_linears": float(sum(mix.values())),
-    }  # fmt: skip
+    }
     return footprint, dict(mix)
 
 
@@ -53,8 +55,11 @@ def _ftype(qtype: str) -> int:
     value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}", None)
     value = getattr(llama_cpp, f"LLAMA_FTYPE_ALL_{qtype.upper()}", value)  # F32
     if value is None:
-        known = sorted(n.removeprefix("LLAMA_FTYPE_MOSTLY_") for n in dir(llama_cpp)
-                       if n.startswith("LLAMA_FTYPE_MOSTLY_"))  # fmt: skip
+        known = sorted(
+            n.removeprefix("LLAMA_FTYPE_MOSTLY_")
+            for n in dir(llama_cpp)
+            if n.startswith("LLAMA_FTYPE_MOSTLY_")
+        )
         raise UserError(f"llama.cpp has no quantization type '{qtype}'; it has {', '.join(known)}.")
     return int(value)
 
@@ -111,8 +116,19 @@ def fetch_converter(into: Path | None = None) -> Path:
     version = llama_cpp.__version__
     target = into or cache_dir() / f"llama.cpp-{version}"
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                   ":all:", "-q", "-d", tmp, f"llama-cpp-python=={version}"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-q",
+            "-d",
+            tmp,
+            f"llama-cpp-python=={version}",
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         archives = list(Path(tmp).glob("*.tar.gz"))
         if done.returncode or not archives:
@@ -152,8 +168,15 @@ def converted(files: ModelFiles, spec: ModelSpec) -> tuple[Path, float]:
     script = converter()
 
     def convert(tmp: Path) -> dict[str, Any]:
-        command = [sys.executable, str(script), str(files.folder), "--outtype", "f32",
-                   "--outfile", str(tmp)]  # fmt: skip
+        command = [
+            sys.executable,
+            str(script),
+            str(files.folder),
+            "--outtype",
+            "f32",
+            "--outfile",
+            str(tmp),
+        ]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:

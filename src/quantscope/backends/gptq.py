@@ -130,15 +130,22 @@ def quantize(
         _keep_logs_in(folder.parent / "logs")
         dtype = torch_dtype(config.dtype or spec.dtype)
         quant = gptqmodel.QuantizeConfig(
-            bits=config.bits, group_size=config.group or -1, sym=config.sym,
-            desc_act=config.act_order, act_group_aware=not config.act_order,
-            dynamic=dynamic or None, offload_to_disk=False,
-        )  # fmt: skip
+            bits=config.bits,
+            group_size=config.group or -1,
+            sym=config.sym,
+            desc_act=config.act_order,
+            act_group_aware=not config.act_order,
+            dynamic=dynamic or None,
+            offload_to_disk=False,
+        )
         with _quiet():
             model = gptqmodel.GPTQModel.load(
-                str(files.folder), quant, device=device, dtype=dtype,
+                str(files.folder),
+                quant,
+                device=device,
+                dtype=dtype,
                 trust_remote_code=spec.trust_remote_code,
-            )  # fmt: skip
+            )
             start = time.perf_counter()
             model.quantize(batch, batch_size=4)
             seconds = time.perf_counter() - start
@@ -176,9 +183,11 @@ class GptqBackend(Backend):
         try:
             with _quiet():
                 wrapper = gptqmodel.GPTQModel.load(
-                    str(folder), device=device, dtype=torch_dtype(dtype),
+                    str(folder),
+                    device=device,
+                    dtype=torch_dtype(dtype),
                     trust_remote_code=spec.trust_remote_code,
-                )  # fmt: skip
+                )
         except NotImplementedError as err:  # no kernel for this dtype, bit width or device
             reason = f"gptqmodel has no kernel for it on {device}: {err}"
             raise Unavailable(config.name, reason) from None

@@ -20,40 +20,33 @@ from quantscope.cli.common import (
     console,
     user_errors,
 )
+from quantscope.decide import DecisionSpec, stored
 from quantscope.errors import UserError
 from quantscope.quiet import Screen
-
-
-def _open_store(store: Path | None) -> Any:
-    from quantscope.runner import default_store
-    from quantscope.store import Store
-
-    path = store or default_store()
-    if not Path(path).is_file():
-        raise UserError(
-            f"No results database at '{path}'; run 'quantscope run' first or pass --store."
-        )
-    return Store(path)
+from quantscope.results import RunReport
+from quantscope.specs import by_keyword, compare_spec, judge_spec, recommend_spec
+from quantscope.store import open_existing
 
 
 def _runs(store: Path | None) -> list[dict[str, Any]]:
-    with _open_store(store) as opened:
+    with open_existing(store) as opened:
         return opened.runs()
 
 
 def _report(store: Path | None, run_id: str) -> Any:
-    with _open_store(store) as opened:
+    with open_existing(store) as opened:
         return opened.report(run_id)
 
 
-def _study(store: Path | None, key: str) -> Any:
-    """A stored sweep study's name and runs when ``key`` names one (``study-…``), else None."""
-    if not key.startswith("study-") and key != "latest-study":
+def _sweep(store: Path | None, key: str) -> Any:
+    """A stored sweep's name and runs when ``key`` names one (``sweep-…``; ``study-…`` before
+    0.2), else None."""
+    if not key.startswith(("sweep-", "study-")) and key not in ("latest-sweep", "latest-study"):
         return None
-    with _open_store(store) as opened:
-        found = opened.study_runs("latest" if key == "latest-study" else key)
+    with open_existing(store) as opened:
+        found = opened.sweep_runs("latest" if key.startswith("latest-") else key)
     if found is None:
-        raise UserError(f"No study '{key}' in the results database; 'quantscope sweep' makes them.")
+        raise UserError(f"No sweep '{key}' in the results database; 'quantscope sweep' makes them.")
     return found
 
 
@@ -80,10 +73,15 @@ def runs(store: StoreOpt = None, fmt: FormatOpt = "table") -> None:
     """List the stored runs, newest first."""
     _check_format(fmt)
     rows = [
-        {"run": r["run"], "created": r["created"], "model": r["model"], "configs": r["configs"],
-         "tokens": r["settings"].get("tokens_scored")}
+        {
+            "run": r["run"],
+            "created": r["created"],
+            "model": r["model"],
+            "configs": r["configs"],
+            "tokens": r["settings"].get("tokens_scored"),
+        }
         for r in _runs(store)
-    ]  # fmt: skip
+    ]
     _emit(rows, fmt, "runs")
 
 
@@ -91,26 +89,26 @@ def runs(store: StoreOpt = None, fmt: FormatOpt = "table") -> None:
 @user_errors
 def show(
     run_id: Annotated[
-        str, typer.Argument(metavar="RUN", help="A run id, 'latest', a study id or 'latest-study'.")
+        str, typer.Argument(metavar="RUN", help="A run id, 'latest', a sweep id or 'latest-sweep'.")
     ],
     store: StoreOpt = None,
     fmt: FormatOpt = "table",
     margin: MarginOpt = None,
 ) -> None:
-    """Show one stored run (one row per config), or a study (its models side by side); with
+    """Show one stored run (one row per config), or a sweep (its models side by side); with
     --margin, each config judged against the baseline at that margin."""
     from quantscope.report.formats import run_rows
     from quantscope.report.terminal import results_tables
 
     _check_format(fmt)
-    study = _study(store, run_id)
+    study = _sweep(store, run_id)
     if study is not None:
         from quantscope.report.models import models_table
 
-        console.print(models_table(study[1], f"study {study[0]}: models side by side"))
+        console.print(models_table(study[1], f"sweep {study[0]}: models side by side"))
         return
     report = _report(store, run_id)
-    found = _decision(store, report, margin) if margin else None
+    found = stored.judge(judge_spec(report, margin=margin, store=store)) if margin else None
     if fmt == "table":
         for table in results_tables(report, console.width):
             console.print(table)
@@ -134,14 +132,6 @@ def show(
         from quantscope.report.decision import verdict_rows
 
         _emit(verdict_rows(found.judged), fmt, f"margin {found.margins.text()}")
-
-
-def _decision(store: Path | None, report: Any, margin: str | None, budget: Any = None) -> Any:
-    from quantscope.cli.decide import decision
-
-    with _open_store(store) as opened:
-        path = opened.path
-    return decision(path, report, margin, budget)
 
 
 @app.command()
@@ -174,15 +164,10 @@ def compare(
 
 
 def _pair(store: Path | None, run_id: str, pair: str, fmt: str) -> None:
-    from quantscope.config import split_config_list
-    from quantscope.decide import evidence
-    from quantscope.decide import pair as paired
-
-    names = [p.strip() for p in split_config_list(pair)]  # commas inside [..] stay
-    if len(names) != 2 or not all(names):
-        raise UserError(f"--pair takes two config names, 'A,B', got '{pair}'.")
-    with _open_store(store) as opened:
-        rows = paired(evidence(opened, opened.report(run_id)), names[0], names[1])
+    spec = compare_spec(run_id, pair=pair, store=store)
+    assert spec.pair is not None
+    names = spec.pair
+    rows = stored.compare(spec)
     if fmt == "table":
         from quantscope.report.decision import pair_table
 
@@ -210,27 +195,27 @@ def report(
     plots, generations — or of a study (its models side by side)."""
     from quantscope.report.models import render_models_html
 
-    study = _study(store, run_id)
+    study = _sweep(store, run_id)
     if study:
         html = render_models_html(*study)
     else:
-        from quantscope.cli.decide import budget
-
-        chosen = None
-        if max_ppl_increase or max_mb or min_decode_tps or prefer != "size":
-            chosen = budget(max_ppl_increase, max_mb, min_decode_tps, margin, prefer)
-        html = run_html(store, _report(store, run_id), margin, chosen)
+        options = {**locals(), "run": _report(store, run_id)}
+        budgeted = max_ppl_increase or max_mb or min_decode_tps or prefer != "size"
+        html = run_html(by_keyword(recommend_spec if budgeted else judge_spec, options))
     output.write_text(html, encoding="utf-8")
     console.print(f"Report written to {escape(str(output))}")
 
 
-def run_html(store: Path | str | None, report: Any, margin: str | None, chosen: Any = None) -> str:
-    """A run's HTML report, opening with its decision."""
+def run_html(spec: DecisionSpec) -> str:
+    """A run's HTML report, opening with its decision (``spec.run``: its report)."""
     from quantscope.report.decision import decision_html
     from quantscope.report.html import render_html
 
-    found = _decision(Path(store) if store else None, report, margin, chosen)
+    found = stored.judge(spec)
+    report = spec.run
+    assert isinstance(report, RunReport)
     rec = found.recommendation
-    section = decision_html(rec, found.judged, found.margins.text(), found.groups, found.floor,
-                            found.unresolved)  # fmt: skip
+    section = decision_html(
+        rec, found.judged, found.margins.text(), found.groups, found.floor, found.unresolved
+    )
     return render_html(report, section, rec.chosen.config if rec.chosen else None)

@@ -103,10 +103,15 @@ def user_errors(fn: F) -> F:
 
 def progress() -> Progress:
     """The progress bar every long command draws on stderr (gone when it ends)."""
-    columns = [TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]  # fmt: skip
-    return Progress(*columns, console=err_console, transient=True, redirect_stdout=False,
-                    redirect_stderr=False)  # fmt: skip
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    ]
+    return Progress(
+        *columns, console=err_console, transient=True, redirect_stdout=False, redirect_stderr=False
+    )
 
 
 _COLOUR = {Status.MEASURED: "green", Status.REUSED: "cyan", Status.SKIPPED: "yellow"}

@@ -90,8 +90,10 @@ def support_table(devices: list[Any]) -> Table:
 
     configs = [cfg.parse_config(n) for n in cfg.names()]
     rows = capability.table(configs, devices)
-    table = Table(title="configs by device: native, emulated (runs, slower) or unsupported",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        title="configs by device: native, emulated (runs, slower) or unsupported",
+        title_justify="left",
+    )
     for head in rows[0]:
         table.add_column(head, overflow="fold")
     style = {"native": "green", "emulated": "yellow", "unsupported": "red"}
@@ -161,9 +163,11 @@ def _llama_features() -> str:
     gaps = capability.llama_build_gaps(info, capability.cpu_flags())
     text = " ".join(used) or "none of AVX…AMX"
     if gaps:
-        text += (f" — this CPU also has {', '.join(gaps)}, which this build does not use: "
-                 "its GGUF passes are slower than the CPU allows (rebuild llama-cpp-python "
-                 "with CMAKE_ARGS for them)")  # fmt: skip
+        text += (
+            f" — this CPU also has {', '.join(gaps)}, which this build does not use: "
+            "its GGUF passes are slower than the CPU allows (rebuild llama-cpp-python "
+            "with CMAKE_ARGS for them)"
+        )
     return text
 
 

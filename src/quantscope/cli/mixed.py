@@ -32,7 +32,8 @@ from quantscope.cli.common import (
     progress,
     user_errors,
     write_outputs,
-)  # fmt: skip
+)
+from quantscope.store import open_existing
 
 ConfigOpt = Annotated[str, typer.Option(help="The quantized config to study, e.g. bnb-nf4.")]
 FallbackOpt = Annotated[
@@ -78,11 +79,9 @@ def sensitivity(
     """Quantize one unit at a time (and all but one) and rank the units by the KL they cause."""
     from quantscope.mixed import sensitivity as study_units
     from quantscope.report.mixed import render_study_html, sensitivity_table, totals_line
-    from quantscope.specs import study_spec
+    from quantscope.specs import by_keyword, sensitivity_spec
 
-    spec = study_spec(config, model, fallback, by, modes, calib_text, calib_tokens,
-                      calib_context, calib_stride, device, batch_size, store,
-                      trust_remote_code, allow_pickle)  # fmt: skip
+    spec = by_keyword(sensitivity_spec, locals())
     with progress() as bar:
         study = study_units(spec, ProgressEvents(bar)).to_dict()
     console.print(sensitivity_table(study, top))
@@ -138,12 +137,9 @@ def search(
     """Keep the fewest units in the fallback precision that meet the budget; verify; save."""
     from quantscope.mixed import search as run_search
     from quantscope.report.mixed import comparison_table, front_table, render_study_html
-    from quantscope.specs import search_spec
+    from quantscope.specs import by_keyword, search_spec
 
-    spec = search_spec(config, max_kl, max_ppl_increase, max_mb, model, fallback, by, modes,
-                       text, tokens, context, stride, calib_text, calib_tokens, calib_context,
-                       calib_stride, tries, save, label, device, batch_size, store, speed_reps,
-                       max_new_tokens, prompts, trust_remote_code, allow_pickle, kv)  # fmt: skip
+    spec = by_keyword(search_spec, locals())
     with progress() as bar:
         result = run_search(spec, ProgressEvents(bar)).to_dict()
     console.print(front_table(result))
@@ -164,11 +160,8 @@ def search(
         )
     html = ""
     if html_path:
-        from quantscope.runner import default_store
-        from quantscope.store import Store
-
-        with Store(store or default_store()) as found:
-            study = found.get_study(result["settings"]["study_key"]) or {}
+        with open_existing(store) as found:
+            study = found.get_analysis(result["settings"]["study_key"]) or {}
         html = render_study_html(study, result)
     write_outputs(result, html_path, json_path, html)
     if not result["chosen"]:

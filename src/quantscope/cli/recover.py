@@ -31,7 +31,7 @@ from quantscope.cli.common import (
     progress,
     user_errors,
     write_outputs,
-)  # fmt: skip
+)
 
 
 @app.command()
@@ -84,12 +84,9 @@ def recover(
     from quantscope.recovery import adapter_folder
     from quantscope.recovery import recover as run_recover
     from quantscope.report.mixed import recovery_table
-    from quantscope.specs import recover_spec
+    from quantscope.specs import by_keyword, recover_spec
 
-    spec = recover_spec(config, model, rank, alpha, dropout, targets, steps, max_minutes, lr,
-                        seq_len, train_batch, kl_weight, train_text, text, tokens, context,
-                        stride, out, seed, device, store, speed_reps, max_new_tokens,
-                        prompts, trust_remote_code, allow_pickle)  # fmt: skip
+    spec = by_keyword(recover_spec, locals())
     with progress() as bar:
         events = ProgressEvents(bar)
 

@@ -33,7 +33,8 @@ from quantscope.cli.common import (
     progress,
     user_errors,
     write_outputs,
-)  # fmt: skip
+)
+from quantscope.decide import stored
 from quantscope.results import RunReport, Status
 
 
@@ -137,29 +138,24 @@ def run(
     """Measure each config against the full-precision baseline and print one row per config
     (with --margin, each judged equivalent, worse or not resolved at that margin)."""
     from quantscope.runner import run as run_one
-    from quantscope.specs import run_spec
+    from quantscope.specs import by_keyword, judge_spec, run_spec
 
-    spec = run_spec(
-        model, configs, text, dataset, dataset_config, split, field, bos, tokens, context,
-        stride, prompts, tasks, task_limit, store, force, device, seed, dtype, batch_size,
-        ref_topk, ref_samples, exact, max_new_tokens, speed_reps, revision, trust_remote_code,
-        allow_pickle, device_map, max_memory, offload_dir, baseline_device_map, depths,
-    )  # fmt: skip
+    spec = by_keyword(run_spec, locals())
     with progress() as bar:
         report = run_one(spec, ProgressEvents(bar))
     show_report(report)
     where = report.provenance.get("store", "")
     found = None
     if margin and report.results:
-        from quantscope.cli.decide import decision, print_verdicts
+        from quantscope.cli.decide import print_verdicts
 
-        found = decision(where, report, margin)
+        found = stored.judge(judge_spec(report, margin=margin, store=where))
         print_verdicts(found, report)
     html = ""
     if html_path:
         from quantscope.cli.browse import run_html
 
-        html = run_html(where, report, margin)
+        html = run_html(judge_spec(report, margin=margin, store=where))
     body = report.to_dict()
     if found is not None:
         body["decision"] = found.to_dict()
@@ -181,8 +177,12 @@ def show_report(report: RunReport) -> None:
 
     for table in terminal.results_tables(report, console.width):
         console.print(table)
-    extras = (terminal.tasks_table(report), terminal.sources_table(report),
-              terminal.positions_table(report), terminal.depth_table(report))  # fmt: skip
+    extras = (
+        terminal.tasks_table(report),
+        terminal.sources_table(report),
+        terminal.positions_table(report),
+        terminal.depth_table(report),
+    )
     for extra in extras:
         if extra is not None:
             console.print(extra)

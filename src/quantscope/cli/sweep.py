@@ -17,8 +17,14 @@ from quantscope.cli.common import StoreOpt, app, console, err_console, progress,
 from quantscope.results import Outcome, Status
 from quantscope.sweeps import Cell
 
-_MARK = {"pending": "·", "running": "…", Status.MEASURED: "done", Status.REUSED: "stored",
-         Status.SKIPPED: "skipped", Status.FAILED: "FAILED"}  # fmt: skip
+_MARK = {
+    "pending": "·",
+    "running": "…",
+    Status.MEASURED: "done",
+    Status.REUSED: "stored",
+    Status.SKIPPED: "skipped",
+    Status.FAILED: "FAILED",
+}
 
 
 class SweepEvents:
@@ -92,9 +98,16 @@ def sweep(
 ) -> None:
     """Measure a study of models × configs × texts × tasks, resuming what is stored."""
     from quantscope.specs import sweep_spec
-    from quantscope.sweeps import plan, run_study
+    from quantscope.sweeps import plan, run_sweep
 
-    study, how = sweep_spec(study_file, store, executor, address, retries, shared_dir)
+    study, how = sweep_spec(
+        study_file,
+        store=store,
+        executor=executor,
+        address=address,
+        retries=retries,
+        shared_dir=shared_dir,
+    )
     with progress() as bar:
         from quantscope.cli.common import ProgressEvents
 
@@ -102,7 +115,7 @@ def sweep(
     stored = sum(c.stored for c in cells)
     models = len({c.model for c in cells})
     console.print(
-        f"Study {escape(study.name)}: {len(cells)} evaluations ({models} models × "
+        f"Sweep {escape(study.name)}: {len(cells)} evaluations ({models} models × "
         f"{len(study.configs)} configs × {len(study.texts)} texts); {stored} already stored, "
         f"{len(cells) - stored} to measure."
     )
@@ -114,12 +127,12 @@ def sweep(
     with live:
         events = SweepEvents(cells, live)
         live.update(events.render())
-        report = run_study(study, events, **how)
+        report = run_sweep(study, events, **how)
     from quantscope.report.models import models_table
 
     console.print(models_table(report.runs))
     console.print(
-        f"Stored as study {report.key}; 'quantscope report {report.key} -o study.html' draws "
+        f"Stored as sweep {report.key}; 'quantscope report {report.key} -o sweep.html' draws "
         "the models side by side."
     )
     if report.failed:

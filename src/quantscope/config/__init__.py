@@ -8,17 +8,9 @@ grammar, ``methods`` the built-in families, ``registry`` name → class (open to
 ``quant`` the config strings and files, ``run`` the model, text and run settings.
 """
 
-from quantscope.config.base import (
-    DType,
-    QuantConfig,
-    WeightConfig,
-    did_you_mean,
-    matches,
-    param,
-    select_modules,
-    variant,
-)
-from quantscope.config.decide import Budget, Margins, parse_margins, parse_percent
+from quantscope.config.base import QuantConfig, WeightConfig
+from quantscope.config.budget import Budget, Margins, parse_margins, parse_percent
+from quantscope.config.grammar import DType, did_you_mean, matches, param, select_modules, variant
 from quantscope.config.methods import (
     BUILTIN,
     GPTQ_BITS,
@@ -100,10 +92,11 @@ __all__ = [
     "parse_config_list",
     "parse_margins",
     "parse_percent",
-    "parse_placement", "placements",
+    "parse_placement",
+    "placements",
     "precision_config",
     "read_config_file",
     "select_modules",
     "split_config_list",
     "variant",
-]  # fmt: skip
+]

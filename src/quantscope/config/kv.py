@@ -24,15 +24,24 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from quantscope.config.base import _check, did_you_mean, format_value, param, parse_value
+from quantscope.config.grammar import check_value, did_you_mean, format_value, param, parse_value
 from quantscope.errors import UserError
 
 QUANTO_BITS = (2, 4)  # what transformers' quanto cache packs
 HQQ_BITS = (1, 2, 3, 4, 8)
 # llama.cpp cache types and their bytes per 32 values (ggml's block sizes: a q8_0 block is
 # 32 int8 and one fp16 scale, 34 bytes; q4_0 16 + 2; q4_1 and q5_1 add an fp16 minimum)
-GGML_BYTES_PER_32 = {"f32": 128, "f16": 64, "bf16": 64, "q8_0": 34, "q5_1": 24, "q5_0": 22,
-                     "q4_1": 20, "q4_0": 18, "iq4_nl": 18}  # fmt: skip
+GGML_BYTES_PER_32 = {
+    "f32": 128,
+    "f16": 64,
+    "bf16": 64,
+    "q8_0": 34,
+    "q5_1": 24,
+    "q5_0": 22,
+    "q4_1": 20,
+    "q4_0": 18,
+    "iq4_nl": 18,
+}
 TORCH_CACHES = (
     "dynamic",
     *(f"quanto-int{b}" for b in QUANTO_BITS),
@@ -57,10 +66,12 @@ class KvSpec:
 
     def __post_init__(self) -> None:
         for f in self.parameters():
-            _check(f"kv={self.cache}", f, getattr(self, f.name))
+            check_value(f"kv={self.cache}", f, getattr(self, f.name))
         if self.v and self.v not in GGML_BYTES_PER_32:
-            raise UserError(f"v must be a llama.cpp cache type ({', '.join(GGML_BYTES_PER_32)}),"
-                            f" got '{self.v}'.")  # fmt: skip
+            raise UserError(
+                f"v must be a llama.cpp cache type ({', '.join(GGML_BYTES_PER_32)}),"
+                f" got '{self.v}'."
+            )
         if self.engine == "gguf" and self.chunk != 128:
             raise UserError(
                 f"kv={self.cache} takes no parameter 'chunk': llama.cpp writes every token into "
@@ -70,9 +81,10 @@ class KvSpec:
             raise UserError(f"kv={self.cache} takes no parameter 'v'; it is for llama.cpp caches.")
         if not self.quantized or self.engine == "gguf":
             given = [
-                f.name for f in self.parameters()
+                f.name
+                for f in self.parameters()
                 if f.name in _QUANTIZED_ONLY and getattr(self, f.name) != f.default
-            ]  # fmt: skip
+            ]
             if given:
                 raise UserError(
                     f"kv={self.cache} takes no parameter '{given[0]}'; it applies to the "
@@ -117,9 +129,11 @@ class KvSpec:
     @property
     def name(self) -> str:
         """The canonical name: the cache plus every non-default parameter, sorted."""
-        parts = [f"{f.name}={format_value(getattr(self, f.name))}"
-                 for f in sorted(self.parameters(), key=lambda f: f.name)
-                 if getattr(self, f.name) != f.default]  # fmt: skip
+        parts = [
+            f"{f.name}={format_value(getattr(self, f.name))}"
+            for f in sorted(self.parameters(), key=lambda f: f.name)
+            if getattr(self, f.name) != f.default
+        ]
         return self.cache + (f"[{','.join(parts)}]" if parts else "")
 
     def __str__(self) -> str:

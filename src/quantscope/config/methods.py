@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
-from quantscope.config.base import DType, QuantConfig, WeightConfig, param, variant
+from quantscope.config.base import QuantConfig, WeightConfig
+from quantscope.config.grammar import DType, param, variant
 
 _GROUP: dict[str, Any] = {
-    "help": "weights sharing one scale (0: one group per row)", "low": 0, "step": 2,
+    "help": "weights sharing one scale (0: one group per row)",
+    "low": 0,
+    "step": 2,
     "message": "group must be an even number of weights, or 0 for one group per row; got {value}.",
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,9 +45,11 @@ class BnbInt8(WeightConfig):
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"bnb-int8": {}}
     BACKEND: ClassVar[str] = "quantscope.backends.bnb:BACKEND"
     threshold: float = param(
-        6.0, help="outlier threshold", above=0,
+        6.0,
+        help="outlier threshold",
+        above=0,
         message="threshold must be positive (got {value}); LLM.int8 uses 6.0.",
-    )  # fmt: skip
+    )
 
 
 class Bnb4Type(str, Enum):
@@ -161,9 +166,11 @@ class Gptq(WeightConfig):
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"gptq": {}}
     BACKEND: ClassVar[str] = "quantscope.backends.gptq:BACKEND"
     bits: int = param(
-        4, help="bits per weight", choices=GPTQ_BITS,
+        4,
+        help="bits per weight",
+        choices=GPTQ_BITS,
         message="gptq packs 2, 3, 4 or 8 bits, not {value}.",
-    )  # fmt: skip
+    )
     group: int = param(128, **_GROUP)
     sym: bool = param(True, help="symmetric quantization")
     act_order: bool = param(False, help="GPTQ's desc_act column order")
@@ -173,8 +180,18 @@ class Gptq(WeightConfig):
 
 
 BUILTIN: tuple[type[QuantConfig], ...] = (
-    Precision, BnbInt8, Bnb4, Rtn, Quanto, Hqq, TorchAoInt8, TorchAoInt4, TorchAoIntx, Gguf, Gptq,
-)  # fmt: skip
+    Precision,
+    BnbInt8,
+    Bnb4,
+    Rtn,
+    Quanto,
+    Hqq,
+    TorchAoInt8,
+    TorchAoInt4,
+    TorchAoIntx,
+    Gguf,
+    Gptq,
+)
 
 
 def precision_config(dtype: DType) -> Precision:

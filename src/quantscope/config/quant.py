@@ -19,7 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from quantscope.config.base import QuantConfig, did_you_mean, parse_value
+from quantscope.config.base import QuantConfig
+from quantscope.config.grammar import did_you_mean, parse_value
 from quantscope.config.kv import GGML_BYTES_PER_32, TORCH_CACHES, parse_kv
 from quantscope.config.registry import config_class
 from quantscope.errors import UserError
@@ -49,8 +50,10 @@ def parse_config(text: str) -> QuantConfig:
         base, kv = parse_config(text), parse_kv(kv_text)
         if kv.engine != base.KV_ENGINE:
             takes = ", ".join(TORCH_CACHES if base.KV_ENGINE == "torch" else GGML_BYTES_PER_32)
-            raise UserError(f"'{base.method}' cannot score through kv={kv.name}: its engine "
-                            f"takes the KV caches {takes}.")  # fmt: skip
+            raise UserError(
+                f"'{base.method}' cannot score through kv={kv.name}: its engine "
+                f"takes the KV caches {takes}."
+            )
         return replace(base, kv=kv)
     match = _CONFIG_RE.match(text.strip())
     if not match:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import EntryPoint, entry_points
 
-from quantscope.config.base import QuantConfig, did_you_mean
+from quantscope.config.base import QuantConfig
+from quantscope.config.grammar import did_you_mean
 from quantscope.config.methods import BUILTIN
 from quantscope.errors import UserError
 

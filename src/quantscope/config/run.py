@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from quantscope.config.base import DType, QuantConfig
+from quantscope.config.base import QuantConfig
+from quantscope.config.grammar import DType
 from quantscope.config.quant import parse_config
 from quantscope.errors import UserError
 
@@ -50,8 +51,12 @@ class Placement:
 _MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-def parse_placement(device_map: str | None, max_memory: str | None, offload_dir: str | None,
-                    option: str = "--device-map") -> Placement:  # fmt: skip
+def parse_placement(
+    device_map: str | None,
+    max_memory: str | None,
+    offload_dir: str | None,
+    option: str = "--device-map",
+) -> Placement:
     """Check the placement options' grammar (whether a named device exists is checked when
     the model is placed)."""
     if (
@@ -81,8 +86,12 @@ def parse_placement(device_map: str | None, max_memory: str | None, offload_dir:
     return Placement(device_map, tuple(pairs), offload_dir)
 
 
-def placements(device_map: str | None, max_memory: str | None, offload_dir: str | None,
-               baseline_device_map: str | None) -> tuple[Placement, Placement | None]:  # fmt: skip
+def placements(
+    device_map: str | None,
+    max_memory: str | None,
+    offload_dir: str | None,
+    baseline_device_map: str | None,
+) -> tuple[Placement, Placement | None]:
     """The configs' and the baseline's placement from the run's options: ``--max-memory``
     and ``--offload-dir`` go with whichever device map is given (both when both are).
 
@@ -98,8 +107,9 @@ def placements(device_map: str | None, max_memory: str | None, offload_dir: str 
     configs = parse_placement(device_map, max_memory, offload_dir) if device_map else Placement()
     baseline = None
     if baseline_device_map:
-        baseline = parse_placement(baseline_device_map, max_memory, offload_dir,
-                                   "--baseline-device-map")  # fmt: skip
+        baseline = parse_placement(
+            baseline_device_map, max_memory, offload_dir, "--baseline-device-map"
+        )
     return configs, baseline
 
 

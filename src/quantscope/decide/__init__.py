@@ -1,6 +1,6 @@
 """From stored measurements to a decision: each config judged against the baseline at the
-user's margins (``judge``), any two configs compared token by token and the groups that
-cannot be told apart (``judge.pair``, ``judge.groups``), the config to ship and the code that
+user's margins (``verdicts``), any two configs compared token by token and the groups that
+cannot be told apart (``pair``, ``groups``), the config to ship and the code that
 loads it (``recommend``, ``snippets``). Reads results and per-token values; runs no model.
 """
 
@@ -10,14 +10,15 @@ from quantscope.decide.analysis import (
     Judged,
     evidence,
     groups,
-    judge,
     noise_floor,
     notes,
     pair,
     resolution,
+    verdicts,
 )
 from quantscope.decide.recommend import Candidate, Check, Recommendation, recommend
 from quantscope.decide.snippets import code
+from quantscope.decide.stored import DecisionSpec
 from quantscope.decide.summary import DEFAULT_MARGINS, Decision, decide
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Candidate",
     "Check",
     "Decision",
+    "DecisionSpec",
     "Evidence",
     "Groups",
     "Judged",
@@ -33,10 +35,10 @@ __all__ = [
     "decide",
     "evidence",
     "groups",
-    "judge",
     "noise_floor",
     "notes",
     "pair",
     "recommend",
     "resolution",
-]  # fmt: skip
+    "verdicts",
+]

@@ -97,11 +97,21 @@ class Judged:
     def row(self) -> dict[str, Any]:
         v = self.verdict
         return {
-            "config": self.config, "metric": self.metric, "unit": self.unit, "delta": v.value,
-            "se": v.se, "low": v.low, "high": v.high, "margin": v.margin,
-            "p_equivalent": v.p_equivalent, "p_noninferior": v.p_noninferior,
-            "p_worse": v.p_worse, "verdict": v.verdict, "n": self.n, "needed": self.needed,
-        }  # fmt: skip
+            "config": self.config,
+            "metric": self.metric,
+            "unit": self.unit,
+            "delta": v.value,
+            "se": v.se,
+            "low": v.low,
+            "high": v.high,
+            "margin": v.margin,
+            "p_equivalent": v.p_equivalent,
+            "p_noninferior": v.p_noninferior,
+            "p_worse": v.p_worse,
+            "verdict": v.verdict,
+            "n": self.n,
+            "needed": self.needed,
+        }
 
 
 def _pct(x: float) -> float:
@@ -115,8 +125,17 @@ def _ppl(result: Result, margin: float, alpha: float) -> Judged:
     log_margin = math.log1p(margin / 100.0)
     v = eq.tost(est, log_margin, alpha)
     scale = 100.0 * math.exp(est.value)
-    shown = eq.Verdict(_pct(v.value), scale * v.se, margin, v.p_equivalent, v.p_noninferior,
-                       v.p_worse, v.verdict, _pct(v.low), _pct(v.high))  # fmt: skip
+    shown = eq.Verdict(
+        _pct(v.value),
+        scale * v.se,
+        margin,
+        v.p_equivalent,
+        v.p_noninferior,
+        v.p_worse,
+        v.verdict,
+        _pct(v.low),
+        _pct(v.high),
+    )
     return Judged(result.config, "ppl", "%", shown, est.n, _needed(est, log_margin, v))
 
 
@@ -147,7 +166,7 @@ def _needed(est: Estimate, margin: float, v: eq.Verdict) -> float:
     return eq.tokens_needed(est, eq.planned_se(margin, est.value))
 
 
-def judge(results: list[Result], margins: Margins, alpha: float = eq.ALPHA) -> list[Judged]:
+def verdicts(results: list[Result], margins: Margins, alpha: float = eq.ALPHA) -> list[Judged]:
     """Every measured config and margin metric against the baseline."""
     out = []
     for r in results:
@@ -242,8 +261,21 @@ def pair(ev: Evidence, a: str, b: str, alpha: float = eq.ALPHA) -> list[dict[str
             value, se, low, high = _pct(value), 100 * math.exp(value) * se, _pct(low), _pct(high)
         p = eq.p_difference(est)
         needed = eq.tokens_needed(est, eq.planned_se(0.0, est.value)) if p >= alpha else math.nan
-        rows.append({"metric": metric, "unit": unit, "a": a, "b": b, "delta": value, "se": se,
-                     "low": low, "high": high, "p": p, "n": est.n, "needed": needed})  # fmt: skip
+        rows.append(
+            {
+                "metric": metric,
+                "unit": unit,
+                "a": a,
+                "b": b,
+                "delta": value,
+                "se": se,
+                "low": low,
+                "high": high,
+                "p": p,
+                "n": est.n,
+                "needed": needed,
+            }
+        )
     return rows
 
 
@@ -280,7 +312,9 @@ def groups(ev: Evidence, metric: str = "ppl", alpha: float = eq.ALPHA) -> Groups
     p = [eq.p_difference(eq.paired(per_token(x), per_token(y), first.clusters)) for x, y in pairs]
     adjusted = eq.holm(p)
     different = {frozenset(xy) for xy, q in zip(pairs, adjusted, strict=True) if q < alpha}
-    method = (f"paired t-tests on per-token {'loss' if metric == 'ppl' else 'KL'} "
-              f"(cluster-robust se, {len(np.unique(first.clusters))} "
-              f"windows), Holm-corrected over {len(pairs)} pairs, alpha {alpha:g}")  # fmt: skip
+    method = (
+        f"paired t-tests on per-token {'loss' if metric == 'ppl' else 'KL'} "
+        f"(cluster-robust se, {len(np.unique(first.clusters))} "
+        f"windows), Holm-corrected over {len(pairs)} pairs, alpha {alpha:g}"
+    )
     return Groups(metric, order, means, eq.letters(order, different), method)

@@ -65,13 +65,18 @@ class Recommendation:
         """In Jupyter: the choice, why, the runners-up and the code (all text escaped)."""
         from html import escape
 
-        head = f"Recommended: <b>{escape(self.chosen.config)}</b>" if self.chosen else (
-            "<b>No measured config meets the budget.</b>")  # fmt: skip
+        head = (
+            f"Recommended: <b>{escape(self.chosen.config)}</b>"
+            if self.chosen
+            else ("<b>No measured config meets the budget.</b>")
+        )
         runners = "; ".join(escape(c.config) for c in self.runners_up)
         notes = "".join(f"<p><i>{escape(n)}</i></p>" for n in self.notes)
-        return (f"<p>{head}</p><p>{escape(self.reason)}</p>"
-                + (f"<p>Runners-up: {runners}</p>" if runners else "")
-                + f"{notes}<pre>{escape(self.code)}</pre>")  # fmt: skip
+        return (
+            f"<p>{head}</p><p>{escape(self.reason)}</p>"
+            + (f"<p>Runners-up: {runners}</p>" if runners else "")
+            + f"{notes}<pre>{escape(self.code)}</pre>"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         def cand(c: Candidate | None) -> dict[str, Any] | None:
@@ -81,11 +86,14 @@ class Recommendation:
             return {"config": c.config, "meets": c.ok, "checks": checks}
 
         return {
-            "chosen": cand(self.chosen), "closest": cand(self.closest),
-            "runners_up": [cand(c) for c in self.runners_up], "reason": self.reason,
-            "code": self.code, "notes": self.notes,
+            "chosen": cand(self.chosen),
+            "closest": cand(self.closest),
+            "runners_up": [cand(c) for c in self.runners_up],
+            "reason": self.reason,
+            "code": self.code,
+            "notes": self.notes,
             "candidates": [cand(c) for c in self.candidates],
-        }  # fmt: skip
+        }
 
 
 def _ppl_check(r: Result, limit: float, alpha: float) -> Check:
@@ -99,8 +107,10 @@ def _ppl_check(r: Result, limit: float, alpha: float) -> Check:
             f"Δppl {point:+.2f}% ± {m['dppl_pct_se']:.2f} (upper bound {upper:+.2f}% ≤ {limit:g}%)"
         )
     elif point <= limit:
-        text = (f"Δppl {point:+.2f}% meets {limit:g}% as a point estimate, but its upper bound "
-                f"{upper:+.2f}% does not: not shown")  # fmt: skip
+        text = (
+            f"Δppl {point:+.2f}% meets {limit:g}% as a point estimate, but its upper bound "
+            f"{upper:+.2f}% does not: not shown"
+        )
     else:
         text = f"Δppl {point:+.2f}% ± {m['dppl_pct_se']:.2f} exceeds {limit:g}%"
     return Check("ppl", met, text)
@@ -108,11 +118,13 @@ def _ppl_check(r: Result, limit: float, alpha: float) -> Check:
 
 def _margin_checks(r: Result, margins: Margins, alpha: float) -> list[Check]:
     out = []
-    for j in jd.judge([r], margins, alpha):
+    for j in jd.verdicts([r], margins, alpha):
         v = j.verdict
         met = v.verdict in (eq.EQUIVALENT, eq.NONINFERIOR)
-        text = (f"{j.metric} {v.value:+.3g} ± {v.se:.2g} {j.unit}: {v.verdict} at margin "
-                f"{v.margin:g} (p {v.p_noninferior:.2g})")  # fmt: skip
+        text = (
+            f"{j.metric} {v.value:+.3g} ± {v.se:.2g} {j.unit}: {v.verdict} at margin "
+            f"{v.margin:g} (p {v.p_noninferior:.2g})"
+        )
         out.append(Check(j.metric, met, text))
     return out
 
@@ -157,19 +169,32 @@ def recommend(report: RunReport, budget: Budget, alpha: float = eq.ALPHA) -> Rec
         ok.remove(chosen)
         ok.insert(0, chosen)
         notes = jd.notes(chosen.result, settings)
-        return Recommendation(budget, chosen, ok[1:4], None, _reason(chosen, ok, report, budget),
-                              code(chosen.result), notes, cands)  # fmt: skip
+        return Recommendation(
+            budget,
+            chosen,
+            ok[1:4],
+            None,
+            _reason(chosen, ok, report, budget),
+            code(chosen.result),
+            notes,
+            cands,
+        )
     near = sorted(cands, key=lambda c: (len(c.failed), _rank_key(budget)(c)))
     closest = near[0] if near else None
     reason = "No measured config meets the budget" + (
         f"; the closest is {closest.config}, which misses: "
-        + "; ".join(c.text for c in closest.failed) + "."
-        if closest else "; the run has no measured config."
-    )  # fmt: skip
+        + "; ".join(c.text for c in closest.failed)
+        + "."
+        if closest
+        else "; the run has no measured config."
+    )
     others = [c for c in near[1:4] if len(c.failed) == 1]
     if others:
-        reason += " Also one criterion short: " + "; ".join(
-            f"{c.config} ({c.failed[0].text})" for c in others) + "."  # fmt: skip
+        reason += (
+            " Also one criterion short: "
+            + "; ".join(f"{c.config} ({c.failed[0].text})" for c in others)
+            + "."
+        )
     snippet = code(closest.result) if closest else ""
     notes = jd.notes(closest.result, settings) if closest else []
     return Recommendation(budget, None, [], closest, reason, snippet, notes, cands)
@@ -193,8 +218,9 @@ def _tie_break(ok: list[Candidate], budget: Budget) -> Candidate:
 def _reason(chosen: Candidate, ok: list[Candidate], report: RunReport, budget: Budget) -> str:
     m, s = chosen.result.metrics, report.settings
     what = "smallest (ties within 1% of size: lowest KL)" if budget.prefer == "size" else "fastest"
-    base = next((r for r in report.results
-                 if r.meta.get("config") == s.get("baseline_dtype")), None)  # fmt: skip
+    base = next(
+        (r for r in report.results if r.meta.get("config") == s.get("baseline_dtype")), None
+    )
     size = f"its weights take {m.get('weight_mb', math.nan):.1f} MB"
     if base is not None:
         size += f" (the {base.config} baseline: {base.metrics.get('weight_mb', math.nan):.1f} MB)"

@@ -60,10 +60,15 @@ def _mixed(config: QuantConfig) -> bool:
 
 
 def _head(result: Result, config: QuantConfig, imports: list[str]) -> list[str]:
-    lines = ["import torch", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             *imports, "", f"MODEL = {json.dumps(model_ref(result))}",
-             'DEVICE = "cuda" if torch.cuda.is_available() else "cpu"',
-             "tokenizer = AutoTokenizer.from_pretrained(MODEL)"]  # fmt: skip
+    lines = [
+        "import torch",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        *imports,
+        "",
+        f"MODEL = {json.dumps(model_ref(result))}",
+        'DEVICE = "cuda" if torch.cuda.is_available() else "cpu"',
+        "tokenizer = AutoTokenizer.from_pretrained(MODEL)",
+    ]
     return lines
 
 
@@ -79,12 +84,16 @@ def _bnb(config: BnbInt8 | Bnb4, result: Result) -> list[str]:
     if isinstance(config, BnbInt8):
         fields = f"load_in_8bit=True, llm_int8_threshold={config.threshold!r}{skip_arg}"
     else:
-        fields = (f"load_in_4bit=True, bnb_4bit_quant_type={config.quant_type.value!r}, "
-                  f"bnb_4bit_use_double_quant={config.double_quant!r}, "
-                  f"bnb_4bit_compute_dtype={_TORCH_DTYPE[config.compute_dtype.value]}{skip_arg}")  # fmt: skip
-    return [*_head(result, config, ["from transformers import BitsAndBytesConfig"]),
-            f"quantization_config = BitsAndBytesConfig({fields})",
-            _plain_load(_dtype(config, result), ", quantization_config=quantization_config")]  # fmt: skip
+        fields = (
+            f"load_in_4bit=True, bnb_4bit_quant_type={config.quant_type.value!r}, "
+            f"bnb_4bit_use_double_quant={config.double_quant!r}, "
+            f"bnb_4bit_compute_dtype={_TORCH_DTYPE[config.compute_dtype.value]}{skip_arg}"
+        )
+    return [
+        *_head(result, config, ["from transformers import BitsAndBytesConfig"]),
+        f"quantization_config = BitsAndBytesConfig({fields})",
+        _plain_load(_dtype(config, result), ", quantization_config=quantization_config"),
+    ]
 
 
 def _keep_lines(config: QuantConfig, result: Result) -> list[str]:
@@ -93,65 +102,85 @@ def _keep_lines(config: QuantConfig, result: Result) -> list[str]:
 
 def _hqq(config: Hqq, result: Result) -> list[str]:
     group = config.group or None
-    return [*_head(result, config, ["from hqq.core.quantize import BaseQuantizeConfig, HQQLinear"]),
-            _plain_load(_dtype(config, result)), *_keep_lines(config, result),
-            f"quant = BaseQuantizeConfig(nbits={config.bits}, group_size={group!r})",
-            "# hqq's own layers (transformers 5's HqqConfig is not implemented)",
-            "for name, module in list(model.named_modules()):",
-            "    if isinstance(module, torch.nn.Linear) and name not in KEEP:",
-            '        parent, _, attr = name.rpartition(".")',
-            "        layer = HQQLinear(module, quant, compute_dtype=module.weight.dtype, device=DEVICE)",
-            "        setattr(model.get_submodule(parent), attr, layer)"]  # fmt: skip
+    return [
+        *_head(result, config, ["from hqq.core.quantize import BaseQuantizeConfig, HQQLinear"]),
+        _plain_load(_dtype(config, result)),
+        *_keep_lines(config, result),
+        f"quant = BaseQuantizeConfig(nbits={config.bits}, group_size={group!r})",
+        "# hqq's own layers (transformers 5's HqqConfig is not implemented)",
+        "for name, module in list(model.named_modules()):",
+        "    if isinstance(module, torch.nn.Linear) and name not in KEEP:",
+        '        parent, _, attr = name.rpartition(".")',
+        "        layer = HQQLinear(module, quant, compute_dtype=module.weight.dtype, device=DEVICE)",
+        "        setattr(model.get_submodule(parent), attr, layer)",
+    ]
 
 
 def _quanto(config: Quanto, result: Result) -> list[str]:
     qtype = f"q{config.weights.value}"
-    return [*_head(result, config, ["import optimum.quanto as quanto"]),
-            _plain_load(_dtype(config, result)), *_keep_lines(config, result),
-            f"quanto.quantize(model, weights=quanto.{qtype}, exclude=KEEP)",
-            "quanto.freeze(model)"]  # fmt: skip
+    return [
+        *_head(result, config, ["import optimum.quanto as quanto"]),
+        _plain_load(_dtype(config, result)),
+        *_keep_lines(config, result),
+        f"quanto.quantize(model, weights=quanto.{qtype}, exclude=KEEP)",
+        "quanto.freeze(model)",
+    ]
 
 
 def _torchao(config: TorchAoInt8 | TorchAoInt4 | TorchAoIntx, result: Result) -> list[str]:
     if isinstance(config, TorchAoInt8):
-        name = ("Int8DynamicActivationInt8WeightConfig" if config.scheme is Int8Scheme.DYNAMIC
-                else "Int8WeightOnlyConfig")  # fmt: skip
+        name = (
+            "Int8DynamicActivationInt8WeightConfig"
+            if config.scheme is Int8Scheme.DYNAMIC
+            else "Int8WeightOnlyConfig"
+        )
         imports, make = [f"from torchao.quantization import quantize_, {name}"], f"{name}()"
     elif isinstance(config, TorchAoInt4):
         imports = ["from torchao.quantization import quantize_, Int4WeightOnlyConfig"]
         make = f"Int4WeightOnlyConfig(group_size={config.group or 128})"
     else:
         gran = f"PerGroup({config.group})" if config.group else "PerAxis(0)"
-        imports = ["from torchao.quantization import quantize_, IntxWeightOnlyConfig",
-                   "from torchao.quantization.granularity import PerAxis, PerGroup"]  # fmt: skip
+        imports = [
+            "from torchao.quantization import quantize_, IntxWeightOnlyConfig",
+            "from torchao.quantization.granularity import PerAxis, PerGroup",
+        ]
         make = f"IntxWeightOnlyConfig(weight_dtype=torch.int{config.bits}, granularity={gran})"
-    return [*_head(result, config, imports), _plain_load(_dtype(config, result)),
-            *_keep_lines(config, result),
-            f"quantize_(model, {make},",
-            "          filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn not in KEEP)"]  # fmt: skip
+    return [
+        *_head(result, config, imports),
+        _plain_load(_dtype(config, result)),
+        *_keep_lines(config, result),
+        f"quantize_(model, {make},",
+        "          filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn not in KEEP)",
+    ]
 
 
 def _gptq(config: Gptq, result: Result) -> list[str]:
     calib = config.calib or "<a text file like the one you measured on>"
-    return ["from gptqmodel import GPTQModel, QuantizeConfig", "",
-            f"MODEL = {json.dumps(model_ref(result))}",
-            f"quant = QuantizeConfig(bits={config.bits}, group_size={config.group or -1}, "
-            f"sym={config.sym!r}, desc_act={config.act_order!r}, "
-            f"act_group_aware={not config.act_order!r})",
-            "model = GPTQModel.load(MODEL, quant)",
-            f"# {config.samples} calibration sequences of {config.seqlen} tokens, as measured",
-            f"text = open({json.dumps(calib)}).read()",
-            "ids = model.tokenizer(text)['input_ids']",
-            f"batch = [{{'input_ids': ids[i:i + {config.seqlen}]}} "
-            f"for i in range(0, {config.samples} * {config.seqlen}, {config.seqlen})]",
-            "model.quantize(batch, batch_size=4)",
-            'model.save("model-gptq")  # then: GPTQModel.load("model-gptq")']  # fmt: skip
+    return [
+        "from gptqmodel import GPTQModel, QuantizeConfig",
+        "",
+        f"MODEL = {json.dumps(model_ref(result))}",
+        f"quant = QuantizeConfig(bits={config.bits}, group_size={config.group or -1}, "
+        f"sym={config.sym!r}, desc_act={config.act_order!r}, "
+        f"act_group_aware={not config.act_order!r})",
+        "model = GPTQModel.load(MODEL, quant)",
+        f"# {config.samples} calibration sequences of {config.seqlen} tokens, as measured",
+        f"text = open({json.dumps(calib)}).read()",
+        "ids = model.tokenizer(text)['input_ids']",
+        f"batch = [{{'input_ids': ids[i:i + {config.seqlen}]}} "
+        f"for i in range(0, {config.samples} * {config.seqlen}, {config.seqlen})]",
+        "model.quantize(batch, batch_size=4)",
+        'model.save("model-gptq")  # then: GPTQModel.load("model-gptq")',
+    ]
 
 
 def _gguf(config: Gguf, result: Result) -> list[str]:
     if config.file:
-        return ["from llama_cpp import Llama", "",
-                f"llm = Llama(model_path={json.dumps(config.file)}, n_ctx=4096)"]  # fmt: skip
+        return [
+            "from llama_cpp import Llama",
+            "",
+            f"llm = Llama(model_path={json.dumps(config.file)}, n_ctx=4096)",
+        ]
     out = f"model-{config.qtype}.gguf"
     meta = result.meta
     if meta.get("model_kind") in ("bundled", "gguf-file"):  # the baseline is a GGUF file
@@ -159,18 +188,26 @@ def _gguf(config: Gguf, result: Result) -> list[str]:
             f"# llama-quantize --allow-requantize {meta.get('model_origin')} {out} {config.qtype}"
         ]
     else:
-        steps = [f"# python convert_hf_to_gguf.py {model_ref(result)} --outtype f32 --outfile model-f32.gguf",
-                 f"# llama-quantize model-f32.gguf {out} {config.qtype}"]  # fmt: skip
-    return ["# shell: llama.cpp's quantizer (the same call quantscope made)", *steps,
-            "from llama_cpp import Llama", "",
-            f'llm = Llama(model_path="{out}", n_ctx=4096, logits_all=True)']  # fmt: skip
+        steps = [
+            f"# python convert_hf_to_gguf.py {model_ref(result)} --outtype f32 --outfile model-f32.gguf",
+            f"# llama-quantize model-f32.gguf {out} {config.qtype}",
+        ]
+    return [
+        "# shell: llama.cpp's quantizer (the same call quantscope made)",
+        *steps,
+        "from llama_cpp import Llama",
+        "",
+        f'llm = Llama(model_path="{out}", n_ctx=4096, logits_all=True)',
+    ]
 
 
 def _rtn(config: Rtn, result: Result) -> list[str]:
-    return [f"# rtn is quantscope's round-to-nearest yardstick ({config.bits}-bit, group "
-            f"{config.group}), fake-quantized in float: no kernel deploys it.",
-            f"# Deploy hqq[bits={config.bits},group={config.group}] or torchao-intx[bits="
-            f"{config.bits},group={config.group}] instead, measured the same way."]  # fmt: skip
+    return [
+        f"# rtn is quantscope's round-to-nearest yardstick ({config.bits}-bit, group "
+        f"{config.group}), fake-quantized in float: no kernel deploys it.",
+        f"# Deploy hqq[bits={config.bits},group={config.group}] or torchao-intx[bits="
+        f"{config.bits},group={config.group}] instead, measured the same way.",
+    ]
 
 
 def _precision(config: Precision, result: Result) -> list[str]:
@@ -178,9 +215,15 @@ def _precision(config: Precision, result: Result) -> list[str]:
 
 
 _BUILDERS: list[tuple[Any, Any]] = [
-    (Precision, _precision), ((BnbInt8, Bnb4), _bnb), (Hqq, _hqq), (Quanto, _quanto),
-    ((TorchAoInt8, TorchAoInt4, TorchAoIntx), _torchao), (Gptq, _gptq), (Gguf, _gguf), (Rtn, _rtn),
-]  # fmt: skip
+    (Precision, _precision),
+    ((BnbInt8, Bnb4), _bnb),
+    (Hqq, _hqq),
+    (Quanto, _quanto),
+    ((TorchAoInt8, TorchAoInt4, TorchAoIntx), _torchao),
+    (Gptq, _gptq),
+    (Gguf, _gguf),
+    (Rtn, _rtn),
+]
 
 
 def code(result: Result) -> str:
@@ -196,7 +239,10 @@ def code(result: Result) -> str:
     else:
         lines.append(f"# no loading code is known for {type(config).__name__} (a plug-in backend)")
     if config.lora:
-        lines += ["from peft import PeftModel", "",
-                  f"model = PeftModel.from_pretrained(model, {json.dumps(config.lora)})",
-                  "model.eval()"]  # fmt: skip
+        lines += [
+            "from peft import PeftModel",
+            "",
+            f"model = PeftModel.from_pretrained(model, {json.dumps(config.lora)})",
+            "model.eval()",
+        ]
     return "\n".join(lines) + "\n"

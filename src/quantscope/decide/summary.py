@@ -12,9 +12,9 @@ from quantscope.decide.analysis import (
     Judged,
     evidence,
     groups,
-    judge,
     noise_floor,
     resolution,
+    verdicts,
 )
 from quantscope.decide.recommend import Recommendation, recommend
 from quantscope.errors import UserError
@@ -34,12 +34,16 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "margins": self.margins.text(), "recommendation": self.recommendation.to_dict(),
-            "verdicts": [j.row() for j in self.judged], "noise_floor": self.floor,
+            "margins": self.margins.text(),
+            "recommendation": self.recommendation.to_dict(),
+            "verdicts": [j.row() for j in self.judged],
+            "noise_floor": self.floor,
             "unresolved": self.unresolved,
-            "groups": [{"metric": g.metric, "order": g.order, "letters": g.letters,
-                        "method": g.method} for g in self.groups],
-        }  # fmt: skip
+            "groups": [
+                {"metric": g.metric, "order": g.order, "letters": g.letters, "method": g.method}
+                for g in self.groups
+            ],
+        }
 
 
 def decide(
@@ -51,7 +55,7 @@ def decide(
     margins = margins or DEFAULT_MARGINS
     if budget is None:
         budget = Budget(max_ppl_increase=margins.ppl, margins=replace(margins, ppl=None))
-    judged = judge(report.results, margins)
+    judged = verdicts(report.results, margins)
     ev = evidence(store, report)
     found = []
     for metric in ("ppl", "kl"):
@@ -59,5 +63,11 @@ def decide(
             found.append(groups(ev, metric))
         except UserError:  # no per-token values (results from before they were kept)
             break
-    return Decision(margins, recommend(report, budget), judged, found, noise_floor(report),
-                    resolution(judged, report.settings))  # fmt: skip
+    return Decision(
+        margins,
+        recommend(report, budget),
+        judged,
+        found,
+        noise_floor(report),
+        resolution(judged, report.settings),
+    )

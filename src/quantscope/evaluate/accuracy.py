@@ -225,9 +225,13 @@ def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
     """
     if ts.bad.any():
         first = int(np.flatnonzero(ts.bad)[0])
-        return {"tokens": float(len(ts.bad)), "windows": float(len(np.unique(clusters))),
-                "nonfinite_tokens": float(ts.bad.sum()), "nonfinite_share": float(ts.bad.mean()),
-                "nonfinite_first_window": float(clusters[first])}  # fmt: skip
+        return {
+            "tokens": float(len(ts.bad)),
+            "windows": float(len(np.unique(clusters))),
+            "nonfinite_tokens": float(ts.bad.sum()),
+            "nonfinite_share": float(ts.bad.mean()),
+            "nonfinite_first_window": float(clusters[first]),
+        }
     base_nll = ts.base_nll
     ppl = stats.perplexity(ts.nll, clusters)
     base_ppl = stats.perplexity(base_nll, clusters)

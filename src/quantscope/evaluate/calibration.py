@@ -67,9 +67,11 @@ def divergence(model: Any, calib: Calibration, kv: KvSpec | None = None) -> dict
     """
     kls, nlls = [], []
     for (target, x), p, neg_ent in zip(
-        _batches(model, calib.windows, calib.batch_size, kv), calib.probs, calib.neg_entropy,
+        _batches(model, calib.windows, calib.batch_size, kv),
+        calib.probs,
+        calib.neg_entropy,
         strict=True,
-    ):  # fmt: skip
+    ):
         x = x - x.amax(dim=-1, keepdim=True)  # (R, V), ≤ 0
         lse = torch.logsumexp(x, dim=-1).double()  # (R,)
         cross = torch.bmm(p[:, None, :], x[:, :, None]).reshape(-1).double()  # Σ p·x (R,)

@@ -45,8 +45,10 @@ def depths_for(requested: tuple[int, ...] | None, kv: KvSpec | None, config: Any
 
 
 def at_depth_keys(depth: int) -> list[str]:
-    return [f"{k}@{depth}" for k in ("kv_bytes", "kv_bytes_pred", "prefill_tps", "decode_tps",
-                                     "peak_rss_mb")]  # fmt: skip
+    return [
+        f"{k}@{depth}"
+        for k in ("kv_bytes", "kv_bytes_pred", "prefill_tps", "decode_tps", "peak_rss_mb")
+    ]
 
 
 def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
@@ -71,8 +73,9 @@ def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
         return sum(tensor_bytes(o, seen) for o in obj.values())
     if hasattr(obj, "__dict__") and not isinstance(obj, type) and id(obj) not in seen:
         seen.add(id(obj))  # a cache's layers and their states (never a module or a config)
-        return sum(tensor_bytes(o, seen) for o in vars(obj).values()
-                   if not isinstance(o, torch.nn.Module))  # fmt: skip
+        return sum(
+            tensor_bytes(o, seen) for o in vars(obj).values() if not isinstance(o, torch.nn.Module)
+        )
     return 0
 
 
@@ -119,9 +122,14 @@ def unquantized_tail(tokens: int, fed: int, residual: int) -> int:
 
 
 def depth_metrics(
-    model: Any, kv: KvSpec | None, depths: tuple[int, ...], vocab: int,
-    prefill: int = 128, steps: int = 16, seed: int = 0,
-) -> dict[str, float]:  # fmt: skip
+    model: Any,
+    kv: KvSpec | None,
+    depths: tuple[int, ...],
+    vocab: int,
+    prefill: int = 128,
+    steps: int = 16,
+    seed: int = 0,
+) -> dict[str, float]:
     """Cache bytes (measured and predicted) at each depth, and prompt and decode speed with
     that many tokens cached; ``kv`` None measures transformers' default (dynamic) cache."""
     kv = kv or parse_kv("dynamic")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import inspect
 import logging
 import os
 import platform
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,8 +31,11 @@ def model_device(model: Any) -> torch.device:
     meta device and are brought in by accelerate's hooks)."""
     places = list((getattr(model, "hf_device_map", None) or {}).values())  # model order
     if len(set(places)) > 1 or "disk" in places:
-        gpus = [f"cuda:{v}" if isinstance(v, int) else str(v) for v in places
-                if isinstance(v, int) or str(v).startswith("cuda")]  # fmt: skip
+        gpus = [
+            f"cuda:{v}" if isinstance(v, int) else str(v)
+            for v in places
+            if isinstance(v, int) or str(v).startswith("cuda")
+        ]
         return torch.device(gpus[0] if gpus else "cpu")
     return next(model.parameters()).device
 
@@ -63,3 +68,19 @@ def steady_heap() -> bool:
         return False
     log.debug("glibc mmap threshold fixed at %d bytes: %s", MMAP_THRESHOLD, done)
     return done
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block, then put back. A run's
+    passes all use one count, whichever process runs them: matrix products split their
+    reductions by thread, so another count changes the low digits of every logit (a Ray
+    worker is given one thread per reserved CPU by default)."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)

@@ -88,9 +88,14 @@ def prefill_speed(model: Any, vocab: int, length: int, reps: int, seed: int) -> 
 
 
 def decode_speed(
-    model: Any, vocab: int, prompt: int, steps: int, reps: int, seed: int,
+    model: Any,
+    vocab: int,
+    prompt: int,
+    steps: int,
+    reps: int,
+    seed: int,
     kv: KvSpec | None = None,
-) -> list[float]:  # fmt: skip
+) -> list[float]:
     """Tokens per second of greedy one-token steps with the KV cache (transformers' default,
     or a fresh one for ``kv``), after one warm-up."""
     device = model_device(model)

@@ -59,9 +59,12 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: tuple[str, ...], max_new_tokens: int,
+    model: Any,
+    tokenizer: Any,
+    prompts: tuple[str, ...],
+    max_new_tokens: int,
     kv: KvSpec | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Greedy continuations of each prompt: ``{"prompt", "ids", "text", "tokens"}`` each;
     with ``kv`` (a torch cache) decoding through that cache."""
     device = model_device(model)

@@ -69,9 +69,14 @@ def make_cache(model: Any, kv: KvSpec) -> Any:
     if not kv.backend:
         return DynamicCache(config=model.config)
     return QuantizedCache(
-        kv.backend, model.config, nbits=int(kv.bits), axis_key=kv.axis, axis_value=kv.axis,
-        q_group_size=kv.group, residual_length=kv.residual,
-    )  # fmt: skip
+        kv.backend,
+        model.config,
+        nbits=int(kv.bits),
+        axis_key=kv.axis,
+        axis_value=kv.axis,
+        q_group_size=kv.group,
+        residual_length=kv.residual,
+    )
 
 
 def cache_kwargs(model: Any, kv: KvSpec | None) -> dict[str, Any]:

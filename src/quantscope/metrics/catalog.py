@@ -81,59 +81,177 @@ class Metric:
 def _se(metric: Metric) -> Metric:
     """The description of a metric's standard error (same digits, scale and style, no sign)."""
     label = f"standard error of {metric.label}"
-    return Metric(metric.se or "", label, "se", "se", metric.better, metric.digits, "",
-                  style=metric.style, scale=metric.scale)  # fmt: skip
+    return Metric(
+        metric.se or "",
+        label,
+        "se",
+        "se",
+        metric.better,
+        metric.digits,
+        "",
+        style=metric.style,
+        scale=metric.scale,
+    )
 
 
 _L, _H = Better.LOWER, Better.HIGHER
 TABLE: tuple[Metric, ...] = (
-    Metric("weight_mb", "weight memory (MB)", "weights MB", "weights MB", _L, 1,
-           "bytes of weights as actually held, counted from the tensors: parameters, buffers "
-           "and quantization state (bitsandbytes' absmax, codebooks, row scales), each tensor "
-           "once (tied weights once). Read after the accuracy pass, because bitsandbytes "
-           "repacks 4-bit weights at first use on CPU. MB = 2²⁰ bytes",
-           symbol="weights", unit=" MB"),
-    Metric("bits_per_weight", "bits per weight", "bits/weight", "bits/w", _L, 2,
-           "8 × weight bytes / logical weight count over all weights; in brackets the same over "
-           "the quantized linear layers only (their weights plus their quantization state)",
-           paired="linear_bits_per_weight"),
-    Metric("ppl", "perplexity", "ppl ± se", "ppl", _L, 3,
-           "perplexity exp(mean NLL) over the scored tokens; se by the delta method, "
-           "se(PPL) = PPL · se(mean NLL)", se="ppl_se"),
-    Metric("dppl_pct", "perplexity change vs the baseline (%)", "Δppl %", "Δppl %", _L, 2,
-           "100·(PPL_q / PPL_base − 1), from ln(PPL_q/PPL_base) = mean(NLL_q − NLL_base); its se "
-           "is the standard error of the *paired* per-token difference (the two losses are "
-           "strongly correlated, so this is far smaller than combining the two perplexities' "
-           "errors), times 100·PPL_q/PPL_base",
-           se="dppl_pct_se", sign=True, symbol="Δppl", unit="%"),
-    Metric("kl_mean", "KL divergence to the baseline (nats/token)", "KL mean ± se", "KL mean", _L,
-           3, "KL(base ‖ quantized) per token over the full vocabulary, averaged; the JSON also "
-           "has median, p90, p99 and max", se="kl_se", style=Style.SIG, symbol="KL"),
-    Metric("kl_p99", "99th percentile of per-token KL (nats)", "KL p99", "KL p99", _L, 3,
-           "99th percentile of the per-token KL", style=Style.SIG),
-    Metric("top1_agree", "top-1 agreement with the baseline (%)", "top-1 agree %", "top-1 %", _H,
-           2, "share of scored tokens where the quantized model's most likely next token is the "
-           "baseline's ± se", se="top1_agree_se", scale=100.0),
-    Metric("dp_rms", "RMS change in the true token's probability", "Δp rms", "Δp rms", _L, 3,
-           "Δp = p_q(true token) − p_base(true token) per token; its RMS (the JSON also has its "
-           "mean ± se)"),
-    Metric("prefill_tps", "prefill throughput (tokens/s)", "prefill tok/s", "prefill t/s", _H, 0,
-           "one forward pass over 128 random tokens, batch 1; median of `--speed-reps` timed "
-           "repetitions after one warm-up (JSON: min and max too)"),
-    Metric("decode_tps", "decode throughput (tokens/s)", "decode tok/s", "decode t/s", _H, 1,
-           "24 greedy one-token steps with the KV cache after a 64-token prompt; median, same "
-           "repetitions"),
-    Metric("load_s", "load time (s)", "load s", "load s", _L, 2,
-           "wall time of `from_pretrained` for this config (quantization included)"),
-)  # fmt: skip
+    Metric(
+        "weight_mb",
+        "weight memory (MB)",
+        "weights MB",
+        "weights MB",
+        _L,
+        1,
+        "bytes of weights as actually held, counted from the tensors: parameters, buffers "
+        "and quantization state (bitsandbytes' absmax, codebooks, row scales), each tensor "
+        "once (tied weights once). Read after the accuracy pass, because bitsandbytes "
+        "repacks 4-bit weights at first use on CPU. MB = 2²⁰ bytes",
+        symbol="weights",
+        unit=" MB",
+    ),
+    Metric(
+        "bits_per_weight",
+        "bits per weight",
+        "bits/weight",
+        "bits/w",
+        _L,
+        2,
+        "8 × weight bytes / logical weight count over all weights; in brackets the same over "
+        "the quantized linear layers only (their weights plus their quantization state)",
+        paired="linear_bits_per_weight",
+    ),
+    Metric(
+        "ppl",
+        "perplexity",
+        "ppl ± se",
+        "ppl",
+        _L,
+        3,
+        "perplexity exp(mean NLL) over the scored tokens; se by the delta method, "
+        "se(PPL) = PPL · se(mean NLL)",
+        se="ppl_se",
+    ),
+    Metric(
+        "dppl_pct",
+        "perplexity change vs the baseline (%)",
+        "Δppl %",
+        "Δppl %",
+        _L,
+        2,
+        "100·(PPL_q / PPL_base − 1), from ln(PPL_q/PPL_base) = mean(NLL_q − NLL_base); its se "
+        "is the standard error of the *paired* per-token difference (the two losses are "
+        "strongly correlated, so this is far smaller than combining the two perplexities' "
+        "errors), times 100·PPL_q/PPL_base",
+        se="dppl_pct_se",
+        sign=True,
+        symbol="Δppl",
+        unit="%",
+    ),
+    Metric(
+        "kl_mean",
+        "KL divergence to the baseline (nats/token)",
+        "KL mean ± se",
+        "KL mean",
+        _L,
+        3,
+        "KL(base ‖ quantized) per token over the full vocabulary, averaged; the JSON also "
+        "has median, p90, p99 and max",
+        se="kl_se",
+        style=Style.SIG,
+        symbol="KL",
+    ),
+    Metric(
+        "kl_p99",
+        "99th percentile of per-token KL (nats)",
+        "KL p99",
+        "KL p99",
+        _L,
+        3,
+        "99th percentile of the per-token KL",
+        style=Style.SIG,
+    ),
+    Metric(
+        "top1_agree",
+        "top-1 agreement with the baseline (%)",
+        "top-1 agree %",
+        "top-1 %",
+        _H,
+        2,
+        "share of scored tokens where the quantized model's most likely next token is the "
+        "baseline's ± se",
+        se="top1_agree_se",
+        scale=100.0,
+    ),
+    Metric(
+        "dp_rms",
+        "RMS change in the true token's probability",
+        "Δp rms",
+        "Δp rms",
+        _L,
+        3,
+        "Δp = p_q(true token) − p_base(true token) per token; its RMS (the JSON also has its "
+        "mean ± se)",
+    ),
+    Metric(
+        "prefill_tps",
+        "prefill throughput (tokens/s)",
+        "prefill tok/s",
+        "prefill t/s",
+        _H,
+        0,
+        "one forward pass over 128 random tokens, batch 1; median of `--speed-reps` timed "
+        "repetitions after one warm-up (JSON: min and max too)",
+    ),
+    Metric(
+        "decode_tps",
+        "decode throughput (tokens/s)",
+        "decode tok/s",
+        "decode t/s",
+        _H,
+        1,
+        "24 greedy one-token steps with the KV cache after a 64-token prompt; median, same "
+        "repetitions",
+    ),
+    Metric(
+        "load_s",
+        "load time (s)",
+        "load s",
+        "load s",
+        _L,
+        2,
+        "wall time of `from_pretrained` for this config (quantization included)",
+    ),
+)
 OTHER: tuple[Metric, ...] = (
-    Metric("linear_bits_per_weight", "bits per weight of the quantized linears", "bits/w linears",
-           "bits/w lin", _L, 2, "bits per weight over the quantized linear layers only"),
-    Metric("quantize_s", "quantization time (s)", "quantize s", "quantize s", _L, 2,
-           "time spent quantizing after loading (NaN where the library quantizes while loading)"),
-    Metric("peak_rss_mb", "peak resident memory (MB)", "peak RSS MB", "RSS MB", _L, 0,
-           "peak resident memory of the process while the config was measured"),
-)  # fmt: skip
+    Metric(
+        "linear_bits_per_weight",
+        "bits per weight of the quantized linears",
+        "bits/w linears",
+        "bits/w lin",
+        _L,
+        2,
+        "bits per weight over the quantized linear layers only",
+    ),
+    Metric(
+        "quantize_s",
+        "quantization time (s)",
+        "quantize s",
+        "quantize s",
+        _L,
+        2,
+        "time spent quantizing after loading (NaN where the library quantizes while loading)",
+    ),
+    Metric(
+        "peak_rss_mb",
+        "peak resident memory (MB)",
+        "peak RSS MB",
+        "RSS MB",
+        _L,
+        0,
+        "peak resident memory of the process while the config was measured",
+    ),
+)
 METRICS: dict[str, Metric] = {m.key: m for m in (*TABLE, *OTHER)}
 METRICS_SE: dict[str, Metric] = {m.se: _se(m) for m in TABLE if m.se}
 HEADLINE = ("weight_mb", "ppl", "kl_mean", "top1_agree", "decode_tps")  # compared across runs

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from quantscope.metrics.stats import Estimate, mean_se
 
@@ -33,6 +33,14 @@ WORSE = "worse"  # Δ > m shown
 UNRESOLVED = "not resolved"
 
 
+def _stats() -> Any:
+    """scipy.stats, imported on first use: it is 0.6 s of the command line's start
+    (``python -X importtime -c 'import quantscope.cli'``), and most commands never judge."""
+    from scipy import stats
+
+    return stats
+
+
 def dof(est: Estimate) -> float:
     """Degrees of freedom of a cluster-robust se: clusters − 1 (infinite when unknown)."""
     return float(est.clusters - 1) if est.clusters > 1 else math.inf
@@ -40,11 +48,11 @@ def dof(est: Estimate) -> float:
 
 def _sf(t: float, df: float) -> float:
     """P(T > t) for Student's t with ``df`` degrees of freedom."""
-    return float(sps.t.sf(t, df)) if math.isfinite(df) else float(sps.norm.sf(t))
+    return float(_stats().t.sf(t, df)) if math.isfinite(df) else float(_stats().norm.sf(t))
 
 
 def t_quantile(q: float, df: float) -> float:
-    return float(sps.t.ppf(q, df)) if math.isfinite(df) else float(sps.norm.ppf(q))
+    return float(_stats().t.ppf(q, df)) if math.isfinite(df) else float(_stats().norm.ppf(q))
 
 
 def paired(a: np.ndarray, b: np.ndarray, clusters: np.ndarray) -> Estimate:
@@ -123,8 +131,17 @@ def tost(est: Estimate, margin: float, alpha: float = ALPHA, one_sided: bool = F
         verdict = WORSE
     else:
         verdict = UNRESOLVED
-    return Verdict(est.value, est.se, margin, p_equiv, p_upper, p_worse, verdict,
-                   lower_bound(est, alpha), upper_bound(est, alpha))  # fmt: skip
+    return Verdict(
+        est.value,
+        est.se,
+        margin,
+        p_equiv,
+        p_upper,
+        p_worse,
+        verdict,
+        lower_bound(est, alpha),
+        upper_bound(est, alpha),
+    )
 
 
 def holm(p: Sequence[float]) -> list[float]:
@@ -186,11 +203,11 @@ def planned_se(margin: float, value: float, alpha: float = ALPHA, power: float =
     """
     gap = abs(abs(value) - margin) if margin else abs(value)
     if not margin:
-        z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+        z = _stats().norm.ppf(1 - alpha / 2) + _stats().norm.ppf(power)
     elif abs(value) < margin:
-        z = sps.norm.ppf(1 - alpha) + sps.norm.ppf((1 + power) / 2)
+        z = _stats().norm.ppf(1 - alpha) + _stats().norm.ppf((1 + power) / 2)
     else:
-        z = sps.norm.ppf(1 - alpha) + sps.norm.ppf(power)
+        z = _stats().norm.ppf(1 - alpha) + _stats().norm.ppf(power)
     return float(gap / z) if gap > 0 else 0.0
 
 

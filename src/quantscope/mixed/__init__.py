@@ -16,7 +16,6 @@ A *unit* is one linear layer (``by="linear"``) or all linears of one block (``by
 """
 
 from quantscope.mixed.search import (
-    Budget,
     SearchResult,
     SearchSpec,
     chosen_config,
@@ -27,7 +26,7 @@ from quantscope.mixed.sensitivity import (
     MODES,
     Bench,
     Emulated,
-    StudySpec,
+    SensitivitySpec,
     bench,
     emulate,
     find_units,
@@ -37,11 +36,10 @@ from quantscope.mixed.sensitivity import (
 __all__ = [
     "MODES",
     "Bench",
-    "Budget",
     "Emulated",
     "SearchResult",
     "SearchSpec",
-    "StudySpec",
+    "SensitivitySpec",
     "bench",
     "chosen_config",
     "emulate",

@@ -28,10 +28,9 @@ from quantscope.errors import UserError
 from quantscope.evaluate.calibration import Calibration, calibrate, divergence
 from quantscope.evaluate.depth import predicted_bytes
 from quantscope.events import Events, LogEvents
-from quantscope.provenance import digest, versions
-from quantscope.results import Study, Unit
-from quantscope.runner import default_store
-from quantscope.store import Store, now
+from quantscope.provenance import digest, now, versions
+from quantscope.results import SensitivityStudy, Unit
+from quantscope.store import Store, default_store
 
 MODES = ("only", "all-but")
 _BLOCK = re.compile(r"^(?P<block>(?:.*\.)?(?:layers|layer|h|blocks)\.(?P<n>\d+))\.")
@@ -92,7 +91,7 @@ def emulate(model: Any, names: list[str], quant: Emulation, fallback: Emulation)
 
 
 @dataclass(frozen=True)
-class StudySpec:
+class SensitivitySpec:
     """A sensitivity study: ``config`` one unit at a time, everything else in ``fallback``
     (None: the baseline's precision), on ``calib`` (training text; the bundled one by
     default). ``only``: just the unit quantized; ``all-but``: all quantized but the unit."""
@@ -123,7 +122,7 @@ class StudySpec:
 class Bench:
     """What every measurement of a study shares: the emulated model and the calibration."""
 
-    spec: StudySpec
+    spec: SensitivitySpec
     files: models.ModelFiles
     units: list[Unit]
     shapes: dict[str, tuple[int, int]]
@@ -163,7 +162,7 @@ class Bench:
         return total / 2**20
 
 
-def bench(spec: StudySpec, events: Events) -> Bench:
+def bench(spec: SensitivitySpec, events: Events) -> Bench:
     """Load the baseline, calibrate on the training text and prepare the emulation."""
     quant = backends.get(spec.config).emulate(spec.config)
     if quant is None:
@@ -188,9 +187,16 @@ def bench(spec: StudySpec, events: Events) -> Bench:
     fixed = _fixed_bytes(model, chosen, fallback)
     fallback_name = (spec.fallback or spec.model.dtype).value
     key = digest(
-        EMULATION_VERSION, files.fingerprint, spec.config.name, fallback_name, spec.by,
-        windows.fingerprint, torch.device(device).type, spec.batch_size, versions(),
-    )  # fmt: skip
+        EMULATION_VERSION,
+        files.fingerprint,
+        spec.config.name,
+        fallback_name,
+        spec.by,
+        windows.fingerprint,
+        torch.device(device).type,
+        spec.batch_size,
+        versions(),
+    )
     units = find_units(shapes, spec.by)
     return Bench(spec, files, units, shapes, emulated, calibration, quant, fallback, fixed, key)
 
@@ -211,20 +217,21 @@ def _fixed_bytes(model: Any, chosen: list[str], fallback: Emulation) -> int:
 
 
 def sensitivity(
-    spec: StudySpec, events: Events | None = None, prepared: Bench | None = None
-) -> Study:
+    spec: SensitivitySpec, events: Events | None = None, prepared: Bench | None = None
+) -> SensitivityStudy:
     """Measure every unit in every mode of ``spec``; each measurement is stored as it finishes
     and a rerun with the same settings reuses the stored ones.
 
     >>> from quantscope.config import model_spec, parse_config
-    >>> study = sensitivity(StudySpec(model_spec(None), parse_config("bnb-nf4")))  # doctest: +SKIP
+    >>> spec = SensitivitySpec(model_spec(None), parse_config("bnb-nf4"))
+    >>> study = sensitivity(spec)  # doctest: +SKIP
     >>> study.ranking()[0]["unit"]  # doctest: +SKIP
     'model.layers.4'
     """
     events = events or LogEvents()
     b = prepared or bench(spec, events)
     with Store(spec.store_path or default_store()) as store:
-        done = store.rows(b.key)
+        done = store.sensitivity_rows(b.key)
         plan = [(("*", "none"), []), (("*", "all"), b.units)]
         for unit in b.units:
             others = [u for u in b.units if u is not unit]
@@ -233,11 +240,11 @@ def sensitivity(
         for (name, mode), quantized in plan:
             if (name, mode) not in done:
                 done[(name, mode)] = b.measure(quantized)
-                store.put_row(b.key, name, mode, done[(name, mode)])
+                store.put_sensitivity_row(b.key, name, mode, done[(name, mode)])
             events.advance(1)
         costs = {u.name: (b.unit_bytes(u, True) - b.unit_bytes(u, False)) / 2**20 for u in b.units}
-        study = Study(b.key, _study_settings(b, done), b.units, done, costs)
-        store.put_study(b.key, "sensitivity", study.to_dict())
+        study = SensitivityStudy(b.key, _study_settings(b, done), b.units, done, costs)
+        store.put_analysis(b.key, "sensitivity", study.to_dict())
     return study
 
 

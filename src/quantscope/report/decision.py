@@ -15,8 +15,12 @@ from rich.text import Text
 from quantscope.decide import Groups, Judged, Recommendation
 from quantscope.report.html import esc
 
-_VERDICT_STYLE = {"equivalent": "green", "non-inferior": "green", "worse": "red",
-                  "not resolved": "yellow"}  # fmt: skip
+_VERDICT_STYLE = {
+    "equivalent": "green",
+    "non-inferior": "green",
+    "worse": "red",
+    "not resolved": "yellow",
+}
 
 
 def _num(x: float, digits: int = 3) -> str:
@@ -39,14 +43,19 @@ def verdict_rows(judged: list[Judged]) -> list[dict[str, str]]:
     out = []
     for j in judged:
         r = j.row()
-        out.append({
-            "config": j.config, "metric": j.metric,
-            "Δ ± se": f"{_num(r['delta'])} ± {r['se']:.2g} {j.unit}",
-            "90% CI": f"[{_num(r['low'])}, {_num(r['high'])}]",
-            "margin": f"{r['margin']:g} {j.unit}", "verdict": r["verdict"],
-            "p equiv.": _p(r["p_equivalent"]), "p worse": _p(r["p_worse"]),
-            "tokens to resolve": _needed(r),
-        })  # fmt: skip
+        out.append(
+            {
+                "config": j.config,
+                "metric": j.metric,
+                "Δ ± se": f"{_num(r['delta'])} ± {r['se']:.2g} {j.unit}",
+                "90% CI": f"[{_num(r['low'])}, {_num(r['high'])}]",
+                "margin": f"{r['margin']:g} {j.unit}",
+                "verdict": r["verdict"],
+                "p equiv.": _p(r["p_equivalent"]),
+                "p worse": _p(r["p_worse"]),
+                "tokens to resolve": _needed(r),
+            }
+        )
     return out
 
 
@@ -64,15 +73,19 @@ def verdict_table(judged: list[Judged], title: str, notes: list[str]) -> Group:
 def groups_table(found: Groups) -> Table:
     what = "perplexity (token loss)" if found.metric == "ppl" else "mean KL"
     title = f"Groups by {what}: a shared letter = not shown different"
-    table = Table(title=title, title_justify="left", caption=Text(found.method),
-                  caption_justify="left")  # fmt: skip
+    table = Table(
+        title=title, title_justify="left", caption=Text(found.method), caption_justify="left"
+    )
     table.add_column("config")
     table.add_column("ppl" if found.metric == "ppl" else "KL", justify="right")
     table.add_column("group")
     for c in found.order:
         mean = found.means[c]
-        table.add_row(Text(c), f"{math.exp(mean):.3f}" if found.metric == "ppl" else f"{mean:.3g}",
-                      found.letters[c])  # fmt: skip
+        table.add_row(
+            Text(c),
+            f"{math.exp(mean):.3f}" if found.metric == "ppl" else f"{mean:.3g}",
+            found.letters[c],
+        )
     return table
 
 
@@ -83,8 +96,13 @@ def pair_table(rows: list[dict[str, Any]]) -> Table:
     for head in ("metric", "Δ ± se", "95% CI", "p", "tokens to resolve"):
         table.add_column(head, justify="left" if head == "metric" else "right")
     for r in rows:
-        table.add_row(r["metric"], f"{_num(r['delta'])} ± {r['se']:.2g} {r['unit']}",
-                      f"[{_num(r['low'])}, {_num(r['high'])}]", _p(r["p"]), _needed(r))  # fmt: skip
+        table.add_row(
+            r["metric"],
+            f"{_num(r['delta'])} ± {r['se']:.2g} {r['unit']}",
+            f"[{_num(r['low'])}, {_num(r['high'])}]",
+            _p(r["p"]),
+            _needed(r),
+        )
     return table
 
 
@@ -94,9 +112,15 @@ def recommendation_view(rec: Recommendation) -> Group:
     parts.append(Text(head, style="bold green" if rec.chosen else "bold red"))
     parts.append(Text(rec.reason))
     if rec.runners_up:
-        parts.append(Text("Runners-up: " + "; ".join(
-            f"{c.config} ({c.result.metrics.get('weight_mb', math.nan):.1f} MB)"
-            for c in rec.runners_up)))  # fmt: skip
+        parts.append(
+            Text(
+                "Runners-up: "
+                + "; ".join(
+                    f"{c.config} ({c.result.metrics.get('weight_mb', math.nan):.1f} MB)"
+                    for c in rec.runners_up
+                )
+            )
+        )
     parts += [Text(n, style="yellow") for n in rec.notes]
     if rec.code:
         parts.append(Text("The code that loads it (printed plainly below, to copy):", style="bold"))
@@ -111,15 +135,22 @@ def _html_table(rows: list[dict[str, str]], cls: str = "") -> str:
         return ""
     head = "".join(f"<th>{esc(h)}</th>" for h in rows[0])
     body = "".join(
-        "<tr>" + "".join(f"<td class='{esc(v).replace(' ', '-')}'>{esc(v)}</td>"
-                         for v in row.values()) + "</tr>"
+        "<tr>"
+        + "".join(f"<td class='{esc(v).replace(' ', '-')}'>{esc(v)}</td>" for v in row.values())
+        + "</tr>"
         for row in rows
-    )  # fmt: skip
+    )
     return f"<table class='{cls}'><tr>{head}</tr>{body}</table>"
 
 
-def decision_html(rec: Recommendation, judged: list[Judged], margins: str,
-                  found: list[Groups], floor: list[str], unresolved: list[str]) -> str:  # fmt: skip
+def decision_html(
+    rec: Recommendation,
+    judged: list[Judged],
+    margins: str,
+    found: list[Groups],
+    floor: list[str],
+    unresolved: list[str],
+) -> str:
     """The report's opening section: recommendation, its code, verdicts, groups, floor."""
     if rec.chosen:
         head = f"<p class='chosen'>Recommended: <b>{esc(rec.chosen.config)}</b></p>"
@@ -135,7 +166,7 @@ def decision_html(rec: Recommendation, judged: list[Judged], margins: str,
         + _html_table([{"config": c, "group": g.letters[c]} for c in g.order])
         + f"<p class='small'>{esc(g.method)}</p>"
         for g in found
-    )  # fmt: skip
+    )
     floor_html = "".join(f"<li>{esc(x)}</li>" for x in floor)
     more = "".join(f"<p class='note'>{esc(x)}</p>" for x in unresolved)
     return (

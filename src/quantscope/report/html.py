@@ -37,6 +37,24 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _star(name: str, x: Any, y: float) -> dict[str, Any]:
+    """One point drawn as a large red star (the recommended config)."""
+    marker = {
+        "symbol": "star",
+        "size": 18,
+        "color": "#d62728",
+        "line": {"width": 1, "color": "#222"},
+    }
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "name": name,
+        "x": [x],
+        "y": [y],
+        "marker": marker,
+    }
+
+
 def _scatter(
     results: list[Result], x: str, y: str, title: str, log_y: bool, chosen: str | None = None
 ) -> dict[str, Any]:
@@ -60,33 +78,37 @@ def _scatter(
             if v <= 0:
                 ys[i], labels[i] = floor, f"{labels[i]} (= 0)"
     points = {
-        "type": "scatter", "mode": "markers+text", "name": "configs",
-        "x": [pts[i][0] for i in keep], "y": [ys[i] for i in keep],
-        "text": [labels[i] for i in keep], "textposition": "top center",
+        "type": "scatter",
+        "mode": "markers+text",
+        "name": "configs",
+        "x": [pts[i][0] for i in keep],
+        "y": [ys[i] for i in keep],
+        "text": [labels[i] for i in keep],
+        "textposition": "top center",
         "error_y": {"type": "data", "array": [results[i].metrics.get(my.se, 0) for i in keep]}
-        if my.se else None,
-    }  # fmt: skip
+        if my.se
+        else None,
+    }
     line = {
-        "type": "scatter", "mode": "lines", "name": "Pareto front",
-        "x": [pts[i][0] for i in front], "y": [ys[i] for i in front],
+        "type": "scatter",
+        "mode": "lines",
+        "name": "Pareto front",
+        "x": [pts[i][0] for i in front],
+        "y": [ys[i] for i in front],
         "line": {"dash": "dot"},
-    }  # fmt: skip
+    }
     data = [points, line]
     mark = [i for i in keep if results[i].config == chosen]
     if mark:
-        data.append({
-            "type": "scatter", "mode": "markers", "name": f"recommended: {chosen}",
-            "x": [pts[mark[0]][0]], "y": [ys[mark[0]]],
-            "marker": {"symbol": "star", "size": 18, "color": "#d62728",
-                       "line": {"width": 1, "color": "#222"}},
-        })  # fmt: skip
+        data.append(_star(f"recommended: {chosen}", pts[mark[0]][0], ys[mark[0]]))
     layout = {
         # the title sits left and the (hover-only) toolbar right, above the plot: no overlap
         "title": {"text": title, "x": 0.02, "xanchor": "left"},
         "xaxis": {"title": {"text": mx.label}},
         "yaxis": {"title": {"text": my.label}, "type": "log" if log_y else "linear"},
-        "margin": {"t": 70}, "legend": {"orientation": "h", "y": -0.2},
-    }  # fmt: skip
+        "margin": {"t": 70},
+        "legend": {"orientation": "h", "y": -0.2},
+    }
     return {"data": data, "layout": layout}
 
 
@@ -101,13 +123,19 @@ _TASK_HEAD = ("task", "config", "acc %", "Δ pts", "flips ✓→✗ / ✗→✓"
 def _kl_distribution(results: list[Result]) -> dict[str, Any]:
     """Per config, the per-token KL's median, p90, p99 and max (log scale)."""
     traces = [
-        {"type": "scatter", "mode": "lines+markers", "name": q,
-         "x": [r.config for r in results],
-         "y": [max(r.metrics.get(key) or 0.0, 1e-9) for r in results]}
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": q,
+            "x": [r.config for r in results],
+            "y": [max(r.metrics.get(key) or 0.0, 1e-9) for r in results],
+        }
         for q, key in _QUANTILES
-    ]  # fmt: skip
-    layout = {"title": {"text": "per-token KL distribution"},
-              "yaxis": {"type": "log", "title": {"text": "per-token KL (nats)"}}}  # fmt: skip
+    ]
+    layout = {
+        "title": {"text": "per-token KL distribution"},
+        "yaxis": {"type": "log", "title": {"text": "per-token KL (nats)"}},
+    }
     return {"data": traces, "layout": layout}
 
 
@@ -118,17 +146,25 @@ def _kl_by_position(results: list[Result]) -> dict[str, Any]:
     for r in results:
         parts = r.by_position
         if parts and r.metrics.get("kl_mean", 0.0) > 0:  # the baseline (0) has no log point
-            traces.append({
-                "type": "scatter", "mode": "lines+markers", "name": r.config,
-                "x": list(parts), "y": [m.get("kl_mean") for m in parts.values()],
-                "error_y": {"type": "data", "array": [m.get("kl_se", 0) for m in parts.values()]},
-            })  # fmt: skip
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": r.config,
+                    "x": list(parts),
+                    "y": [m.get("kl_mean") for m in parts.values()],
+                    "error_y": {
+                        "type": "data",
+                        "array": [m.get("kl_se", 0) for m in parts.values()],
+                    },
+                }
+            )
     layout = {
         "title": {"text": "KL by position in the window", "x": 0.02, "xanchor": "left"},
         "xaxis": {"title": {"text": "tokens of context (position bucket)"}, "type": "category"},
         "yaxis": {"type": "log", "title": {"text": METRICS["kl_mean"].label}},
         "legend": {"orientation": "h", "y": -0.2},
-    }  # fmt: skip
+    }
     return {"data": traces, "layout": layout}
 
 
@@ -158,11 +194,11 @@ def _memory_by_context(results: list[Result]) -> dict[str, Any]:
         "xaxis": {"title": {"text": "tokens of context (cached)"}},
         "yaxis": {"title": {"text": "MiB (dotted: the cache alone)"}},
         "legend": {"orientation": "h", "y": -0.2},
-    }  # fmt: skip
+    }
     return {"data": traces, "layout": layout}
 
 
-def _results_table(report: RunReport) -> str:
+def results_table(report: RunReport) -> str:
     """One row per config: every table metric from the catalog (value ± se), then status."""
     head = ["config", *(m.header for m in TABLE), "status"]
     rows = []
@@ -192,7 +228,7 @@ def _generation_cell(gen: dict[str, Any], base: dict[str, Any] | None) -> str:
     return "".join(parts)
 
 
-def _generations(results: list[Result]) -> str:
+def generations_table(results: list[Result]) -> str:
     if not results or not results[0].generations:
         return "<p>No generations.</p>"
     base = results[0]
@@ -203,8 +239,10 @@ def _generations(results: list[Result]) -> str:
             gen = r.generations[i]
             diff = gen.get("first_diff")
             where = "same as baseline" if diff is None else f"first differs at token {diff}"
-            rows.append(f"<tr><td>{esc(r.config)}<br><small>{esc(where)}</small></td>"
-                        f"<td>{_generation_cell(gen, base.generations[i])}</td></tr>")  # fmt: skip
+            rows.append(
+                f"<tr><td>{esc(r.config)}<br><small>{esc(where)}</small></td>"
+                f"<td>{_generation_cell(gen, base.generations[i])}</td></tr>"
+            )
         blocks.append(
             f"<h3>Prompt: {esc(first['prompt'])}</h3><table class='gen'>{''.join(rows)}</table>"
         )
@@ -257,9 +295,9 @@ def render_html(report: RunReport, decision: str = "", chosen: str | None = None
     settings = {"settings": report.settings, "provenance": report.provenance}
     title = f"quantscope · {report.provenance.get('model', '')} · run {report.run_id}"
     body = (
-        f"{decision}<h2>Results</h2>{_results_table(report)}"
+        f"{decision}<h2>Results</h2>{results_table(report)}"
         f"<h2>Tradeoffs</h2><p>{_HOW_TO_READ}</p>{PLOTS}{_tasks(results)}"
-        f"<h2>Generations (greedy; differing tokens marked)</h2>{_generations(results)}"
+        f"<h2>Generations (greedy; differing tokens marked)</h2>{generations_table(results)}"
     )
     return page(title, body, figures, settings)
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from quantscope.report.html import PLOTS, esc, page
-from quantscope.results import Study
+from quantscope.results import SensitivityStudy
 
 
 def _g(value: Any, digits: int = 3) -> str:
@@ -36,17 +36,28 @@ def sensitivity_table(study: dict[str, Any], top: int = 15) -> Table:
         f"calibration: {s['calibration_tokens']} tokens of {s['calibration_text']}",
         title_justify="left",
     )
-    columns = ("#", "unit", "KL only it", "Δppl % only it", "KL all but it", "KL saved",
-               "MB to keep")  # fmt: skip
+    columns = (
+        "#",
+        "unit",
+        "KL only it",
+        "Δppl % only it",
+        "KL all but it",
+        "KL saved",
+        "MB to keep",
+    )
     for header in columns:
         table.add_column(header, justify="left" if header == "unit" else "right")
     table.columns[1].no_wrap = True
     for i, row in enumerate(ranking(study)[:top], start=1):
         table.add_row(
-            str(i), Text(_short(row["unit"])), _g(row.get("only_kl")),
-            _g(row.get("only_dppl_pct")), _g(row.get("all_but_kl")), _g(row.get("gain")),
+            str(i),
+            Text(_short(row["unit"])),
+            _g(row.get("only_kl")),
+            _g(row.get("only_dppl_pct")),
+            _g(row.get("all_but_kl")),
+            _g(row.get("gain")),
             f"{row['mb_to_keep']:.2f}",
-        )  # fmt: skip
+        )
     return table
 
 
@@ -56,8 +67,8 @@ def _short(name: str) -> str:
 
 
 def ranking(study: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stored study's ranking (as ``mixed.Study.ranking`` computes it)."""
-    return Study.from_dict(study).ranking()
+    """The stored study's ranking (as ``mixed.SensitivityStudy.ranking`` computes it)."""
+    return SensitivityStudy.from_dict(study).ranking()
 
 
 def totals_line(study: dict[str, Any]) -> str:
@@ -77,12 +88,20 @@ def totals_line(study: dict[str, Any]) -> str:
 
 def heatmap(study: dict[str, Any], mode: str = "only") -> dict[str, Any] | None:
     """A plotly heatmap (as a dict) of layers × kinds, or None when units have no layer."""
-    layers, kinds, values = Study.from_dict(study).matrix(mode)
+    layers, kinds, values = SensitivityStudy.from_dict(study).matrix(mode)
     if not layers:
         return None
     z = [[None if math.isnan(v) else v for v in row] for row in values]
-    data = [{"type": "heatmap", "x": kinds, "y": layers, "z": z, "colorscale": "Reds",
-             "colorbar": {"title": {"text": "KL"}}}]  # fmt: skip
+    data = [
+        {
+            "type": "heatmap",
+            "x": kinds,
+            "y": layers,
+            "z": z,
+            "colorscale": "Reds",
+            "colorbar": {"title": {"text": "KL"}},
+        }
+    ]
     what = "only this unit quantized" if mode == "only" else "all but this unit quantized"
     layout = {"title": {"text": f"calibration KL, {what}"}, "yaxis": {"title": {"text": "layer"}}}
     return {"data": data, "layout": layout}
@@ -94,9 +113,15 @@ def front_table(result: dict[str, Any]) -> Table:
     cache and MB as weights + cache at the evaluation context."""
     caches = any(r.get("kv") for r in result["front"])
     table = Table(title="Search: Pareto front on calibration, then verified", title_justify="left")
-    heads = ("units kept", *(("KV cache", "est. MB (w + cache)") if caches else ("est. MB",)),
-             "calib KL ± se", "calib Δppl %", "verified MB", "verified KL ± se",
-             "verified Δppl %")  # fmt: skip
+    heads = (
+        "units kept",
+        *(("KV cache", "est. MB (w + cache)") if caches else ("est. MB",)),
+        "calib KL ± se",
+        "calib Δppl %",
+        "verified MB",
+        "verified KL ± se",
+        "verified Δppl %",
+    )
     for header in heads:
         table.add_column(header, justify="right")
 
@@ -111,15 +136,23 @@ def front_table(result: dict[str, Any]) -> Table:
     for row in result["front"]:
         v = verified.get((row["kept"], row.get("kv", "")), {})
         table.add_row(
-            *first(row), _pm(row, "kl"), _g(row["dppl_pct"]), size(v) if v else "",
-            _pm(v, "kl") if v else "", _g(v.get("dppl_pct")),
-        )  # fmt: skip
+            *first(row),
+            _pm(row, "kl"),
+            _g(row["dppl_pct"]),
+            size(v) if v else "",
+            _pm(v, "kl") if v else "",
+            _g(v.get("dppl_pct")),
+        )
     for (kept, kv), v in verified.items():
         if not any(r["kept"] == kept and r.get("kv", "") == kv for r in result["front"]):
             table.add_row(
-                *first(v), _g(v["calibration_kl"]), "", size(v), _pm(v, "kl"),
+                *first(v),
+                _g(v["calibration_kl"]),
+                "",
+                size(v),
+                _pm(v, "kl"),
                 _g(v.get("dppl_pct")),
-            )  # fmt: skip
+            )
     return table
 
 
@@ -135,9 +168,11 @@ def comparison_table(result: dict[str, Any]) -> Table | None:
     for name, m in rows:
         kl = m.get("kl_mean", m.get("kl"))
         table.add_row(
-            Text(name), _g(m["weight_mb"], 4), f"{_g(kl)} ± {_g(m['kl_se'], 2)}",
+            Text(name),
+            _g(m["weight_mb"], 4),
+            f"{_g(kl)} ± {_g(m['kl_se'], 2)}",
             f"{_g(m['dppl_pct'])} ± {_g(m['dppl_pct_se'], 2)}",
-        )  # fmt: skip
+        )
     return table
 
 
@@ -146,15 +181,25 @@ def render_study_html(study: dict[str, Any], search: dict[str, Any] | None = Non
     rows = ranking(study)
     head = ("unit", "KL only it", "Δppl % only it", "KL all but it", "KL saved", "MB to keep")
     cells = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in (
-            r["unit"], _pm(r, "only_kl"), _pm(r, "only_dppl_pct"), _pm(r, "all_but_kl"),
-            _g(r.get("gain")), f"{r['mb_to_keep']:.2f}")) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{esc(c)}</td>"
+            for c in (
+                r["unit"],
+                _pm(r, "only_kl"),
+                _pm(r, "only_dppl_pct"),
+                _pm(r, "all_but_kl"),
+                _g(r.get("gain")),
+                f"{r['mb_to_keep']:.2f}",
+            )
+        )
+        + "</tr>"
         for r in rows
-    )  # fmt: skip
+    )
     table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{cells}</table>"
     figures = [f for f in (heatmap(study, "only"), heatmap(study, "all-but")) if f]
     if search:
-        figures.append(_front_figure(search))
+        figures.append(front_figure(search))
     body = f"<p>{esc(totals_line(study))}</p>{PLOTS}<h2>Units, most sensitive first</h2>{table}"
     title = f"quantscope sensitivity · {study['settings']['model']} · {study['settings']['config']}"
     return page(
@@ -162,20 +207,39 @@ def render_study_html(study: dict[str, Any], search: dict[str, Any] | None = Non
     )
 
 
-def _front_figure(search: dict[str, Any]) -> dict[str, Any]:
+def front_figure(search: dict[str, Any]) -> dict[str, Any]:
     points, front, verified = search["candidates"], search["front"], search["verified"]
     data = [
-        {"type": "scatter", "mode": "markers", "name": "measured (calibration)",
-         "x": [p["estimated_mb"] for p in points], "y": [p["kl"] for p in points],
-         "text": [f"{p['kept']} kept" for p in points]},
-        {"type": "scatter", "mode": "lines", "name": "Pareto front", "line": {"dash": "dot"},
-         "x": [p["estimated_mb"] for p in front], "y": [p["kl"] for p in front]},
-        {"type": "scatter", "mode": "markers", "name": "verified (evaluation)",
-         "marker": {"symbol": "star", "size": 12},
-         "x": [v["weight_mb"] for v in verified], "y": [v["kl"] for v in verified]},
-    ]  # fmt: skip
-    layout = {"title": {"text": "KL vs weight MB"}, "xaxis": {"title": {"text": "MB"}},
-              "yaxis": {"title": {"text": "KL"}, "type": "log"}}  # fmt: skip
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "name": "measured (calibration)",
+            "x": [p["estimated_mb"] for p in points],
+            "y": [p["kl"] for p in points],
+            "text": [f"{p['kept']} kept" for p in points],
+        },
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "Pareto front",
+            "line": {"dash": "dot"},
+            "x": [p["estimated_mb"] for p in front],
+            "y": [p["kl"] for p in front],
+        },
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "name": "verified (evaluation)",
+            "marker": {"symbol": "star", "size": 12},
+            "x": [v["weight_mb"] for v in verified],
+            "y": [v["kl"] for v in verified],
+        },
+    ]
+    layout = {
+        "title": {"text": "KL vs weight MB"},
+        "xaxis": {"title": {"text": "MB"}},
+        "yaxis": {"title": {"text": "KL"}, "type": "log"},
+    }
     return {"data": data, "layout": layout}
 
 
@@ -187,10 +251,12 @@ def recovery_table(result: dict[str, Any]) -> Table:
     table.columns[0].no_wrap = True
     for name, m in result["configs"].items():
         table.add_row(
-            Text(name), _g(m["weight_mb"], 4), f"{_g(m['ppl'], 4)} ± {_g(m['ppl_se'], 2)}",
+            Text(name),
+            _g(m["weight_mb"], 4),
+            f"{_g(m['ppl'], 4)} ± {_g(m['ppl_se'], 2)}",
             f"{_g(m['dppl_pct'])} ± {_g(m['dppl_pct_se'], 2)}",
             f"{_g(m['kl_mean'])} ± {_g(m['kl_se'], 2)}",
-        )  # fmt: skip
+        )
     kl, kl_se = result["kl_recovery"]
     ppl, ppl_se = result["ppl_recovery"]
     table.caption = (

@@ -31,8 +31,11 @@ def grid(reports: list[RunReport]) -> tuple[list[str], dict[str, dict[str, Resul
 
 def loses_most(by_model: dict[str, Result]) -> str:
     """The model whose KL to its own baseline is largest under a config."""
-    measured = {m: r.metrics["kl_mean"] for m, r in by_model.items()
-                if not math.isnan(r.metrics.get("kl_mean", math.nan))}  # fmt: skip
+    measured = {
+        m: r.metrics["kl_mean"]
+        for m, r in by_model.items()
+        if not math.isnan(r.metrics.get("kl_mean", math.nan))
+    }
     return max(measured, key=measured.__getitem__) if measured else ""
 
 
@@ -61,20 +64,37 @@ def models_table(reports: list[RunReport], title: str = "") -> Table:
     return table
 
 
-def _bars(models: list[str], cells: dict[str, dict[str, Result]]) -> dict[str, Any]:
+def bars(models: list[str], cells: dict[str, dict[str, Result]]) -> dict[str, Any]:
     """KL per config, one bar per model, with ± 1 se (log axis; 0 shown at the axis floor)."""
     kl = METRICS["kl_mean"]
     traces = [
-        {"type": "bar", "name": model, "x": list(cells),
-         "y": [max(cells[c][model].metrics.get("kl_mean", math.nan), 1e-6)
-               if model in cells[c] and not cells[c][model].invalid else None for c in cells],
-         "error_y": {"type": "data", "array": [cells[c][model].metrics.get("kl_se", 0)
-                                               if model in cells[c] else 0 for c in cells]}}
+        {
+            "type": "bar",
+            "name": model,
+            "x": list(cells),
+            "y": [
+                max(cells[c][model].metrics.get("kl_mean", math.nan), 1e-6)
+                if model in cells[c] and not cells[c][model].invalid
+                else None
+                for c in cells
+            ],
+            "error_y": {
+                "type": "data",
+                "array": [
+                    cells[c][model].metrics.get("kl_se", 0) if model in cells[c] else 0
+                    for c in cells
+                ],
+            },
+        }
         for model in models
-    ]  # fmt: skip
-    layout = {"title": {"text": "KL to each model's own baseline, per config"},
-              "barmode": "group", "yaxis": {"type": "log", "title": {"text": kl.label}},
-              "xaxis": {"title": {"text": "config"}}, "margin": {"t": 60}}  # fmt: skip
+    ]
+    layout = {
+        "title": {"text": "KL to each model's own baseline, per config"},
+        "barmode": "group",
+        "yaxis": {"type": "log", "title": {"text": kl.label}},
+        "xaxis": {"title": {"text": "config"}},
+        "margin": {"t": 60},
+    }
     return {"data": traces, "layout": layout}
 
 
@@ -83,11 +103,14 @@ def models_html_table(reports: list[RunReport]) -> str:
     models, cells = grid(reports)
     head = "".join(f"<th>{esc(h)}</th>" for h in ("config", *models, "loses most"))
     rows = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in
-                         (config, *(_cell(by_model.get(m)) for m in models), loses_most(by_model)))
+        "<tr>"
+        + "".join(
+            f"<td>{esc(c)}</td>"
+            for c in (config, *(_cell(by_model.get(m)) for m in models), loses_most(by_model))
+        )
         + "</tr>"
         for config, by_model in cells.items()
-    )  # fmt: skip
+    )
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
@@ -100,4 +123,4 @@ def render_models_html(name: str, reports: list[RunReport]) -> str:
         f"{models_html_table(reports)}"
     )
     settings = {r.run_id: {"provenance": r.provenance, "settings": r.settings} for r in reports}
-    return page(f"quantscope study · {name}", body, [_bars(models, cells)], settings)
+    return page(f"quantscope study · {name}", body, [bars(models, cells)], settings)

@@ -12,8 +12,9 @@ from rich.text import Text
 from quantscope.metrics.catalog import METRICS, TABLE, Metric
 from quantscope.results import Result, RunReport, Status, depths_in
 
-ACCURACY: list[Metric] = [METRICS[k] for k in ("ppl", "dppl_pct", "kl_mean", "kl_p99",
-                                                "top1_agree", "dp_rms")]  # fmt: skip
+ACCURACY: list[Metric] = [
+    METRICS[k] for k in ("ppl", "dppl_pct", "kl_mean", "kl_p99", "top1_agree", "dp_rms")
+]
 EFFICIENCY: list[Metric] = [m for m in TABLE if m not in ACCURACY]
 COLUMNS: list[Metric] = list(TABLE)
 WIDE = 170  # terminal columns needed for the one-table layout
@@ -93,11 +94,19 @@ def outcome_notes(report: RunReport) -> list[Text]:
         found = r.meta.get("support") or {}
         if found.get("level") == "emulated":
             notes.append(Text(f"{r.config} runs emulated here: {found['reason']}."))
-    notes += [Text(f"{r.config}: speed measured with layers offloaded ({_places(r)}); it is "
-                   "slower than on the device alone.") for r in report.results
-              if r.metrics.get("offloaded")]  # fmt: skip
-    notes += [Text(f"invalid {r.config}: {r.invalid}.", style="bold red")
-              for r in report.results if r.invalid]  # fmt: skip
+    notes += [
+        Text(
+            f"{r.config}: speed measured with layers offloaded ({_places(r)}); it is "
+            "slower than on the device alone."
+        )
+        for r in report.results
+        if r.metrics.get("offloaded")
+    ]
+    notes += [
+        Text(f"invalid {r.config}: {r.invalid}.", style="bold red")
+        for r in report.results
+        if r.invalid
+    ]
     windows = report.settings.get("windows")
     if isinstance(windows, int) and windows < MIN_WINDOWS:
         notes.append(
@@ -136,22 +145,35 @@ def depth_table(report: RunReport) -> Table | None:
     rows = [r for r in report.results if depths_in(r.metrics)]
     if not rows:
         return None
-    table = Table(title="KV cache at depth (tokens already cached; prefill of 128 tokens, "
-                  "then decode)", title_justify="left")  # fmt: skip
-    heads = ("config", "depth", "KV MiB", "formula MiB", "+ weights MiB", "prefill tok/s",
-             "decode tok/s", "peak RSS MiB")  # fmt: skip
+    table = Table(
+        title="KV cache at depth (tokens already cached; prefill of 128 tokens, then decode)",
+        title_justify="left",
+    )
+    heads = (
+        "config",
+        "depth",
+        "KV MiB",
+        "formula MiB",
+        "+ weights MiB",
+        "prefill tok/s",
+        "decode tok/s",
+        "peak RSS MiB",
+    )
     for header in heads:
         table.add_column(header, justify="left" if header == "config" else "right")
     for r in rows:
         m = r.metrics
         for d in depths_in(m):
             table.add_row(
-                Text(r.config), f"{d:,}", f"{m[f'kv_bytes@{d}'] / 2**20:,.2f}",
+                Text(r.config),
+                f"{d:,}",
+                f"{m[f'kv_bytes@{d}'] / 2**20:,.2f}",
                 f"{m[f'kv_bytes_pred@{d}'] / 2**20:,.2f}",
                 f"{(m.get('weight_bytes', 0) + m[f'kv_bytes@{d}']) / 2**20:,.1f}",
-                f"{m[f'prefill_tps@{d}']:,.1f}", f"{m[f'decode_tps@{d}']:,.1f}",
+                f"{m[f'prefill_tps@{d}']:,.1f}",
+                f"{m[f'decode_tps@{d}']:,.1f}",
                 f"{m[f'peak_rss_mb@{d}']:,.0f}",
-            )  # fmt: skip
+            )
     return table
 
 
@@ -167,10 +189,15 @@ def _parts_table(
     for config, parts in rows:
         for name, m in parts.items():
             table.add_row(
-                Text(config), Text(name[-40:]), f"{m['tokens']:.0f}", f"{m['windows']:.0f}",
-                *(METRICS[k].cell(m, one_line=True)
-                  for k in ("ppl", "dppl_pct", "kl_mean", "top1_agree")),
-            )  # fmt: skip
+                Text(config),
+                Text(name[-40:]),
+                f"{m['tokens']:.0f}",
+                f"{m['windows']:.0f}",
+                *(
+                    METRICS[k].cell(m, one_line=True)
+                    for k in ("ppl", "dppl_pct", "kl_mean", "top1_agree")
+                ),
+            )
     return table
 
 
@@ -189,7 +216,11 @@ def tasks_table(report: RunReport) -> Table | None:
             acc = f"{100 * t['accuracy']:.1f} ± {100 * t['accuracy_se']:.1f}"
             flips = f"{t['correct_to_wrong']} / {t['wrong_to_correct']} ({t['flipped_pct']:.1f}%)"
             table.add_row(
-                Text(name), Text(config), acc, f"{100 * t['delta']:+.1f}", flips,
+                Text(name),
+                Text(config),
+                acc,
+                f"{100 * t['delta']:+.1f}",
+                flips,
                 f"{t['mcnemar_p']:.3g}",
-            )  # fmt: skip
+            )
     return table

@@ -3,12 +3,12 @@
 A study (``study``: the YAML file) expands into one run per model and text; :func:`plan`
 says, before anything is measured, how many evaluations it holds and which are already in the
 store (their keys are the runner's, so a study resumes where it stopped and reuses what
-``quantscope run`` measured); :func:`run_study` measures the rest — in this process, exactly
+``quantscope run`` measured); :func:`run_sweep` measures the rest — in this process, exactly
 as ``quantscope run`` does, or as tasks on a Ray cluster (``on_ray``) — and returns every row
 as one table.
 
->>> from quantscope.sweeps.study import parse_study
->>> study = parse_study({"models": ["bundled"], "configs": ["fp32", "bnb-nf4"]})
+>>> from quantscope.sweeps.sweep_file import parse_sweep
+>>> study = parse_sweep({"models": ["bundled"], "configs": ["fp32", "bnb-nf4"]})
 >>> len(study.runs())
 1
 """
@@ -21,12 +21,14 @@ from enum import Enum
 from typing import Any
 
 from quantscope import runner
+from quantscope.context import prepare
 from quantscope.events import Events, LogEvents
+from quantscope.provenance import now
 from quantscope.results import Display, RunReport, Status
-from quantscope.store import Store, now
-from quantscope.sweeps.study import Study, parse_study, read_study
+from quantscope.store import Store, default_store
+from quantscope.sweeps.sweep_file import Sweep, parse_sweep, read_sweep
 
-__all__ = ["Cell", "Executor", "StudyReport", "parse_study", "plan", "read_study", "run_study"]
+__all__ = ["Cell", "Executor", "SweepReport", "parse_sweep", "plan", "read_sweep", "run_sweep"]
 
 
 @dataclass(frozen=True)
@@ -40,25 +42,23 @@ class Cell:
     stored: bool
 
 
-def plan(study: Study, events: Events | None = None) -> list[Cell]:
+def plan(study: Sweep, events: Events | None = None) -> list[Cell]:
     """Every evaluation of the study, model by model, and which ones the store already holds
     (finding the models and tokenizing the texts, loading no weights)."""
     events = events or LogEvents()
     cells = []
-    with Store(study.store or runner.default_store()) as store:
+    with Store(study.store or default_store()) as store:
         for spec in study.runs():
-            ctx = runner.prepare(spec, events)
+            ctx = prepare(spec, events)
             for config in spec.configs:
-                key = runner.result_key(
-                    ctx.files.fingerprint, config, ctx.windows.fingerprint, ctx.settings_fp
-                )
-                cells.append(Cell(ctx.files.name, ctx.text_name, config.display, key,
-                                  store.get(key) is not None))  # fmt: skip
+                key = ctx.key(config)
+                stored = store.get(key) is not None
+                cells.append(Cell(ctx.files.name, ctx.text_name, config.display, key, stored))
     return cells
 
 
 @dataclass
-class StudyReport(Display):
+class SweepReport(Display):
     """Every run of a study (one per model and text), and all their rows as one table."""
 
     name: str
@@ -72,11 +72,15 @@ class StudyReport(Display):
         import pandas as pd
 
         rows = [
-            {"model": r.provenance.get("model"), "text": r.provenance.get("text"),
-             "status": o.status.value, **(o.result.row() if o.result else {"config": o.config})}
+            {
+                "model": r.provenance.get("model"),
+                "text": r.provenance.get("text"),
+                "status": o.status.value,
+                **(o.result.row() if o.result else {"config": o.config}),
+            }
             for r in self.runs
             for o in r.outcomes
-        ]  # fmt: skip
+        ]
         return pd.DataFrame(rows)
 
     @property
@@ -89,14 +93,14 @@ class Executor(str, Enum):
     RAY = "ray"  # as Ray tasks on a cluster (``on_ray``)
 
 
-def run_study(
-    study: Study,
+def run_sweep(
+    study: Sweep,
     events: Events | None = None,
     executor: Executor = Executor.LOCAL,
     address: str | None = None,
     retries: int = 2,
     shared_dir: str | None = None,
-) -> StudyReport:
+) -> SweepReport:
     """Measure every evaluation the store does not hold yet; each is stored as it finishes.
 
     ``local`` runs them in this process, run by run (the same numbers as ``quantscope run``);
@@ -110,9 +114,12 @@ def run_study(
         reports = run_on_ray(study, events, address, retries, shared_dir)
     else:
         reports = [runner.run(spec, events) for spec in study.runs()]
-    key = f"study-{now().replace(':', '').replace('+0000', '')}-{uuid.uuid4().hex[:6]}"
-    with Store(study.store or runner.default_store()) as store:
-        body = {"name": study.name, "runs": [r.run_id for r in reports],
-                "executor": Executor(executor).value}  # fmt: skip
-        store.put_study(key, "sweep", body)
-    return StudyReport(study.name, reports, key)
+    key = f"sweep-{now().replace(':', '').replace('+0000', '')}-{uuid.uuid4().hex[:6]}"
+    with Store(study.store or default_store()) as store:
+        body = {
+            "name": study.name,
+            "runs": [r.run_id for r in reports],
+            "executor": Executor(executor).value,
+        }
+        store.put_analysis(key, "sweep", body)
+    return SweepReport(study.name, reports, key)

@@ -20,37 +20,40 @@ from typing import Any
 from quantscope import runner
 from quantscope.cache import cache_dir
 from quantscope.config import QuantConfig, RunSpec
+from quantscope.context import RunContext, prepare
 from quantscope.errors import UserError
-from quantscope.events import Events
+from quantscope.events import Events, LogEvents
 from quantscope.results import Outcome, RunReport, Status
-from quantscope.store import Store
-from quantscope.sweeps.study import Study
+from quantscope.store import Store, default_store
+from quantscope.sweeps.sweep_file import Sweep
 
 log = logging.getLogger(__name__)
 WAIT_S = 5.0  # how long the driver waits for a finished task before it looks again
 
 
-def _reference_task(spec: RunSpec) -> str:
-    """Worker: make (or find) the baseline's reference pass, generations and task answers."""
-    ctx = runner.prepare(spec, runner.LogEvents())
+def _reference_task(spec: RunSpec, threads: int) -> str:
+    """Worker: make (or find) the baseline's reference pass, generations and task answers,
+    with the driver's intra-op thread count."""
+    ctx = prepare(spec, LogEvents(), threads)
     runner.ensure_reference(ctx)
     return ctx.files.fingerprint
 
 
-def _config_task(spec: RunSpec, config: QuantConfig, key: str, _reference: str) -> Outcome:
-    """Worker: measure one config against the reference its task made (never stores it)."""
-    ctx = runner.prepare(spec, runner.LogEvents())
-    return runner.evaluate_config(ctx, config, key)
+def _config_task(spec: RunSpec, threads: int, config: QuantConfig, _reference: str) -> Outcome:
+    """Worker: measure one config against the reference its task made (never stores it),
+    with the driver's intra-op thread count, so the numbers are the local executor's."""
+    ctx = prepare(spec, LogEvents(), threads)
+    return runner.evaluate_config(ctx, config, ctx.key(config))
 
 
-def _memory(ctx: Any, factor: float) -> int:
+def _memory(ctx: RunContext, factor: float) -> int:
     """Bytes a task asks for: ``factor`` times the baseline's weight files (at least 1 GiB)."""
     size = sum(p.stat().st_size for p in Path(ctx.files.folder).glob("*.safetensors"))
     return max(int(factor * size), 1 << 30)
 
 
 def run_on_ray(
-    study: Study, events: Events, address: str | None, retries: int, shared_dir: str | None
+    study: Sweep, events: Events, address: str | None, retries: int, shared_dir: str | None
 ) -> list[RunReport]:
     """Measure ``study`` on a Ray cluster (``address``: ``auto``, ``ray://HOST:PORT``, or None
     to start a local Ray instance); one :class:`RunReport` per model and text."""
@@ -61,70 +64,81 @@ def run_on_ray(
     shared = str(Path(shared_dir).expanduser().resolve()) if shared_dir else str(cache_dir())
     env = {"QUANTSCOPE_CACHE": shared, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
     logging.getLogger("ray").setLevel(logging.ERROR)  # its notices go to its own logs
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False,
-             logging_level=logging.WARNING)  # fmt: skip
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": env},
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
     try:
         return _drive(ray, study, events, retries)
     finally:
         ray.shutdown()
 
 
-def _drive(ray: Any, study: Study, events: Events, retries: int) -> list[RunReport]:
+def _drive(ray: Any, study: Sweep, events: Events, retries: int) -> list[RunReport]:
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0  # a whole GPU per task
     reference = ray.remote(max_retries=retries, num_gpus=gpus)(_reference_task)
     measure = ray.remote(max_retries=retries, num_gpus=gpus)(_config_task)
-    pending: dict[Any, tuple[int, int, QuantConfig, str]] = {}
-    runs: list[tuple[Any, str, dict[int, Outcome]]] = []
-    with Store(study.store or runner.default_store()) as store:
+    pending: dict[Any, tuple[int, int, QuantConfig]] = {}
+    runs: list[tuple[RunContext, str, dict[int, Outcome]]] = []
+    with Store(study.store or default_store()) as store:
         for index, spec in enumerate(study.runs()):
-            ctx = runner.prepare(spec, events)
+            ctx = prepare(spec, events)
+            cpus = _cpus(ray, ctx.threads)
             run_id, ref = store.new_run(ctx.files.name, ctx.settings), None
             outcomes: dict[int, Outcome] = {}
             runs.append((ctx, run_id, outcomes))
             for position, config in enumerate(spec.configs):
-                key = runner.result_key(
-                    ctx.files.fingerprint, config, ctx.windows.fingerprint, ctx.settings_fp
-                )
-                stored = None if spec.force else store.get(key)
-                if stored is not None:
-                    store.link(run_id, key, position, Status.REUSED)
-                    outcomes[position] = Outcome(
-                        config.display, Status.REUSED, "", stored, ctx.files.name
-                    )
-                    events.outcome(outcomes[position])
+                reused = ctx.reuse(store, run_id, config, position)
+                if reused is not None:
+                    outcomes[position] = reused
+                    events.outcome(reused)
                     continue
                 if ref is None:
-                    ref = reference.options(memory=_memory(ctx, 3.0)).remote(spec)
-                task = measure.options(memory=_memory(ctx, 2.0)).remote(spec, config, key, ref)
-                pending[task] = (index, position, config, key)
+                    ref = reference.options(memory=_memory(ctx, 3.0), num_cpus=cpus).remote(
+                        spec, ctx.threads
+                    )
+                task = measure.options(memory=_memory(ctx, 2.0), num_cpus=cpus)
+                pending[task.remote(spec, ctx.threads, config, ref)] = (index, position, config)
         _collect(ray, store, pending, runs, events, retries)
     return [_report(ctx, run_id, outcomes, store.path) for ctx, run_id, outcomes in runs]
 
 
-def _collect(ray: Any, store: Store, pending: dict[Any, Any], runs: list[Any], events: Events,
-             retries: int) -> None:  # fmt: skip
+def _cpus(ray: Any, threads: int) -> int:
+    """CPUs a task reserves: the driver's thread count, or the most any node has (the task
+    still runs with the driver's threads: its numbers must not depend on the node)."""
+    most = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+    return max(1, min(threads, int(most)))
+
+
+def _collect(
+    ray: Any,
+    store: Store,
+    pending: dict[Any, tuple[int, int, QuantConfig]],
+    runs: list[tuple[RunContext, str, dict[int, Outcome]]],
+    events: Events,
+    retries: int,
+) -> None:
     """Store each result as its task finishes; a task that failed past its retries is a
     failed config with the reason."""
     events.stage(f"{len(pending)} evaluations on Ray", len(pending))
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
         for task in done:
-            index, position, config, key = pending.pop(task)
-            _ctx, run_id, outcomes = runs[index]
+            index, position, config = pending.pop(task)
+            ctx, run_id, outcomes = runs[index]
             try:
                 outcome = ray.get(task)
             except Exception as err:  # the worker died more often than it may be retried
                 reason = f"{type(err).__name__} after {retries} retries: {str(err)[:300]}"
                 outcome = Outcome(config.display, Status.FAILED, reason)
-            if outcome.result is not None:
-                store.put(outcome.result, outcome.tokens)
-            if outcome.status is not Status.FAILED or outcome.result is not None:
-                store.link(run_id, key, position, outcome.status)
+            ctx.record(store, run_id, config, position, outcome)
             outcomes[position] = outcome
             events.outcome(outcome)
             events.advance(1)
 
 
-def _report(ctx: Any, run_id: str, outcomes: dict[int, Outcome], store: Path) -> RunReport:
-    found = {**runner.provenance(ctx, store), "executor": "ray"}
+def _report(ctx: RunContext, run_id: str, outcomes: dict[int, Outcome], store: Path) -> RunReport:
+    found = {**ctx.provenance(store), "executor": "ray"}
     return RunReport(run_id, [outcomes[i] for i in sorted(outcomes)], ctx.settings, found)

@@ -7,7 +7,7 @@ from typing import Any
 
 from quantscope.errors import UserError
 from quantscope.metrics.tasks import compare_answers
-from quantscope.tasks import Task
+from quantscope.tasks.base import Task
 
 Answers = dict[str, dict[str, list[bool]]]  # task → metric → correct per item
 

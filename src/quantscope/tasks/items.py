@@ -11,7 +11,7 @@ from typing import Any
 from quantscope.data import encoder, prefix_token
 from quantscope.errors import UserError
 from quantscope.evaluate import loglikelihoods
-from quantscope.tasks import Task, TaskItem, encode_pair
+from quantscope.tasks.base import Task, TaskItem, encode_pair
 
 _WORD = re.compile(r"^(.*\S)\s+([A-Za-z]{3,})[.!?]?$", re.DOTALL)
 

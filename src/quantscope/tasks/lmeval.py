@@ -18,7 +18,7 @@ from quantscope.config import did_you_mean
 from quantscope.data import encoder, prefix_token
 from quantscope.errors import UserError
 from quantscope.evaluate import loglikelihoods
-from quantscope.tasks import Task, encode_pair
+from quantscope.tasks.base import Task, encode_pair
 
 
 def _lm_eval() -> Any:
@@ -92,9 +92,12 @@ class LmEvalTask(Task):
         lm_eval = _lm_eval()
         try:
             out = lm_eval.simple_evaluate(
-                model=make_lm(model, tokenizer, batch_size), tasks=[self.name],
-                task_manager=self.manager, limit=self.limit, log_samples=True,
-            )  # fmt: skip
+                model=make_lm(model, tokenizer, batch_size),
+                tasks=[self.name],
+                task_manager=self.manager,
+                limit=self.limit,
+                log_samples=True,
+            )
         except (ConnectionError, OSError) as err:
             raise UserError(f"lm-eval task '{self.name}' could not get its data: {err}") from None
         samples = sorted(out["samples"][self.name], key=lambda s: s["doc_id"])

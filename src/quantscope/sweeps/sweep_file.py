@@ -2,7 +2,7 @@
 parameters as ``quantscope run``, expanded into one :class:`~quantscope.config.RunSpec` per
 model and text.
 
->>> study = parse_study({"models": ["bundled", "org/name"], "configs": ["fp32", "bnb-nf4"],
+>>> study = parse_sweep({"models": ["bundled", "org/name"], "configs": ["fp32", "bnb-nf4"],
 ...                      "texts": ["bundled"], "settings": {"tokens": 1024}})
 >>> [(s.model.kind.value, len(s.configs), s.data.tokens) for s in study.runs()]
 [('bundled', 2, 1024), ('hub', 2, 1024)]
@@ -30,12 +30,21 @@ from quantscope.errors import UserError
 BUNDLED = "bundled"  # the bundled model, or the bundled text
 _TOP = ("name", "models", "configs", "texts", "tasks", "settings", "store")
 _DATA = ("tokens", "context", "stride", "bos", "field")
-_RUN = ("batch_size", "seed", "device", "ref_topk", "ref_samples", "speed_reps",
-        "max_new_tokens", "task_limit", "exact")  # fmt: skip
+_RUN = (
+    "batch_size",
+    "seed",
+    "device",
+    "ref_topk",
+    "ref_samples",
+    "speed_reps",
+    "max_new_tokens",
+    "task_limit",
+    "exact",
+)
 
 
 @dataclass(frozen=True)
-class Study:
+class Sweep:
     """A parsed study: every model and text, the configs and tasks each is measured with, and
     the settings every run shares (``data`` for the windows, ``run`` for the rest)."""
 
@@ -64,7 +73,7 @@ class Study:
         ]
 
 
-def read_study(path: str | Path) -> Study:
+def read_sweep(path: str | Path) -> Sweep:
     """The study in a YAML file (paths in it are relative to the file's folder)."""
     import yaml
 
@@ -77,10 +86,10 @@ def read_study(path: str | Path) -> Study:
         raise UserError(f"Study file '{path}' is not valid YAML: {err}") from None
     if not isinstance(body, dict):
         raise UserError(f"Study file '{path}' must be a YAML mapping with models and configs.")
-    return parse_study(body, file.parent, body.get("name") or file.stem)
+    return parse_sweep(body, file.parent, body.get("name") or file.stem)
 
 
-def parse_study(body: dict[str, Any], folder: Path | None = None, name: str = "study") -> Study:
+def parse_sweep(body: dict[str, Any], folder: Path | None = None, name: str = "study") -> Sweep:
     """A study from its mapping; every mistake is one sentence naming the key."""
     _known(body, _TOP, "study file")
     folder = folder or Path.cwd()
@@ -94,12 +103,16 @@ def parse_study(body: dict[str, Any], folder: Path | None = None, name: str = "s
         raise UserError("'settings' must be a mapping like {tokens: 4096, context: 512}.")
     _known(settings, _DATA + _RUN, "settings")
     store = body.get("store")
-    study = Study(
-        str(name), models, configs, texts, tuple(str(t) for t in _list(body, "tasks")),
+    study = Sweep(
+        str(name),
+        models,
+        configs,
+        texts,
+        tuple(str(t) for t in _list(body, "tasks")),
         {k: v for k, v in settings.items() if k in _DATA},
         {k: v for k, v in settings.items() if k in _RUN},
         str((folder / store).resolve()) if store else None,
-    )  # fmt: skip
+    )
     try:
         study.runs()  # every spec validates itself now, before anything loads
     except TypeError as err:
@@ -155,6 +168,6 @@ def _text(entry: Any, folder: Path) -> str | None:
     return str(path)
 
 
-def replace_store(study: Study, store: str | None) -> Study:
+def replace_store(study: Sweep, store: str | None) -> Sweep:
     """The study writing to ``store`` (the command line's ``--store`` wins over the file)."""
     return dataclasses.replace(study, store=store) if store else study

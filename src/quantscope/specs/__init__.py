@@ -1,0 +1,334 @@
+"""Spec builders: the options of the command line and of the Python API (same names, same
+checks, passed by keyword) made into the typed specs the runner, the sensitivity study, search,
+recovery, sweeps and decisions take, so the two front doors cannot drift apart.
+
+Text may be a path, a list of paths, or the text itself (a string with spaces); configs a comma
+list, a list of names, config objects or saved config files. Every bad option raises
+:class:`~quantscope.errors.UserError` with one sentence.
+
+>>> run_spec(tokens=1024, context=256).data.tokens
+1024
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from quantscope import config as cfg
+from quantscope.config.kv import parse_kv
+from quantscope.config.quant import ConfigsLike
+from quantscope.errors import UserError
+from quantscope.mixed import SearchSpec, SensitivitySpec
+from quantscope.recovery import RecoverSpec
+from quantscope.specs.decisions import compare_spec, judge_spec, recommend_spec
+from quantscope.specs.inputs import (
+    PathLike,
+    Texts,
+    by_keyword,
+    dtype_of,
+    names_of,
+    one_config,
+    parse_depths,
+    path_or_none,
+    read_prompts,
+    text_files,
+    unknown_option,
+)
+from quantscope.sweeps import Executor, read_sweep
+from quantscope.sweeps.sweep_file import Sweep, parse_sweep, replace_store
+
+__all__ = [
+    "by_keyword",
+    "compare_spec",
+    "judge_spec",
+    "parse_depths",
+    "read_prompts",
+    "recommend_spec",
+    "recover_spec",
+    "run_spec",
+    "search_spec",
+    "sensitivity_spec",
+    "sweep_spec",
+    "text_files",
+    "unknown_option",
+]
+
+
+def run_spec(
+    model: str | None = None,
+    *,
+    configs: ConfigsLike = cfg.DEFAULT_CONFIGS,
+    text: Texts = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    split: str = "test",
+    field: str = "text",
+    bos: bool | None = None,
+    tokens: int = 4096,
+    context: int = 512,
+    stride: int = 0,
+    prompts: PathLike | Iterable[str] | None = None,
+    tasks: str | Iterable[str] = (),
+    task_limit: int = 200,
+    store: PathLike | None = None,
+    force: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    dtype: cfg.DType | str = cfg.DType.FP32,
+    batch_size: int = 4,
+    ref_topk: int = 256,
+    ref_samples: int = 64,
+    exact: bool = False,
+    max_new_tokens: int = 40,
+    speed_reps: int = 3,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    offload_dir: PathLike | None = None,
+    baseline_device_map: str | None = None,
+    depths: str | Iterable[int] | None = None,
+) -> cfg.RunSpec:
+    """The :class:`RunSpec` of ``quantscope run`` with these options (same names)."""
+    model_spec = cfg.model_spec(
+        model,
+        dtype=dtype_of(dtype, "dtype") or cfg.DType.FP32,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    placed = cfg.placements(device_map, max_memory, path_or_none(offload_dir), baseline_device_map)
+    model_spec = replace(model_spec, placement=placed[0], baseline_placement=placed[1])
+    data = cfg.DataSpec(
+        texts=text_files(text),
+        dataset=dataset,
+        dataset_config=dataset_config,
+        split=split,
+        field=field,
+        bos=bos,
+        tokens=tokens,
+        context=context,
+        stride=stride,
+    )
+    return cfg.RunSpec(
+        model=model_spec,
+        configs=cfg.parse_config_list(configs),
+        data=data,
+        prompts=read_prompts(prompts),
+        max_new_tokens=max_new_tokens,
+        device=device,
+        seed=seed,
+        batch_size=batch_size,
+        ref_topk=ref_topk,
+        ref_samples=ref_samples,
+        exact=exact,
+        speed_reps=speed_reps,
+        store_path=path_or_none(store),
+        force=force,
+        tasks=names_of(tasks),
+        task_limit=task_limit,
+        depths=parse_depths(depths),
+    )
+
+
+def sensitivity_spec(
+    config: str | cfg.QuantConfig,
+    *,
+    model: str | None = None,
+    fallback: cfg.DType | str | None = None,
+    by: str = "block",
+    modes: str | Iterable[str] = "only,all-but",
+    calib_text: Texts = None,
+    calib_tokens: int = 1024,
+    calib_context: int = 256,
+    calib_stride: int = 192,
+    device: str = "auto",
+    batch_size: int = 4,
+    store: PathLike | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> SensitivitySpec:
+    """The sensitivity study of ``quantscope sensitivity`` with these options."""
+
+    return SensitivitySpec(
+        model=cfg.model_spec(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle),
+        config=one_config(config),
+        fallback=dtype_of(fallback, "fallback"),
+        by=by,
+        calib=cfg.DataSpec(
+            texts=text_files(calib_text, "calib-text"),
+            tokens=calib_tokens,
+            context=calib_context,
+            stride=calib_stride,
+        ),
+        modes=names_of(modes),
+        device=device,
+        batch_size=batch_size,
+        store_path=path_or_none(store),
+    )
+
+
+def search_spec(
+    config: str | cfg.QuantConfig,
+    *,
+    max_kl: float | None = None,
+    max_ppl_increase: str | float | None = None,
+    max_mb: float | None = None,
+    model: str | None = None,
+    fallback: cfg.DType | str | None = None,
+    by: str = "block",
+    modes: str | Iterable[str] = "all-but",
+    text: Texts = None,
+    tokens: int = 4096,
+    context: int = 512,
+    stride: int = 0,
+    calib_text: Texts = None,
+    calib_tokens: int = 1024,
+    calib_context: int = 256,
+    calib_stride: int = 192,
+    tries: int = 3,
+    save: PathLike | None = None,
+    label: str | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    store: PathLike | None = None,
+    speed_reps: int = 3,
+    max_new_tokens: int = 40,
+    prompts: PathLike | Iterable[str] | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    kv: str | Iterable[str] | None = None,
+) -> SearchSpec:
+    """The search of ``quantscope search`` with these options (``kv``: KV caches to choose
+    among, e.g. ``dynamic,quanto-int4``; sizes then count the cache at ``context`` tokens)."""
+
+    study = sensitivity_spec(
+        config,
+        model=model,
+        fallback=fallback,
+        by=by,
+        modes=modes,
+        calib_text=calib_text,
+        calib_tokens=calib_tokens,
+        calib_context=calib_context,
+        calib_stride=calib_stride,
+        device=device,
+        batch_size=batch_size,
+        store=store,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    budget = cfg.Budget(
+        max_kl=max_kl,
+        max_ppl_increase=cfg.parse_percent(max_ppl_increase, "--max-ppl-increase"),
+        max_mb=max_mb,
+    )
+    evaluation = cfg.DataSpec(texts=text_files(text), tokens=tokens, context=context, stride=stride)
+    caches = cfg.split_config_list(kv) if isinstance(kv, str) else list(kv or ())
+    return SearchSpec(
+        study=study,
+        budget=budget,
+        evaluation=evaluation,
+        tries=tries,
+        save=path_or_none(save),
+        label=label,
+        speed_reps=speed_reps,
+        max_new_tokens=max_new_tokens,
+        prompts=read_prompts(prompts),
+        kv=tuple(dict.fromkeys(parse_kv(c) for c in caches)),
+    )
+
+
+def recover_spec(
+    config: str | cfg.QuantConfig,
+    *,
+    model: str | None = None,
+    rank: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    targets: str | Iterable[str] = "all-linear",
+    steps: int = 200,
+    max_minutes: float | None = None,
+    lr: float = 1e-3,
+    seq_len: int = 256,
+    train_batch: int = 4,
+    kl_weight: float = 1.0,
+    train_text: Texts = None,
+    text: Texts = None,
+    tokens: int = 4096,
+    context: int = 512,
+    stride: int = 0,
+    out: PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    store: PathLike | None = None,
+    speed_reps: int = 3,
+    max_new_tokens: int = 40,
+    prompts: PathLike | Iterable[str] | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> RecoverSpec:
+    """The recovery of ``quantscope recover`` with these options."""
+
+    return RecoverSpec(
+        model=cfg.model_spec(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle),
+        config=one_config(config),
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        targets=names_of(targets),
+        steps=steps,
+        max_minutes=max_minutes,
+        lr=lr,
+        seq_len=seq_len,
+        batch_size=train_batch,
+        kl_weight=kl_weight,
+        train=cfg.DataSpec(
+            texts=text_files(train_text, "train-text"),
+            tokens=1_000_000,
+            context=seq_len,
+            stride=seq_len - 1,
+        ),
+        evaluation=cfg.DataSpec(
+            texts=text_files(text), tokens=tokens, context=context, stride=stride
+        ),
+        out=path_or_none(out),
+        device=device,
+        seed=seed,
+        store_path=path_or_none(store),
+        speed_reps=speed_reps,
+        max_new_tokens=max_new_tokens,
+        prompts=read_prompts(prompts),
+    )
+
+
+def sweep_spec(
+    study: PathLike | dict[str, Any] | Any,
+    *,
+    store: PathLike | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    retries: int = 2,
+    shared_dir: PathLike | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The study of ``quantscope sweep`` (a YAML file, its mapping, or a study) and how to
+    run it."""
+
+    if executor not in {e.value for e in Executor}:
+        raise UserError(f"--executor must be local or ray, got '{executor}'.")
+    if retries < 0:
+        raise UserError(f"--retries must be 0 or more, got {retries}.")
+    if isinstance(study, dict):
+        study = parse_sweep(study, name=str(study.get("name", "study")))
+    elif not isinstance(study, Sweep):
+        study = read_sweep(study)
+    how = {
+        "executor": Executor(executor),
+        "address": address,
+        "retries": retries,
+        "shared_dir": path_or_none(shared_dir),
+    }
+    return replace_store(study, path_or_none(store)), how
