@@ -66,10 +66,13 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+# The fast set for iterating: every test but those marked slow (a Ray cluster) or
+# integration (the bundled real model's end-to-end runs). CI runs them all (make test).
 unit: $(VENV)/.installed-dev browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow and not integration"
 
-test: lint unit
+test: lint browser
+	$(BIN)/pytest -q --durations=15
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks

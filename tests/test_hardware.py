@@ -139,8 +139,8 @@ def _placed_spec(model_dir, text, store, **placement):
 
     return run_spec(
         str(model_dir),
-        "fp32,bnb-int8",
-        str(text),
+        configs="fp32,bnb-int8",
+        text=str(text),
         tokens=300,
         context=64,
         stride=32,

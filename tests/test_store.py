@@ -49,35 +49,41 @@ def test_the_store_runs_in_wal_mode_and_upgrades_in_place(old_store: Path) -> No
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_the_new_runner_reuses_every_row_of_the_previous_release(
+def test_the_new_code_keys_every_row_of_the_previous_release_as_stored(
     old_store: Path, tiny_model_dir: Path, tiny_text: Path
 ) -> None:
-    """The same run as the fixture's (same tiny model, text and settings): nothing measured
-    again. The text's path is one of the settings, so the text is written where the fixture's
-    was. Results are keyed by library versions too, so this holds while they are the ones the
-    fixture was written with; after an upgrade a rerun rightly measures again."""
-    from quantscope import runner
+    """The same run as the fixture's (same tiny model, text and settings), prepared by today's
+    code: its settings equal the stored ones but for the two that belong to the machine that
+    wrote the fixture (library versions, the text's path), its windows fingerprint is the
+    stored one, and with those two settings taken from the fixture every key is the stored
+    key. Version-independent by construction, so it runs on every install (the model files'
+    own fingerprint changes with transformers, which writes its version into config.json:
+    the stored one is used)."""
     from quantscope.config import DataSpec, RunSpec, model_spec, parse_config_list
-    from quantscope.provenance import versions
+    from quantscope.context import prepare
+    from quantscope.events import LogEvents
+    from quantscope.provenance import digest
 
     with Store(old_store) as store:
         (run,) = store.runs()
         old = [r for _, r in store.run_results(run["run"])]
-    if run["settings"]["versions"] != versions():
-        pytest.skip(f"library versions changed since the fixture: {run['settings']['versions']}")
-    text = Path(run["settings"]["sources"][0])
-    text.parent.mkdir(parents=True, exist_ok=True)
-    text.write_text(tiny_text.read_text(encoding="utf-8"), encoding="utf-8")
     spec = RunSpec(
         model=model_spec(str(tiny_model_dir)),
         configs=parse_config_list([r.config for r in old]),
-        data=DataSpec((str(text),), tokens=200, context=64, stride=32),
+        data=DataSpec((str(tiny_text),), tokens=200, context=64, stride=32),
         prompts=("Hello",),
         max_new_tokens=3,
         speed_reps=1,
         ref_topk=16,
-        store_path=str(old_store),
     )
-    report = runner.run(spec)
-    assert [o.status.value for o in report.outcomes] == ["reused"] * len(old)
-    assert [o.result for o in report.outcomes] == old
+    ctx = prepare(spec, LogEvents())
+    theirs = {"versions": run["settings"]["versions"], "sources": run["settings"]["sources"]}
+    settings = {**ctx.settings, **theirs}
+    assert settings == run["settings"]
+    for stored, config in zip(old, spec.configs, strict=True):
+        assert ctx.windows.fingerprint == stored.data_fingerprint
+        assert digest(settings) == stored.settings_fingerprint
+        key = result_key(
+            stored.model_fingerprint, config, ctx.windows.fingerprint, digest(settings)
+        )
+        assert key == stored.key, stored.config

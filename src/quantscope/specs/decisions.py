@@ -28,8 +28,9 @@ def compare_spec(
     """Two configs of a run token by token (``quantscope compare RUN --pair A,B``)."""
     found = cfg.split_config_list(pair) if isinstance(pair, str) else list(pair or [])
     names = [n.strip() for n in found]
-    if len(names) != 2:
-        raise UserError("--pair takes two configs of the run, e.g. --pair bnb-nf4,bnb-int8.")
+    if len(names) != 2 or not all(names):
+        shown = pair if isinstance(pair, str) else ",".join(names)
+        raise UserError(f"--pair takes two config names of the run, 'A,B', got '{shown}'.")
     return DecisionSpec(run=run, store=path_or_none(store), pair=(names[0], names[1]))
 
 
