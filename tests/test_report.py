@@ -63,9 +63,11 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     from quantscope.cli.browse import run_html
+    from quantscope.specs import judge_spec
 
     page = tmp_path / "report.html"
-    page.write_text(run_html(report.provenance["store"], report, "ppl=900%"), "utf-8")
+    spec = judge_spec(report, margin="ppl=900%", store=report.provenance["store"])
+    page.write_text(run_html(spec), "utf-8")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in (
