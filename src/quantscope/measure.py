@@ -2,9 +2,6 @@
 (and the KV cache at depth), tasks and generations, into one ``Result``.
 
 The runner decides what to measure and stores it; this module only measures.
-
->>> callable(measure)
-True
 """
 
 from __future__ import annotations

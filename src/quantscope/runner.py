@@ -2,10 +2,6 @@
 
 Each config is measured, stored and committed before the next one starts; a config that
 cannot run here is skipped with its reason, one that fails is reported and the run goes on.
-
->>> from quantscope.config import RunSpec
->>> callable(run)
-True
 """
 
 from __future__ import annotations
