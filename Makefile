@@ -40,11 +40,18 @@ endif
 LLAMA_KEY := $(shell (echo "$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS) $(LLAMA_CFLAGS)"; \
   grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) | sha256sum | cut -c1-12)
 LLAMA_WHEELS ?= $(HOME)/.cache/quantscope/llama-wheels/$(LLAMA_KEY)
+# llama-cpp-python's source package and its build backend, downloaded once: the wheel is built
+# from it, and the tests fetch llama.cpp's HF → GGUF converter from this folder through pip
+# with no index (no network in tests).
+LLAMA_SDIST ?= $(HOME)/.cache/quantscope/llama-sdist
 
 $(VENV)/.installed-llama: $(VENV)/.installed
+	@ls $(LLAMA_SDIST)/*.tar.gz $(LLAMA_SDIST)/scikit_build_core-*.whl >/dev/null 2>&1 || \
+	  ($(BIN)/pip download -q --no-deps --no-binary :all: -d $(LLAMA_SDIST) "$(LLAMA_CPP)" && \
+	   $(BIN)/pip download -q -d $(LLAMA_SDIST) "scikit-build-core[pyproject]>=0.9.2")
 	@ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || \
 	  CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
-	  $(BIN)/pip wheel -q --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "$(LLAMA_CPP)"
+	  $(BIN)/pip wheel -q --no-cache-dir --no-deps -w $(LLAMA_WHEELS) $(LLAMA_SDIST)/*.tar.gz
 	$(BIN)/pip install -q --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
 	touch $@
 
@@ -69,10 +76,10 @@ browser:
 # The fast set for iterating: every test but those marked slow (a Ray cluster) or
 # integration (the bundled real model's end-to-end runs). CI runs them all (make test).
 unit: $(VENV)/.installed-dev browser
-	$(BIN)/pytest -q -m "not slow and not integration"
+	QUANTSCOPE_TEST_SDISTS=$(LLAMA_SDIST) $(BIN)/pytest -q -m "not slow and not integration"
 
 test: lint browser
-	$(BIN)/pytest -q --durations=15
+	QUANTSCOPE_TEST_SDISTS=$(LLAMA_SDIST) $(BIN)/pytest -q --durations=15
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+SDISTS = os.environ.get("QUANTSCOPE_TEST_SDISTS", "")  # the Makefile's source packages
+
+
+def offline_pip(mp: pytest.MonkeyPatch) -> None:
+    """pip with no index: it finds packages only in the Makefile's download folder."""
+    mp.setenv("PIP_NO_INDEX", "1")
+    if SDISTS:
+        mp.setenv("PIP_FIND_LINKS", SDISTS)
+
+
+def needs_llama_sdist() -> None:
+    """Skip, saying why, when llama-cpp-python's source package was not downloaded."""
+    if not (SDISTS and list(Path(SDISTS).glob("*.tar.gz"))):
+        pytest.skip("llama-cpp-python's source package is not downloaded (make test does)")
+
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Every test gets an empty cache; the bundled model's conversion is shared per session."""
+    """Every test gets an empty cache and no network: the hub is offline, and pip reads
+    packages only from the folder the Makefile downloaded them to (``QUANTSCOPE_TEST_SDISTS``:
+    llama-cpp-python's source, which holds llama.cpp's converter)."""
     monkeypatch.setenv("QUANTSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_pip(monkeypatch)
 
 
 def build_tokenizer(folder: Path) -> None:
@@ -96,15 +115,17 @@ def build_tiny_smollm(folder: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def llama_cpp_converter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """llama.cpp's converter: $QUANTSCOPE_LLAMA_CPP, else fetched by pip as users do."""
-    import os
-
+    """llama.cpp's converter: $QUANTSCOPE_LLAMA_CPP, else fetched by pip as users do (from
+    the Makefile's download of llama-cpp-python's source: no index, no network)."""
     from quantscope.backends import gguf_files
 
     found = os.environ.get(gguf_files.CONVERTER_ENV)
     if found:
         return Path(found)
-    return gguf_files.fetch_converter(tmp_path_factory.mktemp("llama.cpp"))
+    needs_llama_sdist()
+    with pytest.MonkeyPatch.context() as mp:
+        offline_pip(mp)
+        return gguf_files.fetch_converter(tmp_path_factory.mktemp("llama.cpp"))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from conftest import needs_llama_sdist
 from quantscope import backends
 from quantscope.cli import app
 from quantscope.config import Gguf, names, parse_config
@@ -335,9 +336,10 @@ def test_recover_command(tiny_model_dir, tiny_text, tmp_path):
 
 def test_gguf_converter_fetches_llama_cpp_s_script_and_doctor_finds_it(tmp_path, monkeypatch):
     """The converter of the installed llama-cpp-python, fetched by pip from its source package
-    (a package registry: reachable here and in CI)."""
+    (with no index: from the folder the Makefile downloaded it to, so no network here)."""
     if backends.get(Gguf()).available(Gguf(), "cpu"):
         pytest.skip("llama-cpp-python is not installed")
+    needs_llama_sdist()
     target = tmp_path / "llama.cpp"
     fetched = _run("gguf-converter", "--into", str(target))
     assert fetched.exit_code == 0, fetched.output

@@ -9,6 +9,7 @@ import importlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ from quantscope.errors import UserError
 PLUGIN = Path(__file__).parents[1] / "examples" / "sign_plugin"
 
 
-@pytest.fixture(scope="session")
-def sign_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module")
+def sign_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The example plug-in installed by pip (its wheel built here, no network) into a folder
-    on sys.path, as a separately installed distribution with its entry point."""
+    on sys.path, as a separately installed distribution with its entry point; taken off
+    sys.path (and its module unloaded) when this file's tests are done, so no other file
+    sees it."""
     target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / "sign"
     shutil.copytree(PLUGIN, source)  # the build leaves its files beside the source, not here
     command = [
@@ -45,7 +48,10 @@ def sign_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert list(target.glob("quantscope_sign-*.dist-info"))
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
-    return target
+    yield target
+    sys.path.remove(str(target))
+    sys.modules.pop("quantscope_sign", None)
+    importlib.invalidate_caches()
 
 
 def test_unknown_until_installed_then_listed(sign_plugin: Path) -> None:
@@ -110,3 +116,15 @@ class TestSignPlugin(BackendConformance):
 def test_the_plugin_is_one_short_file() -> None:
     module = PLUGIN / "quantscope_sign.py"
     assert len(module.read_text().splitlines()) <= 40
+
+
+def test_the_plugin_is_gone_once_its_fixture_is_torn_down(tmp_path_factory) -> None:
+    """The fixture's teardown really takes its folder off sys.path and unloads the plug-in
+    (run by hand: set up, tear down; this file's own fixture may be set up meanwhile)."""
+    fixture = sign_plugin.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined]
+    target = next(fixture)
+    assert str(target) in sys.path and "sign" in names()
+    parse_config("sign")  # loads the plug-in's module
+    with pytest.raises(StopIteration):
+        next(fixture)
+    assert str(target) not in sys.path and "quantscope_sign" not in sys.modules

@@ -26,10 +26,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from quantscope import config as cfg
-from quantscope.decide import stored
+from quantscope.decide import Decision, Recommendation, stored
 from quantscope.decide.stored import DecisionSpec
 from quantscope.errors import UserError
 from quantscope.events import BarEvents, Events, LogEvents
+from quantscope.mixed import SearchResult, SearchSpec, SensitivitySpec
+from quantscope.mixed import search as run_search
+from quantscope.mixed import sensitivity as study_units
+from quantscope.quiet import captured
+from quantscope.recovery import RecoverSpec, Recovery
+from quantscope.recovery import recover as run_recover
+from quantscope.results import RunReport, SensitivityStudy
+from quantscope.runner import run as run_one
 from quantscope.specs import (
     compare_spec,
     judge_spec,
@@ -43,15 +51,10 @@ from quantscope.specs import (
     text_files,
     unknown_option,
 )
+from quantscope.sweeps import SweepReport, run_sweep
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas is imported when compare returns its table
     import pandas as pd
-
-    from quantscope.decide import Decision, Recommendation
-    from quantscope.mixed import SearchResult, SearchSpec, SensitivitySpec
-    from quantscope.recovery import RecoverSpec, Recovery
-    from quantscope.results import RunReport, SensitivityStudy
-    from quantscope.sweeps import SweepReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,7 +89,6 @@ def _front(builder: Callable[..., Any]) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **options: Any) -> Any:
-            from quantscope.quiet import captured
 
             for word in options:
                 if word not in names:
@@ -112,7 +114,6 @@ def _front(builder: Callable[..., Any]) -> Callable[[F], F]:
 def run(spec: cfg.RunSpec, events: Events) -> RunReport:
     """Measure each config against the full-precision baseline (``quantscope run``); a
     :class:`~quantscope.results.RunReport`."""
-    from quantscope.runner import run as run_one
 
     return run_one(spec, events)
 
@@ -120,7 +121,6 @@ def run(spec: cfg.RunSpec, events: Events) -> RunReport:
 @_front(sensitivity_spec)
 def sensitivity(spec: SensitivitySpec, events: Events) -> SensitivityStudy:
     """Rank the units by the KL they cause (``quantscope sensitivity``); a study."""
-    from quantscope.mixed import sensitivity as study_units
 
     return study_units(spec, events)
 
@@ -128,7 +128,6 @@ def sensitivity(spec: SensitivitySpec, events: Events) -> SensitivityStudy:
 @_front(search_spec)
 def search(spec: SearchSpec, events: Events) -> SearchResult:
     """The smallest mix that meets the budget, verified and saved (``quantscope search``)."""
-    from quantscope.mixed import search as run_search
 
     return run_search(spec, events)
 
@@ -136,7 +135,6 @@ def search(spec: SearchSpec, events: Events) -> SearchResult:
 @_front(recover_spec)
 def recover(spec: RecoverSpec, events: Events) -> Recovery:
     """LoRA adapters trained toward the baseline (``quantscope recover``); a recovery."""
-    from quantscope.recovery import recover as run_recover
 
     return run_recover(spec, events)
 
@@ -144,7 +142,6 @@ def recover(spec: RecoverSpec, events: Events) -> Recovery:
 @_front(sweep_spec)
 def sweep(spec: tuple[Any, dict[str, Any]], events: Events) -> SweepReport:
     """A study of models × configs × texts × tasks (``quantscope sweep``); a study report."""
-    from quantscope.sweeps import run_sweep
 
     study, how = spec
     return run_sweep(study, events, **how)

@@ -8,10 +8,10 @@ only logs them (:class:`LogEvents`).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from quantscope.results import Outcome
+from quantscope.quiet import Screen
+from quantscope.results import Outcome
 
 log = logging.getLogger("quantscope")
 
@@ -49,7 +49,6 @@ class BarEvents:
     UNCOUNTED = "{desc} [{elapsed}]"
 
     def __init__(self) -> None:
-        from quantscope.quiet import Screen
 
         self.bar: Any = None
         self.screen = Screen("stderr")  # one object: tqdm.write clears the bars on its file

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quantscope.cache import cache_dir, made
-from quantscope.config import DType, ModelKind, ModelSpec
+from quantscope.config import DType, ModelKind, ModelSpec, Placement
 from quantscope.errors import UserError
 
 __all__ = ["ModelFiles", "cache_dir", "linear_shapes", "resolve"]
@@ -267,8 +267,6 @@ def baseline_spec(spec: ModelSpec, files: ModelFiles, device: str) -> ModelSpec:
     when its weights fit in the device's free memory (with 20% to spare), else placed by
     accelerate across the device, CPU and disk (``$QUANTSCOPE_CACHE/offload``)."""
     from dataclasses import replace
-
-    from quantscope.config import Placement
 
     if spec.baseline_placement is not None:
         return replace(spec, placement=spec.baseline_placement)

@@ -23,6 +23,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
+from quantscope.cache import cache_dir
+
 DEBUG = logging.getLogger("quantscope.debug")  # only ever to the debug log
 DEBUG.propagate = False
 DEBUG.setLevel(logging.DEBUG)
@@ -56,7 +58,6 @@ _handler: logging.Handler | None = None
 
 def debug_log_path() -> Path:
     """``$QUANTSCOPE_DEBUG_LOG``, else ``debug.log`` in the cache folder."""
-    from quantscope.cache import cache_dir
 
     return Path(os.environ.get("QUANTSCOPE_DEBUG_LOG") or cache_dir() / "debug.log")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from quantscope.config import ModelSpec, QuantConfig, WeightConfig, backend_of
 from quantscope.errors import Unavailable, UserError
-from quantscope.models import ModelFiles
+from quantscope.models import ModelFiles, pretrained_kwargs, torch_dtype
 
 
 @dataclass
@@ -136,7 +136,6 @@ class Backend:
     ) -> tuple[Any, float]:
         """The model to quantize and the seconds loading took: by default the baseline in
         the config's ``dtype`` (else the baseline's), with :meth:`load_kwargs`."""
-        from quantscope.models import torch_dtype
 
         dtype = config.dtype if isinstance(config, WeightConfig) else None
         extra = self.load_kwargs(files, spec, config)
@@ -169,8 +168,6 @@ def from_pretrained(
     """transformers' ``from_pretrained`` with the run's safety settings and ``extra``, timed;
     the model (in eval mode) and the seconds it took."""
     from transformers import AutoModelForCausalLM
-
-    from quantscope.models import pretrained_kwargs
 
     start = time.perf_counter()
     try:

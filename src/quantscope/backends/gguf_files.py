@@ -123,7 +123,7 @@ def fetch_converter(into: Path | None = None) -> Path:
             "download",
             "--no-deps",
             "--no-binary",
-            ":all:",
+            "llama-cpp-python",
             "-q",
             "-d",
             tmp,

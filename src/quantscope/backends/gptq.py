@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from quantscope import quiet
+from quantscope import data, quiet
 from quantscope.backends import Backend, Quantized, package_version
 from quantscope.cache import cache_dir, made
 from quantscope.config import DataSpec, DType, Gptq, ModelSpec, QuantConfig
@@ -41,7 +41,6 @@ def calibration(
 ) -> tuple[list[dict[str, list[int]]], str]:
     """``samples`` consecutive sequences of ``seqlen`` token ids from the calibration text,
     as gptqmodel takes them, and a sentence naming where they came from."""
-    from quantscope import data
 
     sources = data.training_sources(DataSpec(texts=(config.calib,) if config.calib else ()))
     encode = data.encoder(load_tokenizer(files, spec))

@@ -20,9 +20,15 @@ from quantscope.cli.common import (
     console,
     user_errors,
 )
+from quantscope.cli.decide import print_verdicts
 from quantscope.decide import DecisionSpec, stored
 from quantscope.errors import UserError
 from quantscope.quiet import Screen
+from quantscope.report.decision import decision_html, pair_table, verdict_rows
+from quantscope.report.formats import Format, compare_rows, render, rich_table, run_rows
+from quantscope.report.html import render_html
+from quantscope.report.models import models_table, render_models_html
+from quantscope.report.terminal import outcome_notes, results_tables
 from quantscope.results import RunReport
 from quantscope.specs import by_keyword, compare_spec, judge_spec, recommend_spec
 from quantscope.store import open_existing
@@ -51,7 +57,6 @@ def _sweep(store: Path | None, key: str) -> Any:
 
 
 def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
-    from quantscope.report.formats import render, rich_table
 
     if fmt == "table":
         console.print(rich_table(rows, title))
@@ -61,7 +66,6 @@ def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
 
 
 def _check_format(fmt: str) -> None:
-    from quantscope.report.formats import Format
 
     if fmt not in {f.value for f in Format}:
         raise UserError(f"--format must be table, md, csv or json, got '{fmt}'.")
@@ -97,14 +101,10 @@ def show(
 ) -> None:
     """Show one stored run (one row per config), or a sweep (its models side by side); with
     --margin, each config judged against the baseline at that margin."""
-    from quantscope.report.formats import run_rows
-    from quantscope.report.terminal import results_tables
 
     _check_format(fmt)
     study = _sweep(store, run_id)
     if study is not None:
-        from quantscope.report.models import models_table
-
         console.print(models_table(study[1], f"sweep {study[0]}: models side by side"))
         return
     report = _report(store, run_id)
@@ -112,13 +112,10 @@ def show(
     if fmt == "table":
         for table in results_tables(report, console.width):
             console.print(table)
-        from quantscope.report.terminal import outcome_notes
 
         for note in outcome_notes(report):
             console.print(note, style="yellow")
         if found is not None:
-            from quantscope.cli.decide import print_verdicts
-
             print_verdicts(found, report)
         return
     if found is not None and fmt == "json":
@@ -129,8 +126,6 @@ def show(
         return
     _emit(run_rows(report), fmt, f"run {report.run_id}")
     if found is not None:
-        from quantscope.report.decision import verdict_rows
-
         _emit(verdict_rows(found.judged), fmt, f"margin {found.margins.text()}")
 
 
@@ -150,7 +145,6 @@ def compare(
 ) -> None:
     """Compare two runs config by config (same model at two times, or two models), or with
     --pair two configs of one run token by token."""
-    from quantscope.report.formats import compare_rows
 
     _check_format(fmt)
     if pair is not None:
@@ -169,8 +163,6 @@ def _pair(store: Path | None, run_id: str, pair: str, fmt: str) -> None:
     names = spec.pair
     rows = stored.compare(spec)
     if fmt == "table":
-        from quantscope.report.decision import pair_table
-
         console.print(pair_table(rows))
     else:
         _emit(rows, fmt, f"{names[0]} − {names[1]}")
@@ -193,7 +185,6 @@ def report(
     """Write one self-contained HTML report of a stored run — opening with the decision
     (recommendation and its code, verdicts at the margin, groups), then tables, tradeoff
     plots, generations — or of a study (its models side by side)."""
-    from quantscope.report.models import render_models_html
 
     study = _sweep(store, run_id)
     if study:
@@ -208,8 +199,6 @@ def report(
 
 def run_html(spec: DecisionSpec) -> str:
     """A run's HTML report, opening with its decision (``spec.run``: its report)."""
-    from quantscope.report.decision import decision_html
-    from quantscope.report.html import render_html
 
     found = stored.judge(spec)
     report = spec.run

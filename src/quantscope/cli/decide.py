@@ -19,15 +19,15 @@ from quantscope.cli.common import (
     console,
     user_errors,
 )
-from quantscope.decide import stored
+from quantscope.decide import notes, stored
+from quantscope.errors import UserError
 from quantscope.quiet import Screen
+from quantscope.report.decision import groups_table, recommendation_view, verdict_table
 from quantscope.specs import by_keyword, recommend_spec
 
 
 def print_verdicts(found: Any, report: Any) -> None:
     """The equivalence table, the unresolved metrics' sample sizes, the noise floor, groups."""
-    from quantscope.decide import notes
-    from quantscope.report.decision import groups_table, verdict_table
 
     extra = [*found.unresolved, *found.floor]
     for r in report.results:
@@ -55,8 +55,6 @@ def recommend(
 ) -> None:
     """The config to ship: the smallest (or fastest) one shown within the budget, why, the
     runners-up, and the code that loads it."""
-    from quantscope.errors import UserError
-    from quantscope.report.decision import recommendation_view
 
     if fmt not in ("table", "json"):
         raise UserError(f"--format must be table or json, got '{fmt}'.")

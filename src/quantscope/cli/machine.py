@@ -12,14 +12,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from quantscope import backends, capability
+from quantscope import capability as hw
 from quantscope import config as cfg
+from quantscope.backends import gguf, gguf_files
+from quantscope.cache import cache_dir
 from quantscope.cli.common import DeviceOpt, app, console, user_errors
 from quantscope.errors import UserError
+from quantscope.models import bundled_gguf, resolve_device
+from quantscope.provenance import versions
 
 
 def _availability(device: str) -> list[tuple[str, str, str, str]]:
     """Per registered config name: its backend, its parameters, and whether it runs here."""
-    from quantscope import backends
 
     rows = []
     for name in cfg.names():
@@ -34,7 +39,6 @@ def _availability(device: str) -> list[tuple[str, str, str, str]]:
 @user_errors
 def methods(device: DeviceOpt = "auto") -> None:
     """List every quantization config, its parameters, and whether it runs here."""
-    from quantscope.models import resolve_device
 
     table = Table(title=f"Configs (device: {resolve_device(device)})")
     for header in ("config", "backend", "parameters", "available here"):
@@ -53,7 +57,6 @@ def gguf_converter(
 ) -> None:
     """Fetch llama.cpp's convert_hf_to_gguf.py (from the source package of the installed
     llama-cpp-python, by pip), so gguf[qtype=…] can convert Hugging Face models."""
-    from quantscope.backends import gguf, gguf_files
 
     reason = gguf.BACKEND.available(cfg.Gguf(), "cpu")
     if reason:
@@ -86,7 +89,6 @@ def _capabilities(values: list[str]) -> list[tuple[int, int]]:
 
 def support_table(devices: list[Any]) -> Table:
     """Each built-in config on each device: native, emulated or unsupported, and why."""
-    from quantscope import capability
 
     configs = [cfg.parse_config(n) for n in cfg.names()]
     rows = capability.table(configs, devices)
@@ -108,10 +110,6 @@ def doctor(capability: CapabilityOpt = None) -> None:
     """What this machine supports, and why not where it does not; which configs each GPU
     (and any --capability) runs natively, emulated, or not at all."""
     import torch
-
-    from quantscope.cache import cache_dir
-    from quantscope.models import bundled_gguf, resolve_device
-    from quantscope.provenance import versions
 
     device = resolve_device("auto")
     table = Table(title="quantscope doctor", show_header=False)
@@ -141,7 +139,6 @@ def doctor(capability: CapabilityOpt = None) -> None:
     free = shutil.disk_usage(cache).free / 2**30
     table.add_row("cache", f"{cache} ({free:,.1f} GiB free)")
     console.print(table)
-    from quantscope import capability as hw
 
     devices = [hw.this_device("cpu")]
     devices += [hw.this_device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
@@ -156,7 +153,6 @@ def _llama_features() -> str:
         import llama_cpp
     except ImportError:
         return "llama-cpp-python not installed"
-    from quantscope import capability
 
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
     used = sorted(capability.llama_features(info) & set(capability.LLAMA_FEATURES.values()))
@@ -172,7 +168,6 @@ def _llama_features() -> str:
 
 
 def _converter() -> str:
-    from quantscope.backends import gguf, gguf_files
 
     if gguf.BACKEND.available(cfg.Gguf(), "cpu"):
         return "needs llama-cpp-python (pip install 'quantscope[gguf]')"

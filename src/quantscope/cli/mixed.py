@@ -33,6 +33,16 @@ from quantscope.cli.common import (
     user_errors,
     write_outputs,
 )
+from quantscope.mixed import search as run_search
+from quantscope.mixed import sensitivity as study_units
+from quantscope.report.mixed import (
+    comparison_table,
+    front_table,
+    render_study_html,
+    sensitivity_table,
+    totals_line,
+)
+from quantscope.specs import by_keyword, search_spec, sensitivity_spec
 from quantscope.store import open_existing
 
 ConfigOpt = Annotated[str, typer.Option(help="The quantized config to study, e.g. bnb-nf4.")]
@@ -77,9 +87,6 @@ def sensitivity(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Quantize one unit at a time (and all but one) and rank the units by the KL they cause."""
-    from quantscope.mixed import sensitivity as study_units
-    from quantscope.report.mixed import render_study_html, sensitivity_table, totals_line
-    from quantscope.specs import by_keyword, sensitivity_spec
 
     spec = by_keyword(sensitivity_spec, locals())
     with progress() as bar:
@@ -135,9 +142,6 @@ def search(
     ] = None,
 ) -> None:
     """Keep the fewest units in the fallback precision that meet the budget; verify; save."""
-    from quantscope.mixed import search as run_search
-    from quantscope.report.mixed import comparison_table, front_table, render_study_html
-    from quantscope.specs import by_keyword, search_spec
 
     spec = by_keyword(search_spec, locals())
     with progress() as bar:

@@ -32,6 +32,10 @@ from quantscope.cli.common import (
     user_errors,
     write_outputs,
 )
+from quantscope.recovery import adapter_folder
+from quantscope.recovery import recover as run_recover
+from quantscope.report.mixed import recovery_table
+from quantscope.specs import by_keyword, recover_spec
 
 
 @app.command()
@@ -81,10 +85,6 @@ def recover(
 ) -> None:
     """Train LoRA adapters on a quantized config toward the baseline and report how much of
     the KL and perplexity gap they close, on evaluation text never trained on."""
-    from quantscope.recovery import adapter_folder
-    from quantscope.recovery import recover as run_recover
-    from quantscope.report.mixed import recovery_table
-    from quantscope.specs import by_keyword, recover_spec
 
     spec = by_keyword(recover_spec, locals())
     with progress() as bar:

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from quantscope import config as cfg
+from quantscope.cli.browse import run_html
 from quantscope.cli.common import (
     BatchOpt,
     ContextOpt,
@@ -34,8 +35,13 @@ from quantscope.cli.common import (
     user_errors,
     write_outputs,
 )
+from quantscope.cli.decide import print_verdicts
 from quantscope.decide import stored
+from quantscope.quiet import debug_log_path
+from quantscope.report import terminal
 from quantscope.results import RunReport, Status
+from quantscope.runner import run as run_one
+from quantscope.specs import by_keyword, judge_spec, run_spec
 
 
 @app.command()
@@ -137,8 +143,6 @@ def run(
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config
     (with --margin, each judged equivalent, worse or not resolved at that margin)."""
-    from quantscope.runner import run as run_one
-    from quantscope.specs import by_keyword, judge_spec, run_spec
 
     spec = by_keyword(run_spec, locals())
     with progress() as bar:
@@ -147,14 +151,10 @@ def run(
     where = report.provenance.get("store", "")
     found = None
     if margin and report.results:
-        from quantscope.cli.decide import print_verdicts
-
         found = stored.judge(judge_spec(report, margin=margin, store=where))
         print_verdicts(found, report)
     html = ""
     if html_path:
-        from quantscope.cli.browse import run_html
-
         html = run_html(judge_spec(report, margin=margin, store=where))
     body = report.to_dict()
     if found is not None:
@@ -165,15 +165,12 @@ def run(
         f"'quantscope report {report.run_id} -o report.html' draws the tradeoff plots."
     )
     if any(o.status is Status.FAILED for o in report.outcomes):
-        from quantscope.quiet import debug_log_path
-
         console.print(f"Each failed config's traceback is in {escape(str(debug_log_path()))}.")
         raise typer.Exit(1)
 
 
 def show_report(report: RunReport) -> None:
     """A run on the terminal: the results tables, tasks, per-text rows, notes, generations."""
-    from quantscope.report import terminal
 
     for table in terminal.results_tables(report, console.width):
         console.print(table)

@@ -13,9 +13,19 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from quantscope.cli.common import StoreOpt, app, console, err_console, progress, user_errors
+from quantscope.cli.common import (
+    ProgressEvents,
+    StoreOpt,
+    app,
+    console,
+    err_console,
+    progress,
+    user_errors,
+)
+from quantscope.report.models import models_table
 from quantscope.results import Outcome, Status
-from quantscope.sweeps import Cell
+from quantscope.specs import sweep_spec
+from quantscope.sweeps import Cell, plan, run_sweep
 
 _MARK = {
     "pending": "·",
@@ -97,8 +107,6 @@ def sweep(
     ] = None,
 ) -> None:
     """Measure a study of models × configs × texts × tasks, resuming what is stored."""
-    from quantscope.specs import sweep_spec
-    from quantscope.sweeps import plan, run_sweep
 
     study, how = sweep_spec(
         study_file,
@@ -109,8 +117,6 @@ def sweep(
         shared_dir=shared_dir,
     )
     with progress() as bar:
-        from quantscope.cli.common import ProgressEvents
-
         cells = plan(study, ProgressEvents(bar))
     stored = sum(c.stored for c in cells)
     models = len({c.model for c in cells})
@@ -128,7 +134,6 @@ def sweep(
         events = SweepEvents(cells, live)
         live.update(events.render())
         report = run_sweep(study, events, **how)
-    from quantscope.report.models import models_table
 
     console.print(models_table(report.runs))
     console.print(

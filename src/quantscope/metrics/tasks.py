@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from quantscope.metrics.stats import proportion
+
 
 def flips(base: Sequence[bool], quant: Sequence[bool]) -> dict[str, int]:
     """Counts of items whose correctness changed from the baseline to the quantized model."""
@@ -52,7 +54,6 @@ def compare_answers(base: Sequence[bool], quant: Sequence[bool]) -> dict[str, ob
     >>> out["accuracy"], out["base_accuracy"], out["correct_to_wrong"], out["mcnemar_p"]
     (0.75, 0.75, 1, 1.0)
     """
-    from quantscope.metrics.stats import proportion
 
     counts = flips(base, quant)
     acc, base_acc = proportion(quant), proportion(base)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from quantscope import runner
 from quantscope.config import (
     CONFIG_FILE_FORMAT,
     DEFAULT_PROMPTS,
@@ -104,7 +105,6 @@ class SearchResult(Display):
 
 def search(spec: SearchSpec, events: Events | None = None) -> SearchResult:
     """Find, verify and save the smallest mixed config meeting ``spec.budget``."""
-    from quantscope import runner
 
     events = events or LogEvents()
     b = bench(spec.study, events)

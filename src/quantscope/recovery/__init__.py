@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from quantscope import runner
 from quantscope.config import RunSpec, precision_config
 from quantscope.errors import UserError
 from quantscope.events import Events, LogEvents
@@ -88,7 +89,6 @@ def recover(
 ) -> Recovery:
     """Train (:func:`train`), then evaluate baseline, plain and recovered configs on the
     evaluation text with the runner, and report the share of the KL and perplexity gaps closed."""
-    from quantscope import runner
 
     events = events or LogEvents()
     trained = train(spec, events, on_step)

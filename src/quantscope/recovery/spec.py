@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from quantscope import models
+from quantscope.backends.lora import ADAPTER_WEIGHTS
 from quantscope.config import (
     DEFAULT_PROMPTS,
     DataSpec,
@@ -74,7 +75,6 @@ def save_adapter(
     student: Any, out: Path, spec: RecoverSpec, files: models.ModelFiles, info: dict[str, Any]
 ) -> int:
     """Save only the adapter (peft's format, safetensors) and how it was trained; its bytes."""
-    from quantscope.backends.lora import ADAPTER_WEIGHTS
 
     try:
         out.mkdir(parents=True, exist_ok=True)

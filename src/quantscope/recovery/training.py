@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from quantscope import backends, data, models
+from quantscope.backends import lora
 from quantscope.config import (
     precision_config,
 )
@@ -111,8 +112,6 @@ def train(
     """Train LoRA adapters on ``spec.config`` toward the baseline; save them; Ctrl-C stops
     training and saves the adapter so far (``interrupted``)."""
     from transformers import get_linear_schedule_with_warmup
-
-    from quantscope.backends import lora
 
     events = events or LogEvents()
     lora.check(spec.config)

@@ -26,6 +26,7 @@ from quantscope.events import Events, LogEvents
 from quantscope.provenance import now
 from quantscope.results import Display, RunReport, Status
 from quantscope.store import Store, default_store
+from quantscope.sweeps.on_ray import run_on_ray
 from quantscope.sweeps.sweep_file import Sweep, parse_sweep, read_sweep
 
 __all__ = ["Cell", "Executor", "SweepReport", "parse_sweep", "plan", "read_sweep", "run_sweep"]
@@ -109,8 +110,6 @@ def run_sweep(
     the cache folder the workers share at ``shared_dir``."""
     events = events or LogEvents()
     if Executor(executor) is Executor.RAY:
-        from quantscope.sweeps.on_ray import run_on_ray
-
         reports = run_on_ray(study, events, address, retries, shared_dir)
     else:
         reports = [runner.run(spec, events) for spec in study.runs()]

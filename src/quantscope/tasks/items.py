@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from quantscope.data import encoder, prefix_token
+from quantscope.data import bundled_text, encoder, prefix_token
 from quantscope.errors import UserError
 from quantscope.evaluate import loglikelihoods
 from quantscope.tasks.base import Task, TaskItem, encode_pair
@@ -65,7 +65,6 @@ class ClozeTask(ItemTask):
     name = "cloze"
 
     def __init__(self, limit: int) -> None:
-        from quantscope.data import bundled_text
 
         candidates = []
         for paragraph in bundled_text("eval").split("\n\n"):
