@@ -73,13 +73,22 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+# Tests run in a random order (pytest-randomly), a new one each time: SEED=N repeats one.
+# Skips are listed with their reasons (-rs). No test reaches the network.
+ifeq ($(SEED),)
+SEED := $(shell date +%s)
+endif
+PYTEST := QUANTSCOPE_TEST_SDISTS=$(LLAMA_SDIST) $(BIN)/pytest -q -rs -p randomly --randomly-seed=$(SEED)
+
 # The fast set for iterating: every test but those marked slow (a Ray cluster) or
 # integration (the bundled real model's end-to-end runs). CI runs them all (make test).
 unit: $(VENV)/.installed-dev browser
-	QUANTSCOPE_TEST_SDISTS=$(LLAMA_SDIST) $(BIN)/pytest -q -m "not slow and not integration"
+	@echo "test order: --randomly-seed=$(SEED) (make unit SEED=$(SEED) repeats it)"
+	$(PYTEST) -m "not slow and not integration" --durations=10
 
 test: lint browser
-	QUANTSCOPE_TEST_SDISTS=$(LLAMA_SDIST) $(BIN)/pytest -q --durations=15
+	@echo "test order: --randomly-seed=$(SEED) (make test SEED=$(SEED) repeats it)"
+	$(PYTEST) --durations=15
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks

@@ -1,6 +1,8 @@
 """The same study on the local executor and on Ray (a head and a second node on 127.0.0.1, one
 CPU each: 2 workers on this 2-core machine): wall time of each and the ratio Ray/local, in one
-run. The goal is ≤ 1.15×: where Ray cannot help (two cores, one model), it must cost little.
+run, and the largest difference between the two executors' numbers (every metric but speed,
+time and peak memory). The goal is ≤ 1.15× for time, where Ray cannot help (two cores, one
+model), and 0 for the numbers: they must not depend on which executor measured them.
 
 Run: .venv/bin/python benchmarks/sweep_ray.py [--tokens 512] [--configs fp32,bf16,...]
 
@@ -23,7 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 
-def measure(executor: str, tokens: int, configs: list[str], address: str | None) -> float:
+TIMING = ("tps", "_s", "peak_")  # measured anew by each executor
+
+
+def measure(
+    executor: str, tokens: int, configs: list[str], address: str | None
+) -> tuple[float, dict[str, dict[str, float]]]:
     from quantscope.sweeps import Executor, run_sweep
     from quantscope.sweeps.sweep_file import parse_sweep
 
@@ -43,19 +50,45 @@ def measure(executor: str, tokens: int, configs: list[str], address: str | None)
     seconds = time.perf_counter() - start
     failed = [o.reason for r in report.runs for o in r.outcomes if o.status.value != "measured"]
     assert not failed, failed
-    return seconds
+    rows = {
+        o.config: {k: v for k, v in o.result.metrics.items() if not any(t in k for t in TIMING)}
+        for r in report.runs
+        for o in r.outcomes
+        if o.result is not None
+    }
+    return seconds, rows
+
+
+def largest_difference(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> dict:
+    """The largest relative difference between two executors' numbers, and where it is."""
+    worst = {"relative": 0.0, "config": "", "metric": "", "values": None}
+    for config, row in a.items():
+        for metric, value in row.items():
+            other = b[config][metric]
+            if value == other or not isinstance(value, float):
+                continue
+            relative = abs(value - other) / max(abs(value), abs(other), 1e-300)
+            if relative > worst["relative"]:
+                worst = {
+                    "relative": relative,
+                    "config": config,
+                    "metric": metric,
+                    "values": [value, other],
+                }
+    return worst
 
 
 def inside(tokens: int, configs: list[str]) -> None:
     from ray_cluster_check import RAY, start_cluster
 
-    local_s = measure("local", tokens, configs, None)  # first: before Ray touches this process
+    local_s, local = measure("local", tokens, configs, None)  # before Ray touches this process
     address = start_cluster()
     try:
-        ray_s = measure("ray", tokens, configs, address)
+        ray_s, on_ray = measure("ray", tokens, configs, address)
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
-    print(json.dumps({"ray_s": ray_s, "local_s": local_s}))
+    found = {"ray_s": ray_s, "local_s": local_s, "same": local == on_ray}
+    print(json.dumps({**found, "largest": largest_difference(local, on_ray)}))
 
 
 def main() -> None:
@@ -64,13 +97,15 @@ def main() -> None:
     parser.add_argument("--configs", default="fp32,bf16,bnb-int8,rtn[group=64]")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    configs = args.configs.split(",")
+    from quantscope.config import split_config_list
+
+    configs = split_config_list(args.configs)
     if args.inside:
         inside(args.tokens, configs)
         return
     me = (
         f"{sys.executable} {Path(__file__).resolve()} --inside --tokens {args.tokens} "
-        f"--configs {args.configs}"
+        f"--configs '{args.configs}'"
     )
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(
@@ -87,6 +122,10 @@ def main() -> None:
     print(f"local executor: {found['local_s']:.1f} s")
     print(f"Ray, 2 workers:  {found['ray_s']:.1f} s")
     print(f"ratio Ray/local: {found['ray_s'] / found['local_s']:.2f}x (goal ≤ 1.15x)")
+    worst = found["largest"]
+    same = "identical" if found["same"] else "DIFFERENT"
+    print(f"numbers: {same}; largest relative difference {worst['relative']:.3g}", end="")
+    print(f" ({worst['config']} {worst['metric']}: {worst['values']})" if worst["config"] else "")
 
 
 if __name__ == "__main__":

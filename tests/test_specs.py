@@ -47,7 +47,7 @@ RUN = {
 
 
 def test_run_builds_the_api_spec_option_by_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    _capture(monkeypatch, "quantscope.runner", "run")
+    _capture(monkeypatch, "quantscope.cli.run", "run_one")  # what the command calls
     args = ["run", "--configs", "bf16,rtn[bits=3]", "--depths", "0,1k"]
     for name, value in RUN.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
@@ -73,7 +73,7 @@ SEARCH = {
 
 
 def test_search_builds_the_api_spec_option_by_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    _capture(monkeypatch, "quantscope.mixed", "search")
+    _capture(monkeypatch, "quantscope.cli.mixed", "run_search")
     args = ["search", "--config", "bnb-nf4", "--max-ppl-increase", "2.5%"]
     for name, value in SEARCH.items():
         args += [f"--{name.replace('_', '-')}", str(value)]

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from quantscope import backends, capability, evaluate, models
-from quantscope.backends import lora
+from quantscope.backends import LoadedModel, lora
 from quantscope.config import QuantConfig
 from quantscope.context import RunContext
 from quantscope.provenance import hardware, now
@@ -53,7 +53,7 @@ def _load(ctx: RunContext, config: QuantConfig) -> Any:
     return loaded
 
 
-def _accuracy(ctx: RunContext, loaded: Any, config: QuantConfig) -> _Pass:
+def _accuracy(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> _Pass:
     """The streamed comparison with the reference, through the config's KV cache if any."""
     assert ctx.reference is not None
     ctx.events.stage(f"{config.display}: accuracy pass", ctx.windows.n_scored)
@@ -80,7 +80,7 @@ def _accuracy(ctx: RunContext, loaded: Any, config: QuantConfig) -> _Pass:
     )
 
 
-def _speed(ctx: RunContext, loaded: Any, config: QuantConfig) -> dict[str, float]:
+def _speed(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> dict[str, float]:
     """Prefill and decode speed; the KV cache at depth when the config has one (or
     ``--depths`` asks)."""
     ctx.events.stage(f"{config.display}: speed", None)
@@ -95,7 +95,7 @@ def _speed(ctx: RunContext, loaded: Any, config: QuantConfig) -> dict[str, float
     return speed
 
 
-def _tasks(ctx: RunContext, loaded: Any, config: QuantConfig) -> dict[str, Any]:
+def _tasks(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> dict[str, Any]:
     """Each task compared item by item with the baseline's answers."""
     if not ctx.tasks:
         return {}

@@ -39,12 +39,12 @@ def _runs(store: Path | None) -> list[dict[str, Any]]:
         return opened.runs()
 
 
-def _report(store: Path | None, run_id: str) -> Any:
+def _report(store: Path | None, run_id: str) -> RunReport:
     with open_existing(store) as opened:
         return opened.report(run_id)
 
 
-def _sweep(store: Path | None, key: str) -> Any:
+def _sweep(store: Path | None, key: str) -> tuple[str, list[RunReport]] | None:
     """A stored sweep's name and runs when ``key`` names one (``sweep-…``; ``study-…`` before
     0.2), else None."""
     if not key.startswith(("sweep-", "study-")) and key not in ("latest-sweep", "latest-study"):

@@ -4,7 +4,7 @@ verdict tables ``run`` and ``show`` print with ``--margin``."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -19,14 +19,15 @@ from quantscope.cli.common import (
     console,
     user_errors,
 )
-from quantscope.decide import notes, stored
+from quantscope.decide import Decision, notes, stored
 from quantscope.errors import UserError
 from quantscope.quiet import Screen
 from quantscope.report.decision import groups_table, recommendation_view, verdict_table
+from quantscope.results import RunReport
 from quantscope.specs import by_keyword, recommend_spec
 
 
-def print_verdicts(found: Any, report: Any) -> None:
+def print_verdicts(found: Decision, report: RunReport) -> None:
     """The equivalence table, the unresolved metrics' sample sizes, the noise floor, groups."""
 
     extra = [*found.unresolved, *found.floor]

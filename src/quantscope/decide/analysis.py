@@ -21,6 +21,7 @@ from quantscope.errors import UserError
 from quantscope.metrics import equivalence as eq
 from quantscope.metrics.stats import Estimate
 from quantscope.results import Result, RunReport
+from quantscope.store import Store
 from quantscope.token_values import TokenValues
 
 INT8_NOTE = (
@@ -61,7 +62,7 @@ class Evidence:
         return tv
 
 
-def evidence(store: Any, report: RunReport) -> Evidence:
+def evidence(store: Store, report: RunReport) -> Evidence:
     """``report``'s configs with their per-token values from ``store``."""
     tokens = {}
     for r in report.results:

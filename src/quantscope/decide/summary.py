@@ -19,6 +19,7 @@ from quantscope.decide.analysis import (
 from quantscope.decide.recommend import Recommendation, recommend
 from quantscope.errors import UserError
 from quantscope.results import RunReport
+from quantscope.store import Store
 
 DEFAULT_MARGINS = Margins(ppl=1.0)  # the report's decision when no margin is given
 
@@ -47,7 +48,7 @@ class Decision:
 
 
 def decide(
-    store: Any, report: RunReport, margins: Margins, budget: Budget | None = None
+    store: Store, report: RunReport, margins: Margins, budget: Budget | None = None
 ) -> Decision:
     """The decision of a stored run (``store`` gives the per-token values for the groups).
     Without a budget, the config recommended is the smallest within the margins, the ppl
