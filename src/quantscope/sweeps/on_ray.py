@@ -63,6 +63,9 @@ def run_on_ray(
         raise UserError("The Ray executor needs ray; pip install 'quantscope[ray]'.") from None
     shared = str(Path(shared_dir).expanduser().resolve()) if shared_dir else str(cache_dir())
     env = {"QUANTSCOPE_CACHE": shared, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+    # a task runs the driver's thread count even on a node with fewer CPUs (its numbers must
+    # not depend on the node): idle OpenMP threads then sleep instead of spinning
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     logging.getLogger("ray").setLevel(logging.ERROR)  # its notices go to its own logs
     ray.init(
         address=address,
