@@ -1,4 +1,4 @@
-"""Studies: the study file, the plan (what is stored already), the local executor giving the
+"""Sweeps: the sweep file, the plan (what is stored already), the local executor giving the
 numbers ``quantscope run`` gives, resuming, and the models side by side."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def test_study_mistakes_are_one_sentence(body, fragment, tmp_path: Path) -> None
 
 def test_a_missing_study_file_is_a_user_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "none.yaml")])
-    assert result.exit_code == 2 and "No such study file" in result.output
+    assert result.exit_code == 2 and "No such sweep file" in result.output
 
 
 def test_configs_parse_like_run(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``quantscope sweep STUDY.yaml``: a study of models × configs × texts, planned, then measured
+"""``quantscope sweep SWEEP.yaml``: a sweep of models × configs × texts, planned, then measured
 with a live table, then every model side by side."""
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ class SweepEvents:
 @app.command()
 @user_errors
 def sweep(
-    study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study file.")],
+    study_file: Annotated[
+        Path, typer.Argument(metavar="SWEEP.yaml", help="The sweep file (YAML).")
+    ],
     store: StoreOpt = None,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
     executor: Annotated[str, typer.Option(help="local (this process) or ray.")] = "local",
@@ -106,7 +108,7 @@ def sweep(
         typer.Option(help="Cache folder every Ray node sees; default: this machine's cache."),
     ] = None,
 ) -> None:
-    """Measure a study of models × configs × texts × tasks, resuming what is stored."""
+    """Measure a sweep of models × configs × texts × tasks, resuming what is stored."""
 
     study, how = sweep_spec(
         study_file,

@@ -1,15 +1,15 @@
-"""Studies across models: models × configs × texts × tasks, measured on the same footing.
+"""Sweeps across models: models × configs × texts × tasks, measured on the same footing.
 
-A study (``study``: the YAML file) expands into one run per model and text; :func:`plan`
+A sweep (a YAML sweep file) expands into one run per model and text; :func:`plan`
 says, before anything is measured, how many evaluations it holds and which are already in the
-store (their keys are the runner's, so a study resumes where it stopped and reuses what
+store (their keys are the runner's, so a sweep resumes where it stopped and reuses what
 ``quantscope run`` measured); :func:`run_sweep` measures the rest — in this process, exactly
 as ``quantscope run`` does, or as tasks on a Ray cluster (``on_ray``) — and returns every row
 as one table.
 
 >>> from quantscope.sweeps.sweep_file import parse_sweep
->>> study = parse_sweep({"models": ["bundled"], "configs": ["fp32", "bnb-nf4"]})
->>> len(study.runs())
+>>> sweep = parse_sweep({"models": ["bundled"], "configs": ["fp32", "bnb-nf4"]})
+>>> len(sweep.runs())
 1
 """
 
@@ -34,7 +34,7 @@ __all__ = ["Cell", "Executor", "SweepReport", "parse_sweep", "plan", "read_sweep
 
 @dataclass(frozen=True)
 class Cell:
-    """One evaluation of a study: a config on a model and a text, and whether it is stored."""
+    """One evaluation of a sweep: a config on a model and a text, and whether it is stored."""
 
     model: str
     text: str
@@ -43,13 +43,13 @@ class Cell:
     stored: bool
 
 
-def plan(study: Sweep, events: Events | None = None) -> list[Cell]:
-    """Every evaluation of the study, model by model, and which ones the store already holds
+def plan(sweep: Sweep, events: Events | None = None) -> list[Cell]:
+    """Every evaluation of the sweep, model by model, and which ones the store already holds
     (finding the models and tokenizing the texts, loading no weights)."""
     events = events or LogEvents()
     cells = []
-    with Store(study.store or default_store()) as store:
-        for spec in study.runs():
+    with Store(sweep.store or default_store()) as store:
+        for spec in sweep.runs():
             ctx = prepare(spec, events)
             for config in spec.configs:
                 key = ctx.key(config)
@@ -60,12 +60,12 @@ def plan(study: Sweep, events: Events | None = None) -> list[Cell]:
 
 @dataclass
 class SweepReport(Display):
-    """Every run of a study (one per model and text), and all their rows as one table."""
+    """Every run of a sweep (one per model and text), and all their rows as one table."""
 
     name: str
     runs: list[RunReport]
     key: str = (
-        ""  # where the study is stored (``quantscope show KEY`` puts its models side by side)
+        ""  # where the sweep is stored (``quantscope show KEY`` puts its models side by side)
     )
 
     def to_dataframe(self) -> Any:
@@ -95,7 +95,7 @@ class Executor(str, Enum):
 
 
 def run_sweep(
-    study: Sweep,
+    sweep: Sweep,
     events: Events | None = None,
     executor: Executor = Executor.LOCAL,
     address: str | None = None,
@@ -110,15 +110,15 @@ def run_sweep(
     the cache folder the workers share at ``shared_dir``."""
     events = events or LogEvents()
     if Executor(executor) is Executor.RAY:
-        reports = run_on_ray(study, events, address, retries, shared_dir)
+        reports = run_on_ray(sweep, events, address, retries, shared_dir)
     else:
-        reports = [runner.run(spec, events) for spec in study.runs()]
+        reports = [runner.run(spec, events) for spec in sweep.runs()]
     key = f"sweep-{now().replace(':', '').replace('+0000', '')}-{uuid.uuid4().hex[:6]}"
-    with Store(study.store or default_store()) as store:
+    with Store(sweep.store or default_store()) as store:
         body = {
-            "name": study.name,
+            "name": sweep.name,
             "runs": [r.run_id for r in reports],
             "executor": Executor(executor).value,
         }
         store.put_analysis(key, "sweep", body)
-    return SweepReport(study.name, reports, key)
+    return SweepReport(sweep.name, reports, key)

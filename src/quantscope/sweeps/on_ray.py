@@ -1,7 +1,7 @@
-"""The Ray executor: a study's evaluations as Ray tasks on a cluster.
+"""The Ray executor: a sweep's evaluations as Ray tasks on a cluster.
 
 Per model and text, the baseline's reference pass is one task (it loads the full-precision
-baseline, the largest thing in the study, so it asks for the most memory) that writes into the
+baseline, the largest thing in the sweep, so it asks for the most memory) that writes into the
 shared cache folder (``--shared-dir``: a folder every node sees, made the workers'
 ``QUANTSCOPE_CACHE``); each (model, config) is one task, scheduled after its reference,
 asking for the memory its weights need. Tasks return results to the driver, which alone
@@ -53,9 +53,9 @@ def _memory(ctx: RunContext, factor: float) -> int:
 
 
 def run_on_ray(
-    study: Sweep, events: Events, address: str | None, retries: int, shared_dir: str | None
+    sweep: Sweep, events: Events, address: str | None, retries: int, shared_dir: str | None
 ) -> list[RunReport]:
-    """Measure ``study`` on a Ray cluster (``address``: ``auto``, ``ray://HOST:PORT``, or None
+    """Measure ``sweep`` on a Ray cluster (``address``: ``auto``, ``ray://HOST:PORT``, or None
     to start a local Ray instance); one :class:`RunReport` per model and text."""
     try:
         import ray
@@ -74,19 +74,19 @@ def run_on_ray(
         logging_level=logging.WARNING,
     )
     try:
-        return _drive(ray, study, events, retries)
+        return _drive(ray, sweep, events, retries)
     finally:
         ray.shutdown()
 
 
-def _drive(ray: Any, study: Sweep, events: Events, retries: int) -> list[RunReport]:
+def _drive(ray: Any, sweep: Sweep, events: Events, retries: int) -> list[RunReport]:
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0  # a whole GPU per task
     reference = ray.remote(max_retries=retries, num_gpus=gpus)(_reference_task)
     measure = ray.remote(max_retries=retries, num_gpus=gpus)(_config_task)
     pending: dict[Any, tuple[int, int, QuantConfig]] = {}
     runs: list[tuple[RunContext, str, dict[int, Outcome]]] = []
-    with Store(study.store or default_store()) as store:
-        for index, spec in enumerate(study.runs()):
+    with Store(sweep.store or default_store()) as store:
+        for index, spec in enumerate(sweep.runs()):
             ctx = prepare(spec, events)
             cpus = _cpus(ray, ctx.threads)
             run_id, ref = store.new_run(ctx.files.name, ctx.settings), None

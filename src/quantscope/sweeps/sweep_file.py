@@ -1,10 +1,10 @@
-"""A study file: models × configs × texts × tasks × settings, in YAML, with the same names and
+"""A sweep file: models × configs × texts × tasks × settings, in YAML, with the same names and
 parameters as ``quantscope run``, expanded into one :class:`~quantscope.config.RunSpec` per
 model and text.
 
->>> study = parse_sweep({"models": ["bundled", "org/name"], "configs": ["fp32", "bnb-nf4"],
+>>> sweep = parse_sweep({"models": ["bundled", "org/name"], "configs": ["fp32", "bnb-nf4"],
 ...                      "texts": ["bundled"], "settings": {"tokens": 1024}})
->>> [(s.model.kind.value, len(s.configs), s.data.tokens) for s in study.runs()]
+>>> [(s.model.kind.value, len(s.configs), s.data.tokens) for s in sweep.runs()]
 [('bundled', 2, 1024), ('hub', 2, 1024)]
 """
 
@@ -45,7 +45,7 @@ _RUN = (
 
 @dataclass(frozen=True)
 class Sweep:
-    """A parsed study: every model and text, the configs and tasks each is measured with, and
+    """A parsed sweep: every model and text, the configs and tasks each is measured with, and
     the settings every run shares (``data`` for the windows, ``run`` for the rest)."""
 
     name: str
@@ -58,7 +58,7 @@ class Sweep:
     store: str | None = None
 
     def runs(self) -> list[RunSpec]:
-        """One run per model and text, in study order (model first)."""
+        """One run per model and text, in sweep order (model first)."""
         return [
             RunSpec(
                 model=model,
@@ -74,12 +74,12 @@ class Sweep:
 
 
 def read_sweep(path: str | Path) -> Sweep:
-    """The study in a YAML file (paths in it are relative to the file's folder)."""
+    """The sweep in a YAML file (paths in it are relative to the file's folder)."""
     import yaml
 
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UserError(f"No such study file '{path}'; write one in YAML (see the README).")
+        raise UserError(f"No such sweep file '{path}'; write one in YAML (see the README).")
     try:
         body = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -89,21 +89,21 @@ def read_sweep(path: str | Path) -> Sweep:
     return parse_sweep(body, file.parent, body.get("name") or file.stem)
 
 
-def parse_sweep(body: dict[str, Any], folder: Path | None = None, name: str = "study") -> Sweep:
-    """A study from its mapping; every mistake is one sentence naming the key."""
-    _known(body, _TOP, "study file")
+def parse_sweep(body: dict[str, Any], folder: Path | None = None, name: str = "sweep") -> Sweep:
+    """A sweep from its mapping; every mistake is one sentence naming the key."""
+    _known(body, _TOP, "sweep file")
     folder = folder or Path.cwd()
     models = tuple(_model(m, folder) for m in _list(body, "models", required=True))
     configs = parse_config_list([str(c) for c in _list(body, "configs", required=True)])
     texts = tuple(_text(t, folder) for t in _list(body, "texts")) or (None,)
     if len(set(texts)) != len(texts):
-        raise UserError("The study names a text twice; list each text once.")
+        raise UserError("The sweep names a text twice; list each text once.")
     settings = body.get("settings") or {}
     if not isinstance(settings, dict):
         raise UserError("'settings' must be a mapping like {tokens: 4096, context: 512}.")
     _known(settings, _DATA + _RUN, "settings")
     store = body.get("store")
-    study = Sweep(
+    sweep = Sweep(
         str(name),
         models,
         configs,
@@ -114,10 +114,10 @@ def parse_sweep(body: dict[str, Any], folder: Path | None = None, name: str = "s
         str((folder / store).resolve()) if store else None,
     )
     try:
-        study.runs()  # every spec validates itself now, before anything loads
+        sweep.runs()  # every spec validates itself now, before anything loads
     except TypeError as err:
-        raise UserError(f"A setting of the study has the wrong type: {err}.") from None
-    return study
+        raise UserError(f"A setting of the sweep has the wrong type: {err}.") from None
+    return sweep
 
 
 def _known(body: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -141,7 +141,7 @@ def _list(body: dict[str, Any], key: str, required: bool = False) -> list[Any]:
 
 
 def _model(entry: Any, folder: Path) -> ModelSpec:
-    """``bundled``, a hub id, a path (relative to the study file), or a mapping with ``model``
+    """``bundled``, a hub id, a path (relative to the sweep file), or a mapping with ``model``
     and any of ``revision``, ``dtype``, ``trust_remote_code``, ``allow_pickle``."""
     options = dict(entry) if isinstance(entry, dict) else {"model": entry}
     _known(options, ("model", "revision", "dtype", "trust_remote_code", "allow_pickle"), "model")
@@ -164,10 +164,10 @@ def _text(entry: Any, folder: Path) -> str | None:
         return None
     path = (folder / Path(str(entry)).expanduser()).resolve()
     if not path.is_file():
-        raise UserError(f"No such text file '{entry}' in the study; give a path to a file.")
+        raise UserError(f"No such text file '{entry}' in the sweep; give a path to a file.")
     return str(path)
 
 
-def replace_store(study: Sweep, store: str | None) -> Sweep:
-    """The study writing to ``store`` (the command line's ``--store`` wins over the file)."""
-    return dataclasses.replace(study, store=store) if store else study
+def replace_store(sweep: Sweep, store: str | None) -> Sweep:
+    """The sweep writing to ``store`` (the command line's ``--store`` wins over the file)."""
+    return dataclasses.replace(sweep, store=store) if store else sweep
