@@ -93,7 +93,7 @@ class RunContext:
         skipped or failed config leaves no row."""
         if outcome.result is None:
             return
-        store.put(outcome.result, outcome.tokens)
+        store.put(outcome.result, outcome.token_values)
         store.link(run_id, self.key(config), position, outcome.status)
 
     def provenance(self, store: Path | str) -> dict[str, Any]:

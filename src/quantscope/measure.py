@@ -38,7 +38,7 @@ class _Pass(NamedTuple):
     by-position metrics, and its seconds."""
 
     metrics: dict[str, Any]
-    tokens: bytes
+    token_values: bytes  # TokenValues.to_bytes()
     per_source: dict[str, Any]
     by_position: dict[str, Any]
     seconds: float
@@ -144,7 +144,7 @@ def measure(ctx: RunContext, config: QuantConfig, key: str) -> tuple[Result, byt
         tasks=task_results,
         by_position=found.by_position,
         created=now(),
-    ), found.tokens
+    ), found.token_values
 
 
 def _meta(ctx: RunContext, config: QuantConfig, library: str) -> dict[str, Any]:

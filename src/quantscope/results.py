@@ -91,7 +91,7 @@ class Outcome:
     reason: str = ""
     result: Result | None = None
     model: str = ""  # which model's run it belongs to (a study has several)
-    tokens: bytes | None = field(default=None, repr=False)  # TokenValues.to_bytes(), to store
+    token_values: bytes | None = field(default=None, repr=False)  # TokenValues.to_bytes()
 
 
 @dataclass(frozen=True)

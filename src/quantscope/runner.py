@@ -176,7 +176,7 @@ def evaluate_config(ctx: RunContext, config: QuantConfig, key: str) -> Outcome:
         if ctx.reference is None:
             ensure_reference(ctx)
         with intra_op_threads(ctx.threads):
-            result, tokens = measure(ctx, config, key)
+            result, token_values = measure(ctx, config, key)
     except Unavailable as err:
         free_memory()
         return Outcome(config.display, Status.SKIPPED, err.reason, None, model)
@@ -188,4 +188,4 @@ def evaluate_config(ctx: RunContext, config: QuantConfig, key: str) -> Outcome:
         free_memory()
         return Outcome(config.display, Status.FAILED, f"{type(err).__name__}: {err}", None, model)
     result = Result.from_json(result.to_json())  # exactly what a rerun will read back
-    return Outcome(config.display, Status.MEASURED, "", result, model, tokens)
+    return Outcome(config.display, Status.MEASURED, "", result, model, token_values)

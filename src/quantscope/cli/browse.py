@@ -27,7 +27,7 @@ from quantscope.quiet import Screen
 from quantscope.report.decision import decision_html, pair_table, verdict_rows
 from quantscope.report.formats import Format, compare_rows, render, rich_table, run_rows
 from quantscope.report.html import render_html
-from quantscope.report.models import models_table, render_models_html
+from quantscope.report.side_by_side import models_table, render_models_html
 from quantscope.report.terminal import outcome_notes, results_tables
 from quantscope.results import RunReport
 from quantscope.specs import by_keyword, compare_spec, judge_spec, recommend_spec

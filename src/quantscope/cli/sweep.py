@@ -22,7 +22,7 @@ from quantscope.cli.common import (
     progress,
     user_errors,
 )
-from quantscope.report.models import models_table
+from quantscope.report.side_by_side import models_table
 from quantscope.results import Outcome, Status
 from quantscope.specs import sweep_spec
 from quantscope.sweeps import Cell, plan, run_sweep

@@ -38,7 +38,7 @@ class Evidence:
     kept, or reused from such a result)."""
 
     report: RunReport
-    tokens: dict[str, TokenValues | None]
+    token_values: dict[str, TokenValues | None]
 
     @property
     def results(self) -> list[Result]:
@@ -48,12 +48,12 @@ class Evidence:
         bad = [r.invalid for r in self.results if r.config == config and r.invalid]
         if bad:
             raise UserError(f"'{config}' has no accuracy to compare: {bad[0]}.")
-        if config not in self.tokens:
-            known = ", ".join(self.tokens) or "none"
+        if config not in self.token_values:
+            known = ", ".join(self.token_values) or "none"
             raise UserError(
                 f"Run {self.report.run_id} has no measured config '{config}' ({known})."
             )
-        tv = self.tokens.get(config)
+        tv = self.token_values.get(config)
         if tv is None:
             raise UserError(
                 f"'{config}' in run {self.report.run_id} was measured before quantscope kept "
@@ -296,10 +296,10 @@ def groups(ev: Evidence, metric: str = "ppl", alpha: float = eq.ALPHA) -> Groups
     """Configs that cannot be told apart on ``metric`` (ppl: token loss; kl): every pair
     tested token by token (paired t on the cluster-robust se), Holm's correction over the
     pairs, then a compact letter display."""
-    have = [c for c, tv in ev.tokens.items() if tv is not None]
+    have = [c for c, tv in ev.token_values.items() if tv is not None]
     if not have:
         raise UserError("No config of this run has per-token values; rerun with --force.")
-    first = ev.tokens[have[0]]
+    first = ev.token_values[have[0]]
     assert first is not None
     same = [c for c in have if ev.values(c).same_tokens(first)]
 

@@ -27,7 +27,7 @@ from quantscope.report.mixed import (
     sensitivity_table,
     totals_line,
 )
-from quantscope.report.models import bars, grid, models_html_table
+from quantscope.report.side_by_side import bars, grid, models_html_table
 from quantscope.results import RunReport, SensitivityStudy, View, register_view
 from quantscope.sweeps import SweepReport
 

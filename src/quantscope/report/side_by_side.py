@@ -1,4 +1,4 @@
-"""Models side by side (a study: several models, the same configs): per config, each model's
+"""Models side by side (a sweep: several models, the same configs): per config, each model's
 KL, Δppl and task flips, and which model loses most under it — as a terminal table and as an
 HTML page whose grouped bars are the claim "different models show varying sensitivity to
 quantization", measured. From stored results only.
