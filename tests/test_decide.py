@@ -50,10 +50,11 @@ def _clustered(rng: np.random.Generator, n_clusters: int, per: int, mean: float)
 
 def test_equivalence_test_holds_its_type_one_error_and_reports_its_power():
     """At the margin's edge (true Δ = margin, the worst case for TOST) "equivalent" must come
-    out at most 5% of the time. Measured with this seed: 4.1% of 2,000 simulations at 16
-    windows of 64 tokens (the t reference with windows − 1 df; the same data referred to a
-    normal distribution gave 5.45%, which is why the t is used); power at Δ = 0 with the
-    margin about 3 se wide: 80.7%."""
+    out at most 5% of the time. Measured with this seed, 2,000 simulations at 16 windows of 64
+    tokens: the plain t (windows − 1 df) gave 4.1% and power 80.7% at Δ = 0 with the margin
+    about 3 se wide; the skew-corrected t, which must also hold on real skewed windows
+    (tests/test_harness.py), 2.7% and 68.0% — the price of holding there, paid here on
+    symmetric data. 0.6: a test that never says "equivalent" would pass the first assert."""
     rng = np.random.default_rng(0)
     sims, margin = 2000, 0.4
     hits_edge = hits_null = 0
@@ -65,7 +66,7 @@ def test_equivalence_test_holds_its_type_one_error_and_reports_its_power():
     type_one, power = hits_edge / sims, hits_null / sims
     print(f"type-I error {type_one:.3f}, power {power:.3f}")
     assert type_one <= 0.05
-    assert power > 0.7  # a test that never says "equivalent" would pass the first assert
+    assert power > 0.6
 
 
 def test_planner_predicts_the_standard_error_at_the_planned_size():

@@ -19,7 +19,7 @@ import numpy as np
 from quantscope.config import Margins
 from quantscope.errors import UserError
 from quantscope.metrics import equivalence as eq
-from quantscope.metrics.stats import Estimate
+from quantscope.metrics.stats import Estimate, estimate_of, flips
 from quantscope.results import Result, RunReport
 from quantscope.store import Store
 from quantscope.token_values import TokenValues
@@ -111,6 +111,7 @@ class Judged:
             "verdict": v.verdict,
             "n": self.n,
             "needed": self.needed,
+            "method": eq.METHOD,
         }
 
 
@@ -120,8 +121,7 @@ def _pct(x: float) -> float:
 
 def _ppl(result: Result, margin: float, alpha: float) -> Judged:
     """Perplexity change on the log scale (symmetric: ±ln(1 + m/100)), shown in %."""
-    m = result.metrics
-    est = Estimate(m["dppl_log"], m["dppl_log_se"], int(m["tokens"]), int(m["windows"]))
+    est = estimate_of(result.metrics, "dppl_log")
     log_margin = math.log1p(margin / 100.0)
     v = eq.tost(est, log_margin, alpha)
     scale = 100.0 * math.exp(est.value)
@@ -141,21 +141,16 @@ def _ppl(result: Result, margin: float, alpha: float) -> Judged:
 
 def _kl(result: Result, margin: float, alpha: float) -> Judged:
     """Mean KL (never below zero: only "below the margin" is tested)."""
-    m = result.metrics
-    se = m["kl_se"] if m.get("kl_se") is not None else math.nan
-    est = Estimate(m["kl_mean"], se, int(m["tokens"]), int(m["windows"]))
+    est = estimate_of(result.metrics, "kl")
     v = eq.tost(est, margin, alpha, one_sided=True)
     return Judged(result.config, "kl", "nats", v, est.n, _needed(est, margin, v))
 
 
 def _acc(result: Result, task: str, t: dict[str, Any], margin: float, alpha: float) -> Judged:
-    """Task accuracy lost, in points (items are independent: each its own cluster); the
-    paired se from the flips: d ∈ {−1, 0, 1} per item."""
+    """Task accuracy lost, in points (items are independent: each its own cluster), from the
+    flips (``metrics.stats.flips``)."""
     n = max(int(t["n"]), 1)
-    gains, losses = int(t["wrong_to_correct"]), int(t["correct_to_wrong"])
-    mean = (losses - gains) / n
-    var = ((gains + losses) / n - mean**2) * n / max(n - 1, 1)
-    est = Estimate(100.0 * mean, 100.0 * math.sqrt(max(var, 0.0) / n), n, n)
+    est = flips(int(t["correct_to_wrong"]), int(t["wrong_to_correct"]), n)
     v = eq.tost(est, margin, alpha)
     return Judged(result.config, f"acc:{task}", "pts", v, n, _needed(est, margin, v))
 
@@ -238,8 +233,7 @@ def _paired_estimate(a: TokenValues, b: TokenValues, metric: str) -> Estimate:
     if metric == "kl":
         return eq.paired(a.kl, b.kl, a.clusters)
     # top-1 agreement with the baseline, in points: positive = A agrees less (worse)
-    est = eq.paired(b.agree.astype(float), a.agree.astype(float), a.clusters)
-    return Estimate(100 * est.value, 100 * est.se, est.n, est.clusters)
+    return eq.paired(b.agree.astype(float), a.agree.astype(float), a.clusters).scaled(100.0)
 
 
 def pair(ev: Evidence, a: str, b: str, alpha: float = eq.ALPHA) -> list[dict[str, Any]]:
@@ -254,8 +248,7 @@ def pair(ev: Evidence, a: str, b: str, alpha: float = eq.ALPHA) -> list[dict[str
     rows = []
     for metric, unit in _PAIR_METRICS:
         est = _paired_estimate(ta, tb, metric)
-        q = eq.t_quantile(1 - alpha / 2, eq.dof(est))
-        low, high = est.value - q * est.se, est.value + q * est.se
+        low, high = eq.lower_bound(est, alpha / 2), eq.upper_bound(est, alpha / 2)
         value, se = est.value, est.se
         if metric == "ppl":  # ratio of perplexities, shown in %
             value, se, low, high = _pct(value), 100 * math.exp(value) * se, _pct(low), _pct(high)
@@ -274,6 +267,7 @@ def pair(ev: Evidence, a: str, b: str, alpha: float = eq.ALPHA) -> list[dict[str
                 "p": p,
                 "n": est.n,
                 "needed": needed,
+                "method": eq.METHOD,
             }
         )
     return rows
@@ -313,8 +307,8 @@ def groups(ev: Evidence, metric: str = "ppl", alpha: float = eq.ALPHA) -> Groups
     adjusted = eq.holm(p)
     different = {frozenset(xy) for xy, q in zip(pairs, adjusted, strict=True) if q < alpha}
     method = (
-        f"paired t-tests on per-token {'loss' if metric == 'ppl' else 'KL'} "
-        f"(cluster-robust se, {len(np.unique(first.clusters))} "
+        f"paired tests on per-token {'loss' if metric == 'ppl' else 'KL'} "
+        f"({eq.METHOD}; cluster-robust se over {len(np.unique(first.clusters))} "
         f"windows), Holm-corrected over {len(pairs)} pairs, alpha {alpha:g}"
     )
     return Groups(metric, order, means, eq.letters(order, different), method)

@@ -16,7 +16,7 @@ from quantscope.config import Budget, Margins
 from quantscope.decide import analysis as jd
 from quantscope.decide.snippets import code
 from quantscope.metrics import equivalence as eq
-from quantscope.metrics.stats import Estimate
+from quantscope.metrics.stats import estimate_of
 from quantscope.results import Result, RunReport
 
 
@@ -98,7 +98,7 @@ class Recommendation:
 
 def _ppl_check(r: Result, limit: float, alpha: float) -> Check:
     m = r.metrics
-    est = Estimate(m["dppl_log"], m["dppl_log_se"], int(m["tokens"]), int(m["windows"]))
+    est = estimate_of(m, "dppl_log")
     upper = 100 * math.expm1(eq.upper_bound(est, alpha))
     point = m["dppl_pct"]
     met = upper <= limit

@@ -243,16 +243,21 @@ def accuracy_metrics(ts: TokenStats, clusters: np.ndarray) -> dict[str, float]:
     dp = stats.mean_se(ts.dp, clusters)
     out = {
         "tokens": float(ppl.n),
-        "windows": float(ppl.clusters),
+        "windows": float(len(np.unique(clusters))),
+        "clusters": float(ppl.clusters),  # windows evened out (metrics.stats.blocks)
         "ppl": ppl.value,
         "ppl_se": ppl.se,
         "base_ppl": base_ppl.value,
         "dppl_log": ratio.value,
         "dppl_log_se": ratio.se,
+        "dppl_log_skew": ratio.skew,
+        "dppl_log_kurtosis": ratio.kurtosis,
         "dppl_pct": 100.0 * math.expm1(ratio.value),
         "dppl_pct_se": 100.0 * math.exp(ratio.value) * ratio.se,
         "kl_mean": kl.value,
         "kl_se": kl.se,
+        "kl_skew": kl.skew,
+        "kl_kurtosis": kl.kurtosis,
         "kl_median": median,
         "kl_p90": p90,
         "kl_p99": p99,

@@ -3,14 +3,26 @@ at a margin (two one-sided tests, TOST), groups of configs that cannot be told a
 (Holm-corrected pairwise tests, compact letter display) and sample-size planning.
 
 Every test takes an :class:`~quantscope.metrics.stats.Estimate` of a paired difference with
-its cluster-robust se and refers it to Student's t with G − 1 degrees of freedom (G windows):
-with a few dozen windows a normal reference would understate the tails. Pure functions of
-numbers; nothing here loads a model.
+its cluster-robust se and the shape of its cluster residuals, and refers a skewness-corrected
+t to Student's t (``METHOD``): per-token KL and loss changes are heavily right-skewed, so
+their window means are too, and a plain t on a skewed mean over a few dozen windows claims
+"below the margin" too often (measured on the bundled model's own windows: 6–10% at nominal
+5%; README, "How sure is a verdict"). The correction, chosen by that measurement:
+
+- Hall's monotone cubic transformation of the studentised mean (Hall, 1992, "On the removal
+  of skewness by transformation", JRSS B 54(1)), which removes the n^-1/2 skewness term of
+  its Edgeworth expansion, with the skewness taken one standard error *towards the side the
+  claim needs* (a sample that missed the text's rare hard windows underestimates it);
+- degrees of freedom that shrink with the residuals' excess kurtosis κ, as the variance of
+  a variance does: ν = 2 / (2/(G−1) + κ/G) (G windows; κ = 0 gives G − 1).
+
+Pure functions of numbers (scalars, or numpy arrays for the simulations); nothing here loads
+a model.
 
 >>> from quantscope.metrics.stats import Estimate
 >>> v = tost(Estimate(0.2, 0.3, 4096, 16), margin=1.0)
 >>> v.verdict, round(v.p_equivalent, 4)
-('equivalent', 0.0088)
+('equivalent', 0.0163)
 """
 
 from __future__ import annotations
@@ -41,14 +53,89 @@ def _stats() -> Any:
     return stats
 
 
+METHOD = "skew-corrected t (Hall's transform, skewness at +1 se, kurtosis-adjusted df)"
+SKEW_MARGIN = 1.0  # standard errors of the skewness added on the side a claim needs
+
+
+def degrees_of_freedom(clusters: Any, kurtosis: Any = 0.0) -> Any:
+    """ν = 2 / (2/(G−1) + κ/G) for G clusters with excess kurtosis κ (G − 1 below 4
+    clusters; infinite when unknown)."""
+    g = np.asarray(clusters, dtype=np.float64)
+    k = np.where(g >= 4, np.asarray(kurtosis, dtype=np.float64), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nu = 2.0 / (2.0 / (g - 1.0) + k / g)
+    return np.where(g > 1, nu, np.inf)
+
+
 def dof(est: Estimate) -> float:
-    """Degrees of freedom of a cluster-robust se: clusters − 1 (infinite when unknown)."""
-    return float(est.clusters - 1) if est.clusters > 1 else math.inf
+    """Degrees of freedom of an estimate's reference t (see :func:`degrees_of_freedom`)."""
+    return float(degrees_of_freedom(est.clusters, est.kurtosis))
 
 
-def _sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with ``df`` degrees of freedom."""
-    return float(_stats().t.sf(t, df)) if math.isfinite(df) else float(_stats().norm.sf(t))
+def skew_se(clusters: Any) -> Any:
+    """Standard error of a sample skewness of G values: √(6(G−2) / ((G+1)(G+3)))."""
+    g = np.maximum(np.asarray(clusters, dtype=np.float64), 2.0)
+    return np.sqrt(6.0 * (g - 2.0) / ((g + 1.0) * (g + 3.0)))
+
+
+def _a(clusters: Any, skew: Any, towards: float) -> Any:
+    """Hall's a = γ/√G with γ moved ``towards`` (+1 or −1) by SKEW_MARGIN se."""
+    g = np.maximum(np.asarray(clusters, dtype=np.float64), 1.0)
+    gamma = np.asarray(skew, dtype=np.float64) + towards * SKEW_MARGIN * skew_se(g)
+    return np.where(g > 2, gamma / np.sqrt(g), 0.0)
+
+
+def _transform(t: Any, a: Any) -> Any:
+    """Hall's g(T) = T + aT²/3 + a²T³/27 + a/6 = ((1 + aT/3)³ − 1)/a + a/6 (monotone)."""
+    t = np.asarray(t, dtype=np.float64)
+    return t + a * t**2 / 3.0 + a**2 * t**3 / 27.0 + a / 6.0
+
+
+def _inverse(x: Any, a: Any) -> Any:
+    """T with g(T) = x."""
+    x = np.asarray(x, dtype=np.float64) - a / 6.0
+    small = np.abs(a) < 1e-12
+    safe = np.where(small, 1.0, a)
+    return np.where(small, x, 3.0 / safe * (np.cbrt(1.0 + safe * x) - 1.0))
+
+
+def _t_cdf(x: Any, df: Any) -> Any:
+    return _stats().t.cdf(x, df)
+
+
+def _t_ppf(q: Any, df: Any) -> Any:
+    return _stats().t.ppf(q, df)
+
+
+def bounds(
+    value: Any, se: Any, clusters: Any, skew: Any, kurtosis: Any, level: Any, upper: bool
+) -> Any:
+    """One-sided ``level`` confidence bound(s) of a mean (arrays broadcast): the upper bound
+    takes the skewness one se higher, the lower one se lower."""
+    df = degrees_of_freedom(clusters, kurtosis)
+    a = _a(clusters, skew, 1.0 if upper else -1.0)
+    q = _t_ppf(level, df)
+    t = _inverse(-q if upper else q, a)
+    se = np.where(np.asarray(se, dtype=np.float64) > 0, se, 0.0)
+    return np.asarray(value, dtype=np.float64) - se * t
+
+
+def p_values(
+    value: Any, se: Any, clusters: Any, skew: Any, kurtosis: Any, bound: Any, below: bool
+) -> Any:
+    """One-sided p of H0 "mean ≥ bound" (``below``: small when the mean is shown below it) or
+    of H0 "mean ≤ bound" (small when shown above), consistent with :func:`bounds`: p < α
+    exactly when the (1 − α) bound lies beyond ``bound``."""
+    value = np.asarray(value, dtype=np.float64)
+    se = np.asarray(se, dtype=np.float64)
+    df = degrees_of_freedom(clusters, kurtosis)
+    a = _a(clusters, skew, 1.0 if below else -1.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t = (value - bound) / se
+        g = _transform(t, a)
+    p = _t_cdf(g, df) if below else 1.0 - _t_cdf(g, df)
+    degenerate = (value < bound) if below else (value > bound)
+    return np.where(se > 0, p, np.where(degenerate, 0.0, 1.0))
 
 
 def t_quantile(q: float, df: float) -> float:
@@ -60,31 +147,40 @@ def paired(a: np.ndarray, b: np.ndarray, clusters: np.ndarray) -> Estimate:
     return mean_se(np.asarray(a, np.float64) - np.asarray(b, np.float64), clusters)
 
 
+def _p(est: Estimate, bound: float, below: bool) -> float:
+    return float(p_values(est.value, est.se, est.clusters, est.skew, est.kurtosis, bound, below))
+
+
 def p_difference(est: Estimate) -> float:
-    """Two-sided p of "the difference is zero".
+    """Two-sided p of "the difference is zero" (twice the smaller one-sided p).
 
     >>> round(p_difference(Estimate(0.6, 0.2, 100, 31)), 4)
-    0.0054
+    0.0093
     """
     if not est.se > 0:
         return 1.0 if est.value == 0 else 0.0
-    return min(1.0, 2.0 * _sf(abs(est.value) / est.se, dof(est)))
+    return min(1.0, 2.0 * min(_p(est, 0.0, True), _p(est, 0.0, False)))
 
 
 def p_below(est: Estimate, bound: float) -> float:
     """One-sided p of H0 "Δ ≥ bound" (small: Δ is shown below ``bound``)."""
-    if not est.se > 0:
-        return 0.0 if est.value < bound else 1.0
-    return _sf((bound - est.value) / est.se, dof(est))
+    return _p(est, bound, True)
+
+
+def p_above(est: Estimate, bound: float) -> float:
+    """One-sided p of H0 "Δ ≤ bound" (small: Δ is shown above ``bound``)."""
+    return _p(est, bound, False)
 
 
 def upper_bound(est: Estimate, alpha: float = ALPHA) -> float:
     """One-sided (1 − alpha) upper confidence bound of Δ."""
-    return est.value + t_quantile(1 - alpha, dof(est)) * (est.se if est.se > 0 else 0.0)
+    b = bounds(est.value, est.se, est.clusters, est.skew, est.kurtosis, 1 - alpha, True)
+    return float(b)
 
 
 def lower_bound(est: Estimate, alpha: float = ALPHA) -> float:
-    return est.value - t_quantile(1 - alpha, dof(est)) * (est.se if est.se > 0 else 0.0)
+    b = bounds(est.value, est.se, est.clusters, est.skew, est.kurtosis, 1 - alpha, False)
+    return float(b)
 
 
 @dataclass(frozen=True)
@@ -116,13 +212,9 @@ def tost(est: Estimate, margin: float, alpha: float = ALPHA, one_sided: bool = F
     'not resolved'
     """
     p_upper = p_below(est, margin)  # H0: Δ ≥ m
-    p_lower = p_below(Estimate(-est.value, est.se, est.n, est.clusters), margin)  # H0: Δ ≤ −m
+    p_lower = p_above(est, -margin)  # H0: Δ ≤ −m
     p_equiv = p_upper if one_sided else max(p_upper, p_lower)
-    p_worse = (
-        _sf((est.value - margin) / est.se, dof(est))
-        if est.se > 0
-        else float(not est.value > margin)
-    )
+    p_worse = p_above(est, margin)  # H0: Δ ≤ m
     if p_equiv < alpha:
         verdict = EQUIVALENT
     elif p_upper < alpha:
