@@ -41,8 +41,8 @@ def main(path: str) -> None:
         info = {
             "run": report.run_id,
             "model": report.settings.get("model"),
-            "tokens": int(len(arrays["clusters"])),
-            "windows": int(len(np.unique(arrays["clusters"]))),
+            "tokens": len(arrays["clusters"]),
+            "windows": len(np.unique(arrays["clusters"])),
             "settings": {k: report.settings.get(k) for k in ("context", "stride", "tokens_scored")},
             "configs": [c for c in CONFIGS if f"{c}/kl" in arrays],
         }
