@@ -117,26 +117,39 @@ class RunContext:
 
 
 def _settings(spec: RunSpec, windows: data.Windows, device: str, bos: bool) -> dict[str, Any]:
-    return {
-        "tokens_requested": spec.data.tokens,
-        "tokens_scored": windows.n_scored,
-        "windows": len(windows.ids),
-        "sources": list(windows.sources),
-        "context": spec.data.context,
-        "stride": spec.data.stride,
-        "bos": bos,
-        "seed": spec.seed,
-        "batch_size": spec.batch_size,  # LLM.int8 picks outlier columns per batch
-        "baseline_dtype": spec.model.dtype.value,
-        "ref_topk": spec.ref_topk,
-        "ref_samples": spec.ref_samples,
-        "exact": spec.exact,
-        "prompts": list(spec.prompts),
-        "max_new_tokens": spec.max_new_tokens,
-        "speed_reps": spec.speed_reps,
-        "device_type": torch.device(device).type,
-        "versions": versions(),
-    } | ({"depths": list(spec.depths)} if spec.depths is not None else {})
+    return (
+        {
+            "tokens_requested": spec.data.tokens,
+            "tokens_scored": windows.n_scored,
+            "windows": len(windows.ids),
+            "sources": list(windows.sources),
+            "context": spec.data.context,
+            "stride": spec.data.stride,
+            "bos": bos,
+            "seed": spec.seed,
+            "batch_size": spec.batch_size,  # LLM.int8 picks outlier columns per batch
+            "baseline_dtype": spec.model.dtype.value,
+            "ref_topk": spec.ref_topk,
+            "ref_samples": spec.ref_samples,
+            "exact": spec.exact,
+            "prompts": list(spec.prompts),
+            "max_new_tokens": spec.max_new_tokens,
+            "speed_reps": spec.speed_reps,
+            "device_type": torch.device(device).type,
+            "versions": versions(),
+        }
+        | ({"depths": list(spec.depths)} if spec.depths is not None else {})
+        | _design(spec)
+    )
+
+
+def _design(spec: RunSpec) -> dict[str, Any]:
+    """A run that stops when decided: its margins and spending function (in the settings, so
+    its results are never taken for a fixed run's, nor a fixed run's for its)."""
+    if spec.until_decided is None:
+        return {}
+    m = spec.until_decided
+    return {"until_decided": {"ppl": m.ppl, "kl": m.kl, "spending": spec.spending}}
 
 
 def prepare(spec: RunSpec, events: Events, threads: int | None = None) -> RunContext:
@@ -152,6 +165,8 @@ def prepare(spec: RunSpec, events: Events, threads: int | None = None) -> RunCon
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
     windows, bos = data.text_windows(data.read_sources(spec.data), tokenizer, spec.data)
+    if spec.until_decided is not None:  # any prefix of the windows is a random sample
+        windows = windows.shuffled(spec.seed)
     settings = _settings(spec, windows, device, bos)
     settings["tasks"] = [t.fingerprint() for t in found]
     return RunContext(

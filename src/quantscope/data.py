@@ -55,10 +55,45 @@ class Windows:
     fingerprint: str
     sources: tuple[str, ...] = ("text",)
     source_of: np.ndarray | None = None
+    order: np.ndarray | None = None  # each row's index in the text's own order (shuffled)
 
     @property
     def n_scored(self) -> int:
         return int((self.ids.shape[1] - self.score_from).sum())
+
+    def shuffled(self, seed: int) -> Windows:
+        """The same windows in a seeded random order (scored in that order by a run that
+        stops when decided: any prefix is then a random sample of the text). Tokens keep
+        their window's own index as cluster id, so values stay comparable with a run in the
+        text's order; the fingerprint differs, so nothing measured in one order is taken for
+        the other.
+
+        >>> w = make_windows(list(range(40)), 8, 4)
+        >>> s = w.shuffled(0)
+        >>> sorted(s.order.tolist()) == list(range(len(w.ids))), s.fingerprint != w.fingerprint
+        (True, True)
+        """
+        perm = np.random.default_rng(seed).permutation(len(self.ids))
+        digest = hashlib.sha256(f"{self.fingerprint}|order={seed}".encode()).hexdigest()[:16]
+        return Windows(
+            self.ids[perm],
+            self.score_from[perm],
+            digest,
+            self.sources,
+            self.source_of[perm] if self.source_of is not None else None,
+            perm if self.order is None else self.order[perm],
+        )
+
+    def head(self, count: int) -> Windows:
+        """The first ``count`` windows (those a run that stopped early scored)."""
+        return Windows(
+            self.ids[:count],
+            self.score_from[:count],
+            self.fingerprint,
+            self.sources,
+            self.source_of[:count] if self.source_of is not None else None,
+            self.order[:count] if self.order is not None else None,
+        )
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(first_window_index, ids (B, C), score_from (B,))`` in order."""
@@ -69,7 +104,8 @@ class Windows:
     def cluster_ids(self) -> np.ndarray:
         """Per scored token (in scoring order), the index of the window that scored it. (N,)"""
         counts = self.ids.shape[1] - self.score_from
-        return np.repeat(np.arange(len(counts)), counts)
+        index = np.arange(len(counts)) if self.order is None else self.order
+        return np.repeat(index, counts)
 
     def positions(self) -> np.ndarray:
         """Per scored token (in scoring order), its position within its window: how many
@@ -80,7 +116,8 @@ class Windows:
     def token_sources(self) -> np.ndarray:
         """Per scored token, the index of its source in ``sources``. (N,)"""
         of = self.source_of if self.source_of is not None else np.zeros(len(self.ids), np.int64)
-        return of[self.cluster_ids()]
+        counts = self.ids.shape[1] - self.score_from
+        return np.repeat(of, counts)
 
 
 def bundled_text(part: str = "eval") -> str:

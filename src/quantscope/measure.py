@@ -7,15 +7,20 @@ The runner decides what to measure and stores it; this module only measures.
 from __future__ import annotations
 
 import gc
+import math
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from quantscope import backends, capability, evaluate, models
 from quantscope.backends import LoadedModel, lora
 from quantscope.config import QuantConfig
 from quantscope.context import RunContext
+from quantscope.metrics.sequential import Margin, Monitor
+from quantscope.metrics.stats import mean_se
 from quantscope.provenance import hardware, now
 from quantscope.results import Result
 from quantscope.tasks import answers
@@ -35,13 +40,39 @@ def answer_tasks(ctx: RunContext, model: Any) -> answers.Answers:
 
 class _Pass(NamedTuple):
     """What the accuracy pass gives: metrics, per-token values (compressed), per-source and
-    by-position metrics, and its seconds."""
+    by-position metrics, its seconds, and the sequential procedure's record (or None)."""
 
     metrics: dict[str, Any]
     token_values: bytes  # TokenValues.to_bytes()
     per_source: dict[str, Any]
     by_position: dict[str, Any]
     seconds: float
+    sequential: dict[str, Any] | None
+
+
+def _monitor(ctx: RunContext) -> tuple[Monitor | None, Callable[[Any], bool] | None]:
+    """With ``until_decided``, the stopping rule of one config's pass: its verdicts at the
+    margins, checked after each batch against group-sequential boundaries."""
+    design = ctx.spec.until_decided
+    if design is None:
+        return None, None
+    margins = []
+    if design.ppl is not None:  # equivalence on the log scale, as the verdicts judge it
+        margins.append(Margin("ppl", math.log1p(design.ppl / 100.0), two_sided=True))
+    if design.kl is not None:  # KL cannot go below zero: below the margin is the claim
+        margins.append(Margin("kl", design.kl, two_sided=False))
+    monitor = Monitor(tuple(margins), ctx.windows.n_scored, spending=ctx.spec.spending)
+    clusters = ctx.windows.cluster_ids()
+
+    def stop(ts: Any) -> bool:
+        if ts.bad.any():  # no accuracy to judge (non-finite logits): nothing more to learn
+            return True
+        seen = clusters[: len(ts.nll)]
+        kl = ts.kl if ts.kl_exact is None else ts.kl_exact
+        found = {"ppl": mean_se(ts.nll - ts.base_nll, seen), "kl": mean_se(kl, seen)}
+        return monitor.look({m.metric: found[m.metric] for m in margins}, len(ts.nll))
+
+    return monitor, stop
 
 
 def _load(ctx: RunContext, config: QuantConfig) -> Any:
@@ -58,6 +89,7 @@ def _accuracy(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> _Pas
     assert ctx.reference is not None
     ctx.events.stage(f"{config.display}: accuracy pass", ctx.windows.n_scored)
     start = time.perf_counter()
+    monitor, stop = _monitor(ctx)
     token_stats = evaluate.compare_pass(
         loaded.model,
         ctx.windows,
@@ -66,17 +98,23 @@ def _accuracy(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> _Pas
         ctx.events.advance,
         baseline=ctx.baseline_model,
         kv=config.kv,
+        stop=stop,
     )
     seconds = time.perf_counter() - start
-    clusters = ctx.windows.cluster_ids()
+    scored = np.cumsum(ctx.windows.ids.shape[1] - ctx.windows.score_from)
+    windows = ctx.windows.head(int(np.searchsorted(scored, len(token_stats.nll))) + 1)
+    clusters = windows.cluster_ids()
     metrics = evaluate.accuracy_metrics(token_stats, clusters)
     metrics["ref_disk_bytes_per_token"] = ctx.reference.info()["disk_bytes_per_token"]
+    if monitor is not None:
+        metrics["tokens_planned"] = float(ctx.windows.n_scored)
     return _Pass(
         metrics,
         evaluate.token_values(token_stats, clusters).to_bytes(),
-        evaluate.per_source_metrics(ctx.windows, token_stats, clusters),
-        evaluate.by_position_metrics(ctx.windows, token_stats, clusters),
+        evaluate.per_source_metrics(windows, token_stats, clusters),
+        evaluate.by_position_metrics(windows, token_stats, clusters),
         seconds,
+        monitor.record() if monitor is not None else None,
     )
 
 
@@ -125,6 +163,8 @@ def measure(ctx: RunContext, config: QuantConfig, key: str) -> tuple[Result, byt
         gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
     library, load_s, quantize_s = loaded.library, loaded.load_s, loaded.quantize_s
     meta = {**_meta(ctx, config, library), "kept_linears": loaded.kept, "placement": placement}
+    if found.sequential is not None:
+        meta["sequential"] = found.sequential
     del loaded
     free_memory()
     metrics = {**footprint, **found.metrics, **speed, "load_s": load_s, "eval_s": found.seconds}

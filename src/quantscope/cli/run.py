@@ -112,6 +112,18 @@ def run(
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
     margin: MarginOpt = None,
+    until_decided: Annotated[
+        bool,
+        typer.Option(
+            help="Score the windows in a seeded random order and stop each config once its verdicts at --margin (ppl, kl) are resolved, with group-sequential boundaries: clear cases take a fraction of the tokens."
+        ),
+    ] = False,
+    spending: Annotated[
+        str,
+        typer.Option(
+            help="How --until-decided spends alpha over its looks: pocock (evenly; early stops), obrien-fleming (little early) or linear."
+        ),
+    ] = cfg.DEFAULT_SPENDING,
     device_map: Annotated[
         str | None,
         typer.Option(

@@ -41,6 +41,7 @@ from quantscope.config.registry import backend_of, config_class, names
 from quantscope.config.run import (
     DEFAULT_CONFIGS,
     DEFAULT_PROMPTS,
+    DEFAULT_SPENDING,
     DataSpec,
     ModelKind,
     ModelSpec,
@@ -56,6 +57,7 @@ __all__ = [
     "CONFIG_FILE_FORMAT",
     "DEFAULT_CONFIGS",
     "DEFAULT_PROMPTS",
+    "DEFAULT_SPENDING",
     "GPTQ_BITS",
     "Bnb4",
     "Bnb4Type",

@@ -8,9 +8,11 @@ from enum import Enum
 from pathlib import Path
 
 from quantscope.config.base import QuantConfig
+from quantscope.config.budget import Margins
 from quantscope.config.grammar import DType
 from quantscope.config.quant import parse_config
 from quantscope.errors import UserError
+from quantscope.metrics.sequential import DEFAULT_SPENDING, SPENDING
 
 
 class ModelKind(str, Enum):
@@ -231,8 +233,21 @@ class RunSpec:
     tasks: tuple[str, ...] = ()
     task_limit: int = 200
     depths: tuple[int, ...] | None = None  # KV-cache depths; None: evaluate.depth's default
+    # stop each config once its verdicts at these margins are resolved (windows in a seeded
+    # random order, group-sequential boundaries with this spending function)
+    until_decided: Margins | None = None
+    spending: str = DEFAULT_SPENDING
 
     def __post_init__(self) -> None:
+        if self.until_decided is not None and (
+            self.until_decided.ppl is None and self.until_decided.kl is None
+        ):
+            raise UserError(
+                "--until-decided stops a config once its verdicts are resolved, so it needs a "
+                "perplexity or KL margin: add --margin ppl=1%,kl=0.02 (or one of them)."
+            )
+        if self.spending not in SPENDING:
+            raise UserError(f"--spending takes {', '.join(SPENDING)}, got '{self.spending}'.")
         if self.depths is not None and any(d < 0 for d in self.depths):
             raise UserError(f"--depths must be token counts of 0 or more, got {self.depths}.")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from quantscope.config import Margins
+from quantscope.decide import sequential as sq
 from quantscope.errors import UserError
 from quantscope.metrics import equivalence as eq
 from quantscope.metrics.stats import Estimate, estimate_of, flips
@@ -93,6 +94,7 @@ class Judged:
     verdict: eq.Verdict
     n: int
     needed: float  # tokens or items; NaN when resolved
+    design: str = ""  # how a run stopped when decided reached it ("": a fixed sample)
 
     def row(self) -> dict[str, Any]:
         v = self.verdict
@@ -112,6 +114,7 @@ class Judged:
             "n": self.n,
             "needed": self.needed,
             "method": eq.METHOD,
+            "design": self.design or "fixed sample",
         }
 
 
@@ -166,9 +169,9 @@ def verdicts(results: list[Result], margins: Margins, alpha: float = eq.ALPHA) -
     out = []
     for r in results:
         if margins.ppl is not None and "dppl_log" in r.metrics:
-            out.append(_ppl(r, margins.ppl, alpha))
+            out.append(sq.judged_as_designed(_ppl(r, margins.ppl, alpha), r, "ppl", margins.ppl))
         if margins.kl is not None and "kl_mean" in r.metrics:
-            out.append(_kl(r, margins.kl, alpha))
+            out.append(sq.judged_as_designed(_kl(r, margins.kl, alpha), r, "kl", margins.kl))
         if margins.acc is not None:
             out.extend(_acc(r, name, t, margins.acc, alpha) for name, t in r.tasks.items())
     return out

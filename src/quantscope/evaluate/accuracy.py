@@ -139,8 +139,12 @@ def compare_pass(
     advance: Advance = _noop,
     baseline: Any | None = None,
     kv: KvSpec | None = None,
+    stop: Callable[[TokenStats], bool] | None = None,
 ) -> TokenStats:
     """Score ``model`` against the reference, token by token, one batch of windows at a time.
+
+    ``stop``: asked after each batch with the tokens scored so far; the pass ends when it
+    says so (a run that stops once its verdicts are resolved).
 
     ``reference`` is read front to back (a :class:`Cursor` streams it from disk). With
     ``baseline`` (exact mode) the baseline model runs side by side and the KL is also
@@ -165,6 +169,12 @@ def compare_pass(
                     lp_b = x_b - torch.logsumexp(x_b, dim=-1, keepdim=True)
                     out["kl_exact"].append(kl_full(lp_b, x - lse).double().cpu().numpy())
             advance(sum(len(t) for _, t in batch))
+            if stop is not None and stop(_stats_of(out)):
+                break
+    return _stats_of(out)
+
+
+def _stats_of(out: dict[str, list[np.ndarray]]) -> TokenStats:
     return TokenStats(**{name: np.concatenate(parts) for name, parts in out.items() if parts})
 
 

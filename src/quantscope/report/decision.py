@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from quantscope.decide import Groups, Judged, Recommendation
+from quantscope.metrics import equivalence as eq
 from quantscope.report.html import esc
 
 _VERDICT_STYLE = {
@@ -53,6 +54,7 @@ def verdict_rows(judged: list[Judged]) -> list[dict[str, str]]:
                 "verdict": r["verdict"],
                 "p equiv.": _p(r["p_equivalent"]),
                 "p worse": _p(r["p_worse"]),
+                "tokens": f"{j.n:,}" + ("*" if j.design.startswith("stopped early") else ""),
                 "tokens to resolve": _needed(r),
             }
         )
@@ -67,7 +69,15 @@ def verdict_table(judged: list[Judged], title: str, notes: list[str]) -> Group:
     for row in rows:
         cells = [Text(v, style=_VERDICT_STYLE.get(v, "")) for v in row.values()]
         table.add_row(*cells)
-    return Group(table, *(Text(n, style="dim") for n in notes))
+    designs = [f"{j.config} {j.metric}: {j.design}" for j in judged if j.design]
+    if any(j.design.startswith("stopped early") for j in judged):
+        designs.insert(
+            0,
+            "* stopped when decided (--until-decided): the verdict is the "
+            "group-sequential procedure's at this margin",
+        )
+    method = f"Verdicts: {eq.METHOD}, over the windows evened out into blocks."
+    return Group(table, *(Text(n, style="dim") for n in (*notes, *designs, method)))
 
 
 def groups_table(found: Groups) -> Table:

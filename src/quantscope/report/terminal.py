@@ -9,6 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from quantscope.decide import sequential as sq
 from quantscope.metrics.catalog import METRICS, TABLE, Metric
 from quantscope.results import Result, RunReport, Status, depths_in
 
@@ -117,6 +118,11 @@ def outcome_notes(report: RunReport) -> list[Text]:
         )
     errors = {k: v for r in report.results for k, v in r.meta.get("task_errors", {}).items()}
     notes += [Text(f"task {name} left out: {reason}") for name, reason in errors.items()]
+    notes += [
+        Text(f"{r.config}, until decided: {sq.describe(r)}.")
+        for r in report.results
+        if sq.record(r) is not None
+    ]
     return notes
 
 

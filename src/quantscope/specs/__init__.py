@@ -91,8 +91,12 @@ def run_spec(
     offload_dir: PathLike | None = None,
     baseline_device_map: str | None = None,
     depths: str | Iterable[int] | None = None,
+    margin: str | cfg.Margins | None = None,
+    until_decided: bool = False,
+    spending: str = cfg.DEFAULT_SPENDING,
 ) -> cfg.RunSpec:
-    """The :class:`RunSpec` of ``quantscope run`` with these options (same names)."""
+    """The :class:`RunSpec` of ``quantscope run`` with these options (same names).
+    ``until_decided``: stop each config once its verdicts at ``margin`` are resolved."""
     model_spec = cfg.model_spec(
         model,
         dtype=dtype_of(dtype, "dtype") or cfg.DType.FP32,
@@ -131,7 +135,16 @@ def run_spec(
         tasks=names_of(tasks),
         task_limit=task_limit,
         depths=parse_depths(depths),
+        until_decided=_design(margin, until_decided),
+        spending=spending,
     )
+
+
+def _design(margin: str | cfg.Margins | None, until_decided: bool) -> cfg.Margins | None:
+    """The margins a run that stops when decided is judged at (None: a fixed run)."""
+    if not until_decided:
+        return None
+    return margin if isinstance(margin, cfg.Margins) else cfg.parse_margins(margin)
 
 
 def sensitivity_spec(

@@ -24,6 +24,7 @@ from quantscope.config import (
     did_you_mean,
     model_spec,
     parse_config_list,
+    parse_margins,
 )
 from quantscope.errors import UserError
 
@@ -40,6 +41,8 @@ _RUN = (
     "max_new_tokens",
     "task_limit",
     "exact",
+    "until_decided",  # margins, e.g. "ppl=1%,kl=0.02": stop each config once they are resolved
+    "spending",
 )
 
 
@@ -83,9 +86,9 @@ def read_sweep(path: str | Path) -> Sweep:
     try:
         body = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise UserError(f"Study file '{path}' is not valid YAML: {err}") from None
+        raise UserError(f"Sweep file '{path}' is not valid YAML: {err}") from None
     if not isinstance(body, dict):
-        raise UserError(f"Study file '{path}' must be a YAML mapping with models and configs.")
+        raise UserError(f"Sweep file '{path}' must be a YAML mapping with models and configs.")
     return parse_sweep(body, file.parent, body.get("name") or file.stem)
 
 
@@ -102,6 +105,8 @@ def parse_sweep(body: dict[str, Any], folder: Path | None = None, name: str = "s
     if not isinstance(settings, dict):
         raise UserError("'settings' must be a mapping like {tokens: 4096, context: 512}.")
     _known(settings, _DATA + _RUN, "settings")
+    if "until_decided" in settings:  # the margins the runs stop at, as --margin spells them
+        settings = {**settings, "until_decided": parse_margins(str(settings["until_decided"]))}
     store = body.get("store")
     sweep = Sweep(
         str(name),
