@@ -1,6 +1,7 @@
 """Tokens and time a run that stops each config once decided saves, against the fixed run.
 
 Run: .venv/bin/python benchmarks/sequential.py [--tokens 4096] [--margin ppl=1%,kl=0.02]
+     [--spending pocock,linear,obrien-fleming]
 
 Both runs measure the default configs of the bundled model at the same margins, in this one
 process, each in a fresh cache folder (the converted model shared) and a fresh results
@@ -36,7 +37,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--margin", default="ppl=1%,kl=0.02")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
-    parser.add_argument("--spending", default="pocock")
+    parser.add_argument("--spending", default="pocock", help="comma list: one run each")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per look")
     args = parser.parse_args()
     margins = parse_margins(args.margin)
     real_cache = Path(os.environ.get("QUANTSCOPE_CACHE") or Path.home() / ".cache" / "quantscope")
@@ -46,29 +48,40 @@ def main() -> None:
         "speed_reps": 1,
         "max_new_tokens": 4,
         "margin": args.margin,
+        "batch_size": args.batch_size,
     }
     found = {}
+    designs = [("fixed", {})] + [
+        (kind, {"until_decided": True, "spending": kind}) for kind in args.spending.split(",")
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in (
-            ("fixed", {}),
-            ("until decided", {"until_decided": True, "spending": args.spending}),
-        ):
-            folder = Path(tmp) / name.replace(" ", "-")
+        for name, extra in designs:
+            folder = Path(tmp) / name
             folder.mkdir()
             (folder / "models").symlink_to(real_cache / "models", target_is_directory=True)
             os.environ["QUANTSCOPE_CACHE"] = str(folder)
-            report, wall = _timed_run(folder, **common, **extra)
-            found[name] = (report, wall)
-    fixed, seq = found["fixed"][0], found["until decided"][0]
+            found[name] = _timed_run(folder, **common, **extra)
+    fixed, wall_fixed = found.pop("fixed")
     print(
         f"bundled model, {args.tokens} tokens, margins {margins.text()}, "
-        f"{args.spending} spending; configs measured in order, each its own accuracy pass"
+        f"batch size {args.batch_size} (a look after every batch)"
     )
-    head = (
-        f"{'config':<10}{'tokens fixed':>13}{'seq':>7}{'share':>7}  {'metric':<6}"
-        f"{'fixed verdict':>15}{'seq verdict':>15}{'pass s fixed':>14}{'seq':>7}"
+    for kind, (seq, wall_seq) in found.items():
+        _table(fixed, seq, margins, kind)
+        print(
+            f"wall time: fixed {wall_fixed:.1f} s, until decided ({kind}) {wall_seq:.1f} s "
+            f"({wall_seq / wall_fixed:.2f}×); accuracy passes "
+            f"{sum(r.metrics['eval_s'] for r in fixed.results):.1f} s vs "
+            f"{sum(r.metrics['eval_s'] for r in seq.results):.1f} s\n"
+        )
+
+
+def _table(fixed, seq, margins, kind: str) -> None:
+    print(f"until decided with {kind} spending (looks after every batch of windows)")
+    print(
+        f"{'config':<10}{'tokens':>7}{'seq':>7}{'share':>7}  {'metric':<6}"
+        f"{'fixed verdict':>14}{'seq verdict':>14}{'pass s':>8}{'seq':>6}  last look"
     )
-    print(head)
     judged = {
         name: {(j.config, j.metric): j for j in analysis.verdicts(r.results, margins)}
         for name, r in (("fixed", fixed), ("seq", seq))
@@ -79,27 +92,18 @@ def main() -> None:
         if s is None:
             continue
         used, total = int(s.metrics["tokens"]), int(r.metrics["tokens"])
+        last = s.meta["sequential"]["looks"][-1]
         for metric in ("ppl", "kl"):
             a, b = judged["fixed"].get((r.config, metric)), judged["seq"].get((r.config, metric))
             if a is None or b is None:
                 continue
-            differs = (
-                " (differs)"
-                if a.verdict.verdict != b.verdict.verdict and a.verdict.verdict != "not resolved"
-                else ""
-            )
+            mark = "≠" if a.verdict.verdict not in (b.verdict.verdict, "not resolved") else ""
             print(
-                f"{r.config:<10}{total:>13,}{used:>7,}{used / total:>7.0%}  {metric:<6}"
-                f"{a.verdict.verdict:>15}{b.verdict.verdict:>15}"
-                f"{r.metrics['eval_s']:>14.1f}{s.metrics['eval_s']:>7.1f}{differs}"
+                f"{r.config:<10}{total:>7,}{used:>7,}{used / total:>7.0%}  {metric:<6}"
+                f"{a.verdict.verdict:>14}{b.verdict.verdict:>14}"
+                f"{r.metrics['eval_s']:>8.1f}{s.metrics['eval_s']:>6.1f}  "
+                f"level {last['level']:.3g} {mark}"
             )
-    wall_fixed, wall_seq = found["fixed"][1], found["until decided"][1]
-    print(
-        f"wall time: fixed {wall_fixed:.1f} s, until decided {wall_seq:.1f} s "
-        f"({wall_seq / wall_fixed:.2f}×); sum of accuracy passes "
-        f"{sum(r.metrics['eval_s'] for r in fixed.results):.1f} s vs "
-        f"{sum(r.metrics['eval_s'] for r in seq.results):.1f} s"
-    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 
 from quantscope.cache import made, read_made
 
-FORMAT = 4  # bump when the stored arrays change
+FORMAT = 5  # bump when the stored arrays change (5: the rest mass summed, not logsumexp'd)
 
 
 @dataclass

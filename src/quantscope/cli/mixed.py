@@ -140,6 +140,12 @@ def search(
             help="KV caches to choose among, e.g. dynamic,quanto-int4,hqq-int2: the smallest weights + cache at --context tokens wins (give --calib-context near --context so the cache's error is calibrated)."
         ),
     ] = None,
+    until_decided: Annotated[
+        bool,
+        typer.Option(
+            help="Stop each verification run once the budget's limits are decided (group-sequential; see run --until-decided)."
+        ),
+    ] = False,
 ) -> None:
     """Keep the fewest units in the fallback precision that meet the budget; verify; save."""
 

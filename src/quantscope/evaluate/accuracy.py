@@ -23,20 +23,21 @@ from quantscope.metrics.divergence import (
     kl_full,
     kl_head_tail,
     kl_topk,
-    log_rest,
-    sample_tail,
-    true_token_logprob,
+    tail_part,
 )
 from quantscope.reference import Cursor, Reference
 from quantscope.token_values import TokenValues
 
 Advance = Callable[[int], None]
-# Rows of (rows, V) log-probs computed at once: 64 rows of a 49k vocabulary in float32 are
-# 12.5 MB, which stay in cache between the log-normaliser, the argmax and the gathers that
-# read them. Measured on the bundled model's logits, scoring alone (best of three): the work
-# per 1k tokens fell from 248 to 171 ms (fp32) and from 330 to 167 ms (bf16, with the cast)
-# going from 256-row to 64-row pieces; 32 rows was no faster.
-_ROWS = 64
+# Rows of (rows, V) log-probs computed at once: 32 rows of a 49k vocabulary in float32 are
+# 6.3 MB, which stay in cache between the log-normaliser, the max and the gathers that read
+# them. Measured on the bundled model's logits, scoring alone (best of three): the work per
+# 1k tokens fell from 248 to 171 ms (fp32) and from 330 to 167 ms (bf16, with the cast) going
+# from 256-row to 64-row pieces on an AVX2 machine, where 32 rows was no faster; on an
+# AVX-512/AMX one, where bf16's forward is 5× faster, 32 rows gave the bf16 comparison 0.92×
+# and the reference pass 0.98× of the raw forward (best of three) against 0.84× and 0.90× at
+# 64 (benchmarks/accuracy_pass.py; timings there vary ±10% run to run).
+_ROWS = 32
 
 
 def _noop(_: int) -> None:
@@ -78,17 +79,6 @@ def _row_chunks(batch: Batch) -> Iterator[tuple[tuple[Rows, torch.Tensor], slice
             yield (logits, targets), slice(start, start + _ROWS)
 
 
-def _log_probs(batch: Batch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(targets (r,), log-probs (r, V))`` of each window, ``_ROWS`` rows at a time.
-
-    Computed as x − logsumexp(x), exactly as the comparison pass does, so a model compared
-    with its own reference gets a KL of exactly zero.
-    """
-    for (logits, targets), rows in _row_chunks(batch):
-        x = logits[rows].float()
-        yield targets[rows], x - torch.logsumexp(x, dim=-1, keepdim=True)
-
-
 def reference_chunks(
     model: Any,
     windows: Windows,
@@ -103,20 +93,22 @@ def reference_chunks(
     with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size):
             parts = []
-            for targets, lp in _log_probs(batch):
+            for (logits, targets), rows in _row_chunks(batch):
+                x = logits[rows].float()  # (r, V)
+                lse = torch.logsumexp(x, dim=-1, keepdim=True)  # log p = x − lse
                 if generator is None:
-                    generator = torch.Generator(lp.device).manual_seed(seed)
-                k = min(topk, lp.shape[-1])
-                m = tail_samples if k < lp.shape[-1] else 0
-                values, ids = lp.topk(k, dim=-1)  # (r, k)
-                tail = sample_tail(lp, ids, m, generator) if m else ids[:, :0]  # (r, m)
+                    generator = torch.Generator(x.device).manual_seed(seed)
+                k = min(topk, x.shape[-1])
+                m = tail_samples if k < x.shape[-1] else 0
+                values, ids = x.topk(k, dim=-1)  # (r, k): the order of the log-probs
+                rest, tail = tail_part(x, lse, ids, m, generator)  # (r,), (r, m)
                 found = (
-                    true_token_logprob(lp, targets),
-                    values,
+                    (x.gather(-1, targets[rows][:, None]) - lse).squeeze(-1),
+                    values - lse,
                     ids.to(torch.int32),
-                    log_rest(lp, ids),
+                    rest,
                     tail.to(torch.int32),
-                    lp.gather(-1, tail),
+                    x.gather(-1, tail) - lse,
                 )
                 parts.append(Reference(*(t.cpu().numpy() for t in found)))
             advance(sum(len(t) for _, t in batch))
@@ -213,7 +205,8 @@ def _compare_rows(
         "kl": kl.cpu().numpy(),
         "kl_lower": low.cpu().numpy(),
         "kl_tail_var": tail_var.cpu().numpy(),
-        "agree": (x.argmax(-1) == ids[:, 0]).cpu().numpy(),
+        # max's indices are argmax's (the first maximum), in one pass instead of two
+        "agree": (x.max(-1).indices == ids[:, 0]).cpu().numpy(),
         # NaN or +inf anywhere in a row makes its log-normaliser non-finite: free to check
         "bad": (~torch.isfinite(lse.squeeze(-1))).cpu().numpy(),
         "dp": np.exp(lp_true.cpu().numpy())

@@ -99,6 +99,34 @@ def sample_tail(
     return torch.multinomial(probs, m, replacement=True, generator=generator)
 
 
+def tail_part(
+    x: torch.Tensor, lse: torch.Tensor, top_ids: torch.Tensor, m: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline's tail at once, from logits ``x`` (N, V) and their log-normaliser ``lse``
+    (N, 1): the log of the mass outside ``top_ids`` (N,) and ``m`` ids drawn from it (N, m).
+
+    One probability tensor serves both (made once, the top ids zeroed in place), where
+    :func:`log_rest` and :func:`sample_tail` each make their own copy of the vocabulary: on
+    the bundled model's 49k vocabulary this is most of the reference pass's own work.
+
+    >>> x = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    >>> rest, ids = tail_part(x, torch.zeros(1, 1), torch.tensor([[0, 1]]), 4,
+    ...                       torch.Generator().manual_seed(0))
+    >>> round(float(rest.exp()[0]), 6), ids.tolist()
+    (0.2, [[2, 2, 2, 2]])
+    """
+    probs = torch.exp(x - lse)  # (N, V)
+    probs.scatter_(-1, top_ids, 0.0)
+    mass = probs.sum(-1)
+    rest = mass.log()  # −inf where the top ids hold everything
+    if m == 0:
+        return rest, top_ids[:, :0]
+    empty = mass <= 0
+    if empty.any():  # no tail mass: any tail id will do (its weight is zero)
+        probs[empty] = torch.ones_like(probs[empty]).scatter(-1, top_ids[empty], 0.0)
+    return rest, torch.multinomial(probs, m, replacement=True, generator=generator)
+
+
 def log_rest(lp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log of the probability mass outside ``ids``, per row, computed without cancellation.
 

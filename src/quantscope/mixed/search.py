@@ -18,6 +18,7 @@ from quantscope.config import (
     DEFAULT_PROMPTS,
     Budget,
     DataSpec,
+    Margins,
     QuantConfig,
     RunSpec,
     precision_config,
@@ -25,8 +26,9 @@ from quantscope.config import (
 from quantscope.config.kv import KvSpec
 from quantscope.errors import UserError
 from quantscope.events import Events, LogEvents
+from quantscope.metrics import equivalence as eq
 from quantscope.metrics.catalog import METRICS
-from quantscope.metrics.stats import pareto
+from quantscope.metrics.stats import estimate_of, pareto
 from quantscope.mixed.candidates import Candidates, chosen_config, order_units
 from quantscope.mixed.sensitivity import Bench, SensitivitySpec, bench, sensitivity
 from quantscope.provenance import digest, now
@@ -64,6 +66,7 @@ class SearchSpec:
     max_new_tokens: int = 40
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     kv: tuple[KvSpec, ...] = ()  # KV caches to choose among; sizes then count the cache too
+    until_decided: bool = False  # verification runs stop once the budget is decided
 
     def __post_init__(self) -> None:
         if not self.budget.limits_accuracy:
@@ -138,7 +141,7 @@ def search(spec: SearchSpec, events: Events | None = None) -> SearchResult:
         run_id = report.run_id
         row = _verified_row(report, config, k, cands.get(k))
         verified.append(row)
-        over = spec.budget.excess(row["kl"], row["dppl_pct"])
+        over = spec.budget.excess(row["kl_upper"], row["dppl_upper_pct"])
         if row.get("failed"):
             message = f"Verification failed: {row['failed']}"
             break
@@ -194,6 +197,8 @@ def _default_label(spec: SearchSpec) -> str:
 def _verify_spec(spec: SearchSpec, configs: tuple[QuantConfig, ...]) -> RunSpec:
     study = spec.study
     depths = (spec.evaluation.context,) if spec.kv else None  # the cache's bytes, measured
+    budget = spec.budget
+    design = Margins(ppl=budget.max_ppl_increase, kl=budget.max_kl)  # the budget's limits
     return RunSpec(
         model=study.model,
         configs=configs,
@@ -206,6 +211,7 @@ def _verify_spec(spec: SearchSpec, configs: tuple[QuantConfig, ...]) -> RunSpec:
         max_new_tokens=spec.max_new_tokens,
         prompts=spec.prompts,
         depths=depths,
+        until_decided=design if spec.until_decided else None,
     )
 
 
@@ -218,12 +224,16 @@ def _verified_row(report: Any, config: QuantConfig, k: int, cand: dict[str, Any]
             "config": config.name,
             "failed": why,
             "kl": math.inf,
+            "kl_upper": math.inf,
             "kv": cand["kv"],
             "dppl_pct": math.inf,
+            "dppl_upper_pct": math.inf,
             "weight_mb": math.inf,
             "total_mb": math.inf,
         }
     m = outcome.result.metrics
+    kl_upper = eq.upper_bound(estimate_of(m, "kl"))
+    dppl_upper = 100.0 * math.expm1(eq.upper_bound(estimate_of(m, "dppl_log")))
     cache = [v for key, v in m.items() if key.startswith("kv_bytes@")]  # at the context
     cache_mb = cache[-1] / 2**20 if config.kv and cache else 0.0
     return {
@@ -233,8 +243,10 @@ def _verified_row(report: Any, config: QuantConfig, k: int, cand: dict[str, Any]
         "kv": cand["kv"],
         "kl": m["kl_mean"],
         "kl_se": m["kl_se"],
+        "kl_upper": kl_upper,  # one-sided 95% bounds: "met" means shown within the budget
         "dppl_pct": m["dppl_pct"],
         "dppl_pct_se": m["dppl_pct_se"],
+        "dppl_upper_pct": dppl_upper,
         "weight_mb": m["weight_mb"],
         "cache_mb": cache_mb,
         "total_mb": m["weight_mb"] + cache_mb,

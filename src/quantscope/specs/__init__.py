@@ -214,9 +214,11 @@ def search_spec(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     kv: str | Iterable[str] | None = None,
+    until_decided: bool = False,
 ) -> SearchSpec:
     """The search of ``quantscope search`` with these options (``kv``: KV caches to choose
-    among, e.g. ``dynamic,quanto-int4``; sizes then count the cache at ``context`` tokens)."""
+    among, e.g. ``dynamic,quanto-int4``; sizes then count the cache at ``context`` tokens;
+    ``until_decided``: each verification stops once the budget is decided)."""
 
     study = sensitivity_spec(
         config,
@@ -252,6 +254,7 @@ def search_spec(
         max_new_tokens=max_new_tokens,
         prompts=read_prompts(prompts),
         kv=tuple(dict.fromkeys(parse_kv(c) for c in caches)),
+        until_decided=until_decided,
     )
 
 
