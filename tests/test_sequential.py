@@ -15,6 +15,7 @@ from quantscope.errors import UserError
 from quantscope.metrics import equivalence as eq
 from quantscope.metrics import sequential as seq
 from quantscope.metrics.stats import Estimate
+from quantscope.report import terminal
 from quantscope.store import Store
 from quantscope.sweeps.sweep_file import parse_sweep
 from quantscope.token_values import TokenValues
@@ -122,6 +123,9 @@ def test_a_run_until_decided_stops_clear_configs_early_and_stays_comparable(
     judged = {(j.config, j.metric): j for j in analysis.verdicts(report.results, design)}
     assert judged[("fp32", "kl")].design.startswith("stopped early")
     assert judged[(low.config, "kl")].verdict.verdict == eq.WORSE
+    assert "(until decided)" in str(terminal.results_tables(report, 200)[0].title)
+    notes = " ".join(str(n) for n in terminal.outcome_notes(report))
+    assert "fp32, until decided: stopped early" in notes
     # at a margin the run was not designed for: a fixed-sample verdict, said so
     other = analysis.verdicts(report.results, Margins(kl=0.5))
     assert all(j.design.startswith("fixed-sample verdict") for j in other)

@@ -88,7 +88,8 @@ def nominal_levels(
 def _levels(times: tuple[float, ...], alpha: float, kind: str) -> tuple[float, ...]:
     norm = _norm()
     levels: list[float] = []
-    grid = density = np.zeros(0)  # score values s = Z·√t of the continuation region
+    grid: np.ndarray = np.zeros(0)  # score values s = Z·√t of the continuation region
+    density: np.ndarray = np.zeros(0)
     previous_t, previous_spent = 0.0, 0.0
     for t in times:
         target = spent(t, alpha, kind) - previous_spent

@@ -53,8 +53,12 @@ def _table(
 
 def _title(report: RunReport) -> str:
     s = report.settings
+    design = s.get("until_decided")
+    tokens = f"{s.get('tokens_scored')} tokens"
+    if isinstance(design, dict):  # each config took as many as its verdicts needed
+        tokens = f"up to {s.get('tokens_scored')} tokens (until decided)"
     return (
-        f"{report.provenance.get('model', '')} · {s.get('tokens_scored')} tokens, "
+        f"{report.provenance.get('model', '')} · {tokens}, "
         f"{s.get('windows')} windows (context {s.get('context')}, stride {s.get('stride')}) · "
         f"seed {s.get('seed')} · {s.get('device_type')} · run {report.run_id}"
     )
