@@ -28,9 +28,9 @@ OUTPUTS = {
     "html_path",
     "top",
     "dry_run",
-    "margin",
 }  # CLI options that only print or write
-# (run --margin prints verdicts; from Python: quantscope.judge(report, margin=...))
+# (run's margin is a keyword of both: the verdicts it prints, and the margins a run
+# --until-decided stops at; the printed verdicts from Python: quantscope.judge)
 
 
 def _accuracy(report: RunReport) -> dict[str, dict[str, float]]:
