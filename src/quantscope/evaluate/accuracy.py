@@ -72,6 +72,28 @@ class TokenStats:
 Batch = list[tuple[Rows, torch.Tensor]]
 
 
+class _Scratch:
+    """One float32 (rows, V) tensor per pass, reused for every piece: a new one per piece is
+    over glibc's mmap threshold as the passes fix it (``device.steady_heap``), so each would
+    be a fresh mmap, page-faulted in every time (on an AVX-512/AMX machine, where bf16's
+    forward is fast, that was most of what held the bf16 comparison under 0.9× of the raw
+    forward); one that lives as long as the pass is faulted in once."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def get(self, like: torch.Tensor) -> torch.Tensor:
+        rows, vocab = like.shape
+        b = self.buffer
+        if b is None or b.shape[0] < rows or b.shape[1] != vocab or b.device != like.device:
+            b = self.buffer = torch.empty((max(rows, _ROWS), vocab), device=like.device)
+        return b[:rows]
+
+    def as_float(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` in float32: itself when it is, else copied into the scratch tensor."""
+        return logits if logits.dtype == torch.float32 else self.get(logits).copy_(logits)
+
+
 def _row_chunks(batch: Batch) -> Iterator[tuple[tuple[Rows, torch.Tensor], slice]]:
     """Each window's rows, ``_ROWS`` at a time: ``((logits, targets), rows)``."""
     for logits, targets in batch:
@@ -90,18 +112,19 @@ def reference_chunks(
 ) -> Iterator[Reference]:
     """The baseline's reference, one chunk per batch of windows (see ``quantscope.reference``)."""
     generator: torch.Generator | None = None
+    cast, probs = _Scratch(), _Scratch()
     with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size):
             parts = []
             for (logits, targets), rows in _row_chunks(batch):
-                x = logits[rows].float()  # (r, V)
+                x = cast.as_float(logits[rows])  # (r, V)
                 lse = torch.logsumexp(x, dim=-1, keepdim=True)  # log p = x − lse
                 if generator is None:
                     generator = torch.Generator(x.device).manual_seed(seed)
                 k = min(topk, x.shape[-1])
                 m = tail_samples if k < x.shape[-1] else 0
                 values, ids = x.topk(k, dim=-1)  # (r, k): the order of the log-probs
-                rest, tail = tail_part(x, lse, ids, m, generator)  # (r,), (r, m)
+                rest, tail = tail_part(x, lse, ids, m, generator, probs.get(x))  # (r,), (r, m)
                 found = (
                     (x.gather(-1, targets[rows][:, None]) - lse).squeeze(-1),
                     values - lse,
@@ -145,12 +168,13 @@ def compare_pass(
     """
     cursor = reference.cursor() if isinstance(reference, Reference) else reference
     out: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(TokenStats)}
+    cast = _Scratch()
     base_iter = scored_logits(baseline, windows, batch_size) if baseline is not None else None
     with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size, kv):
             base_chunks = _row_chunks(next(base_iter)) if base_iter is not None else None
             for (logits, targets), rows in _row_chunks(batch):
-                x = logits[rows].float()  # (r, V)
+                x = cast.as_float(logits[rows])  # (r, V)
                 lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (r, 1): log p = x - lse
                 ref = cursor.take(x.shape[0])
                 for name, value in _compare_rows(x, lse, targets[rows], ref).items():

@@ -100,7 +100,12 @@ def sample_tail(
 
 
 def tail_part(
-    x: torch.Tensor, lse: torch.Tensor, top_ids: torch.Tensor, m: int, generator: torch.Generator
+    x: torch.Tensor,
+    lse: torch.Tensor,
+    top_ids: torch.Tensor,
+    m: int,
+    generator: torch.Generator,
+    scratch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The baseline's tail at once, from logits ``x`` (N, V) and their log-normaliser ``lse``
     (N, 1): the log of the mass outside ``top_ids`` (N,) and ``m`` ids drawn from it (N, m).
@@ -108,6 +113,8 @@ def tail_part(
     One probability tensor serves both (made once, the top ids zeroed in place), where
     :func:`log_rest` and :func:`sample_tail` each make their own copy of the vocabulary: on
     the bundled model's 49k vocabulary this is most of the reference pass's own work.
+    ``scratch``: a float32 tensor of at least x's shape to hold the probabilities (a pass
+    reuses one instead of allocating a vocabulary-sized tensor per piece).
 
     >>> x = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
     >>> rest, ids = tail_part(x, torch.zeros(1, 1), torch.tensor([[0, 1]]), 4,
@@ -115,7 +122,10 @@ def tail_part(
     >>> round(float(rest.exp()[0]), 6), ids.tolist()
     (0.2, [[2, 2, 2, 2]])
     """
-    probs = torch.exp(x - lse)  # (N, V)
+    if scratch is None:
+        probs = torch.exp(x - lse)  # (N, V)
+    else:
+        probs = torch.sub(x, lse, out=scratch[: x.shape[0], : x.shape[1]]).exp_()
     probs.scatter_(-1, top_ids, 0.0)
     mass = probs.sum(-1)
     rest = mass.log()  # −inf where the top ids hold everything
