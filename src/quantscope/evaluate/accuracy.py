@@ -17,7 +17,7 @@ import torch
 
 from quantscope.config.kv import KvSpec
 from quantscope.data import Windows
-from quantscope.evaluate.scoring import Rows, scored_logits
+from quantscope.evaluate.scoring import Rows, Scratch, scored_logits
 from quantscope.metrics import stats
 from quantscope.metrics.divergence import (
     kl_full,
@@ -30,13 +30,13 @@ from quantscope.token_values import TokenValues
 
 Advance = Callable[[int], None]
 # Rows of (rows, V) log-probs computed at once: 32 rows of a 49k vocabulary in float32 are
-# 6.3 MB, which stay in cache between the log-normaliser, the max and the gathers that read
-# them. Measured on the bundled model's logits, scoring alone (best of three): the work per
-# 1k tokens fell from 248 to 171 ms (fp32) and from 330 to 167 ms (bf16, with the cast) going
-# from 256-row to 64-row pieces on an AVX2 machine, where 32 rows was no faster; on an
-# AVX-512/AMX one, where bf16's forward is 5× faster, 32 rows gave the bf16 comparison 0.92×
-# and the reference pass 0.98× of the raw forward (best of three) against 0.84× and 0.90× at
-# 64 (benchmarks/accuracy_pass.py; timings there vary ±10% run to run).
+# 6.3 MB. On an AVX2 machine, going from 256-row to 64-row pieces cut the scoring work per 1k
+# tokens from 248 to 171 ms (fp32) and from 330 to 167 ms (bf16, with the cast), and 32 rows
+# was no faster; on an AVX-512/AMX one, in one interleaved comparison (best of three), 32 rows
+# gave the bf16 comparison 0.92× of the raw forward and the reference pass 0.98×, 64 rows
+# 0.84× and 0.90× (benchmarks/accuracy_pass.py, in separate runs: 0.84–0.90× and 0.82–0.88×;
+# timings on that VM vary by several percent). Pieces under glibc's mmap threshold as the
+# passes fix it (21 rows, 4.1 MB) grew a 4k window's heap by 1.1 GB (tests/test_evaluate.py).
 _ROWS = 32
 
 
@@ -72,28 +72,6 @@ class TokenStats:
 Batch = list[tuple[Rows, torch.Tensor]]
 
 
-class _Scratch:
-    """One float32 (rows, V) tensor per pass, reused for every piece: a new one per piece is
-    over glibc's mmap threshold as the passes fix it (``device.steady_heap``), so each would
-    be a fresh mmap, page-faulted in every time (on an AVX-512/AMX machine, where bf16's
-    forward is fast, that was most of what held the bf16 comparison under 0.9× of the raw
-    forward); one that lives as long as the pass is faulted in once."""
-
-    def __init__(self) -> None:
-        self.buffer: torch.Tensor | None = None
-
-    def get(self, like: torch.Tensor) -> torch.Tensor:
-        rows, vocab = like.shape
-        b = self.buffer
-        if b is None or b.shape[0] < rows or b.shape[1] != vocab or b.device != like.device:
-            b = self.buffer = torch.empty((max(rows, _ROWS), vocab), device=like.device)
-        return b[:rows]
-
-    def as_float(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` in float32: itself when it is, else copied into the scratch tensor."""
-        return logits if logits.dtype == torch.float32 else self.get(logits).copy_(logits)
-
-
 def _row_chunks(batch: Batch) -> Iterator[tuple[tuple[Rows, torch.Tensor], slice]]:
     """Each window's rows, ``_ROWS`` at a time: ``((logits, targets), rows)``."""
     for logits, targets in batch:
@@ -112,7 +90,7 @@ def reference_chunks(
 ) -> Iterator[Reference]:
     """The baseline's reference, one chunk per batch of windows (see ``quantscope.reference``)."""
     generator: torch.Generator | None = None
-    cast, probs = _Scratch(), _Scratch()
+    cast, probs = Scratch(), Scratch()
     with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size):
             parts = []
@@ -168,7 +146,7 @@ def compare_pass(
     """
     cursor = reference.cursor() if isinstance(reference, Reference) else reference
     out: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(TokenStats)}
-    cast = _Scratch()
+    cast = Scratch()
     base_iter = scored_logits(baseline, windows, batch_size) if baseline is not None else None
     with torch.no_grad():
         for batch in scored_logits(model, windows, batch_size, kv):

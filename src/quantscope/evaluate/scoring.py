@@ -47,6 +47,27 @@ class Rows:
             return self.head(self.hidden[rows])
 
 
+class Scratch:
+    """One float32 (rows, V) tensor per pass, reused for every piece of logits: a new one per
+    piece is over glibc's mmap threshold as the passes fix it (``device.steady_heap``), so
+    each would be a fresh mmap, page-faulted in every time; one that lives as long as the
+    pass is faulted in once (and, unlike pieces small enough for the heap, does not grow it)."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def get(self, like: torch.Tensor) -> torch.Tensor:
+        rows, vocab = like.shape
+        b = self.buffer
+        if b is None or b.shape[0] < rows or b.shape[1] != vocab or b.device != like.device:
+            b = self.buffer = torch.empty((rows, vocab), device=like.device)
+        return b[:rows]
+
+    def as_float(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` in float32: itself when it is, else copied into the scratch tensor."""
+        return logits if logits.dtype == torch.float32 else self.get(logits).copy_(logits)
+
+
 def output_head(model: Any) -> Any:
     """The model's output head when its logits are exactly ``head(final hidden states)``
     (transformers models whose decoder can be called alone), else None."""
