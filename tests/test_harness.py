@@ -52,11 +52,6 @@ def pool() -> hs.Pool:
     return hs.Pool.of(series, clusters)
 
 
-def _limit(rate: float, se: float) -> float:
-    del rate
-    return ALPHA + 2 * se
-
-
 def _check(rows: list[dict], name: str, hits: np.ndarray, **extra: object) -> None:
     p, se = hs.rate(hits)
     rows.append({"kind": name, **extra, "rate": f"{p:.4f}", "limit": f"{ALPHA + 2 * se:.4f}"})
