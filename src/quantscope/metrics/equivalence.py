@@ -99,11 +99,11 @@ def _inverse(x: Any, a: Any) -> Any:
     return np.where(small, x, 3.0 / safe * (np.cbrt(1.0 + safe * x) - 1.0))
 
 
-def _t_cdf(x: Any, df: Any) -> Any:
+def t_cdf(x: Any, df: Any) -> Any:
     return _stats().t.cdf(x, df)
 
 
-def _t_ppf(q: Any, df: Any) -> Any:
+def t_ppf(q: Any, df: Any) -> Any:
     return _stats().t.ppf(q, df)
 
 
@@ -114,7 +114,7 @@ def bounds(
     takes the skewness one se higher, the lower one se lower."""
     df = degrees_of_freedom(clusters, kurtosis)
     a = _a(clusters, skew, 1.0 if upper else -1.0)
-    q = _t_ppf(level, df)
+    q = t_ppf(level, df)
     t = _inverse(-q if upper else q, a)
     se = np.where(np.asarray(se, dtype=np.float64) > 0, se, 0.0)
     return np.asarray(value, dtype=np.float64) - se * t
@@ -133,7 +133,7 @@ def p_values(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         t = (value - bound) / se
         g = _transform(t, a)
-    p = _t_cdf(g, df) if below else 1.0 - _t_cdf(g, df)
+    p = t_cdf(g, df) if below else 1.0 - t_cdf(g, df)
     degenerate = (value < bound) if below else (value > bound)
     return np.where(se > 0, p, np.where(degenerate, 0.0, 1.0))
 
