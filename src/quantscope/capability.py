@@ -24,6 +24,7 @@ from quantscope.config import (
     Gguf,
     Gptq,
     Hqq,
+    Llmc,
     Precision,
     QuantConfig,
     Quanto,
@@ -148,6 +149,12 @@ def _kernel(config: QuantConfig, device: Device) -> Support:
                 "the Marlin kernel needs compute capability 8.0; below it "
                 "gptqmodel falls back to ExLlama or torch kernels"
             )
+    if isinstance(config, Llmc):
+        return _emulated(
+            "in transformers, compressed-tensors checkpoints are decompressed to float at "
+            "load (activations quantize-dequantized where the scheme says): accuracy as "
+            "served, memory and speed not; vLLM runs their int8, fp8 and int4 kernels"
+        )
     if isinstance(config, Rtn):
         return _emulated(
             "rtn is fake quantization: weights are held in float, so it measures "

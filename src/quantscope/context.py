@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from quantscope import capability, data, models, tasks
+from quantscope import backends, capability, data, models, tasks
 from quantscope.backends import lora
 from quantscope.cache import maker, read_made
-from quantscope.config import QuantConfig, RunSpec
+from quantscope.config import Checkpoint, QuantConfig, RunSpec
 from quantscope.events import Events
 from quantscope.provenance import digest, hardware, versions
 from quantscope.reference import ReferenceCache
@@ -37,8 +37,11 @@ REUSED_REASON = "already measured with these settings"
 
 def result_key(model_fp: str, config: QuantConfig, data_fp: str, settings_fp: str) -> str:
     """The key a result is stored under: model, config (its canonical name), windows and
-    settings, and the adapter's own fingerprint (a retrained adapter is measured again)."""
-    parts = (model_fp, config.name, data_fp, settings_fp)
+    settings, and the adapter's own fingerprint (a retrained adapter is measured again), and a
+    checkpoint folder's (a folder saved again is measured again)."""
+    parts: tuple[str, ...] = (model_fp, config.name, data_fp, settings_fp)
+    if isinstance(config, Checkpoint) and config.local:
+        parts += (models.fingerprint(Path(config.path)),)
     return digest(*parts, lora.fingerprint(config.lora)) if config.lora else digest(*parts)
 
 
@@ -164,6 +167,8 @@ def prepare(spec: RunSpec, events: Events, threads: int | None = None) -> RunCon
     events.stage("Finding the model", None)
     files = models.resolve(spec.model)
     tokenizer = models.load_tokenizer(files, spec.model)
+    for config in spec.configs:  # a checkpoint of another model is refused before any pass
+        backends.get(config).validate(files, spec.model, config)
     windows, bos = data.text_windows(data.read_sources(spec.data), tokenizer, spec.data)
     if spec.until_decided is not None:  # any prefix of the windows is a random sample
         windows = windows.shuffled(spec.seed)

@@ -102,6 +102,11 @@ class Backend:
         if reason:
             raise Unavailable(config.name, reason)
 
+    def validate(self, files: ModelFiles, spec: ModelSpec, config: QuantConfig) -> None:
+        """Raise a one-sentence :class:`UserError` when ``config`` cannot be measured against
+        the baseline in ``files`` at all (a checkpoint of another model); called for every
+        config before the run loads anything."""
+
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
     ) -> LoadedModel:

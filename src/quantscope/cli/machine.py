@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from quantscope import backends, capability
+from quantscope import backends, capability, toolenv
 from quantscope import capability as hw
 from quantscope import config as cfg
 from quantscope.backends import gguf, gguf_files
@@ -130,6 +130,7 @@ def doctor(capability: CapabilityOpt = None) -> None:
     for method, backend_name, _, why in _availability(device):
         table.add_row(f"config {method}", f"{backend_name}: {why}")
     table.add_row("llama.cpp CPU features", _llama_features())
+    table.add_row("llm-compressor environment", _tool(toolenv.LLMCOMPRESSOR))
     table.add_row("HF → GGUF converter", _converter())
     try:
         table.add_row("bundled model", str(bundled_gguf()))
@@ -165,6 +166,15 @@ def _llama_features() -> str:
             "with CMAKE_ARGS for them)"
         )
     return text
+
+
+def _tool(tool: toolenv.Tool) -> str:
+    """Whether a tool's own environment is built here, and with which versions."""
+    found = toolenv.built(tool)
+    if found is None:
+        return f"not built yet: built on first use in {toolenv.folder(tool)} ({tool.cost})"
+    versions = ", ".join(f"{k} {v}" for k, v in found.get("versions", {}).items())
+    return f"{toolenv.folder(tool)} ({versions})"
 
 
 def _converter() -> str:

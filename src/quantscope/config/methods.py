@@ -12,17 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar
 
 from quantscope.config.base import QuantConfig, WeightConfig
 from quantscope.config.grammar import DType, param, variant
 
-_GROUP: dict[str, Any] = {
-    "help": "weights sharing one scale (0: one group per row)",
+_GROUP_RULES: dict[str, Any] = {
     "low": 0,
     "step": 2,
     "message": "group must be an even number of weights, or 0 for one group per row; got {value}.",
 }
+_GROUP: dict[str, Any] = {"help": "weights sharing one scale (0: one per row)", **_GROUP_RULES}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +180,61 @@ class Gptq(WeightConfig):
     calib: str = param("", help="calibration text file", path=True, exists=True)
 
 
+class LlmcScheme(str, Enum):
+    W8A8 = "w8a8"
+    W4A16 = "w4a16"
+    AWQ = "awq"
+    FP8 = "fp8"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Llmc(WeightConfig):
+    """llm-compressor recipes, saved as compressed-tensors checkpoints (``llmc-w8a8``: INT8
+    weights and dynamic per-token activations, SmoothQuant + GPTQ; ``llmc-w4a16``: GPTQ int4
+    weights; ``llmc-awq``: AWQ asymmetric int4 weights; ``llmc-fp8``: FP8 channel-wise weights
+    and dynamic per-token activations, no calibration)."""
+
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {
+        f"llmc-{s.value}": {"scheme": s} for s in LlmcScheme
+    }
+    BACKEND: ClassVar[str] = "quantscope.backends.llmc:BACKEND"
+    scheme: LlmcScheme = variant()
+    group: int = param(
+        128, help="weights sharing one scale, w4a16 and awq (0: one per row)", **_GROUP_RULES
+    )
+    smoothing: float = param(0.8, help="SmoothQuant strength, w8a8", low=0, high=1)
+    samples: int = param(64, help="calibration sequences", low=1)
+    seqlen: int = param(256, help="tokens per calibration sequence", low=16)
+    calib: str = param("", help="calibration text file", path=True, exists=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint(QuantConfig):
+    """A quantized checkpoint someone published or saved: a folder or a hub id whose
+    config.json carries a quantization_config (``checkpoint[path=FOLDER]``, or the folder's
+    path alone; ``checkpoint[path=org/name,revision=REV]`` for the hub)."""
+
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"checkpoint": {}}
+    BACKEND: ClassVar[str] = "quantscope.backends.checkpoint:BACKEND"
+    path: str = param("", help="the checkpoint's folder or hub id")
+    revision: str = param("", help="hub branch, tag or commit")
+    dtype: DType | None = param(None, help="precision of what is held in float")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        folder = Path(self.path).expanduser()
+        if self.path and folder.is_dir():  # a local folder: its absolute path is its identity
+            object.__setattr__(self, "path", str(folder.resolve()))
+        if self.path and not self.label:  # tables name it by its folder or hub name
+            at = f"@{self.revision[:12]}" if self.revision else ""
+            object.__setattr__(self, "label", Path(self.path).name + at)
+
+    @property
+    def local(self) -> bool:
+        """Whether ``path`` is a folder here (else a hub id)."""
+        return Path(self.path).is_dir()
+
+
 BUILTIN: tuple[type[QuantConfig], ...] = (
     Precision,
     BnbInt8,
@@ -191,6 +247,8 @@ BUILTIN: tuple[type[QuantConfig], ...] = (
     TorchAoIntx,
     Gguf,
     Gptq,
+    Llmc,
+    Checkpoint,
 )
 
 

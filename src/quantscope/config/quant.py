@@ -35,6 +35,9 @@ def parse_config(text: str) -> QuantConfig:
     >>> parse_config("bnb-int8[threshold=5,skip=lm_head;mlp.down_proj]").skip
     ('lm_head', 'mlp.down_proj')
 
+    A path to a model folder (``./my-awq``, ``/models/x-W4A16``) is the quantized checkpoint
+    in it (``checkpoint[path=...]``).
+
     ``+kv=SPEC`` scores it through a KV cache (``config.kv``), refused here when the config's
     engine cannot hold that cache; ``+lora=PATH`` applies a peft LoRA adapter folder on top.
 
@@ -55,6 +58,8 @@ def parse_config(text: str) -> QuantConfig:
                 f"takes the KV caches {takes}."
             )
         return replace(base, kv=kv)
+    if _is_folder(text):  # a checkpoint folder given by its path
+        return config_class("checkpoint")(path=text.strip())  # type: ignore[call-arg]
     match = _CONFIG_RE.match(text.strip())
     if not match:
         raise UserError(f"Cannot read config '{text}'; write it as name or name[key=value,...].")
@@ -73,6 +78,13 @@ def parse_config(text: str) -> QuantConfig:
             )
         values[key] = parse_value(name, params[key], cls, raw)
     return cls(**values)
+
+
+def _is_folder(text: str) -> bool:
+    """Whether a config text is a path to a model folder (one with a config.json)."""
+    text = text.strip()
+    looks = text.startswith((".", "/", "~")) or "/" in text or "\\" in text
+    return looks and (Path(text).expanduser() / "config.json").is_file()
 
 
 def _adapter_folder(text: str) -> str:

@@ -15,10 +15,12 @@ from typing import Any
 from quantscope.config import (
     Bnb4,
     BnbInt8,
+    Checkpoint,
     Gguf,
     Gptq,
     Hqq,
     Int8Scheme,
+    Llmc,
     Precision,
     QuantConfig,
     Quanto,
@@ -43,7 +45,7 @@ def model_ref(result: Result) -> str:
 
 
 def _dtype(config: QuantConfig, result: Result) -> str:
-    chosen = config.dtype if isinstance(config, WeightConfig) else None
+    chosen = config.dtype if isinstance(config, (WeightConfig, Checkpoint)) else None
     if isinstance(config, Precision):
         chosen = config.precision
     name = chosen.value if chosen is not None else result.meta["settings"]["baseline_dtype"]
@@ -210,6 +212,74 @@ def _rtn(config: Rtn, result: Result) -> list[str]:
     ]
 
 
+_ACTIVATIONS = [
+    "# the scheme quantizes activations: compressed-tensors' own quantize-dequantize of the",
+    "# inputs, as quantscope measured it (transformers computes in float; vLLM in int8/fp8)",
+    "from compressed_tensors.quantization.lifecycle.forward import set_forward_quantized",
+    "for module in model.modules():",
+    "    scheme = getattr(module, 'quantization_scheme', None)",
+    "    if scheme is not None and scheme.input_activations is not None:",
+    "        set_forward_quantized(module)",
+]
+
+
+def _from_checkpoint(folder: str, revision: str, config: QuantConfig, result: Result) -> list[str]:
+    """The checkpoint's own ``from_pretrained``; the activation lines where measured so."""
+    rev = f", revision={json.dumps(revision)}" if revision else ""
+    lines = [
+        "import torch",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f"CHECKPOINT = {json.dumps(folder)}",
+        'DEVICE = "cuda" if torch.cuda.is_available() else "cpu"',
+        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(model_ref(result))})",
+        f"model = AutoModelForCausalLM.from_pretrained(CHECKPOINT{rev}, "
+        f"dtype={_dtype(config, result)}, device_map=DEVICE)",
+    ]
+    if "activations quantize-dequantized" in str(result.meta.get("library", "")):
+        lines += _ACTIVATIONS
+    return lines
+
+
+def _checkpoint(config: Checkpoint, result: Result) -> list[str]:
+    return _from_checkpoint(config.path, config.revision, config, result)
+
+
+def _llmc(config: Llmc, result: Result) -> list[str]:
+    from quantscope.backends.llmc import calibrated, recipe
+
+    out = f"model-{config.method}"
+    calib = config.calib or "<a text file like the one you measured on>"
+    make = [
+        "# 1. make it, in an environment with llmcompressor==0.14.0.1 (its pins differ from",
+        "#    a newer transformers'; quantscope runs this in one of its own):",
+        "# from datasets import Dataset",
+        "# from llmcompressor import oneshot",
+        f"# base = AutoModelForCausalLM.from_pretrained({json.dumps(model_ref(result))}, "
+        "dtype=torch.float32)",
+        f"# tokenizer = AutoTokenizer.from_pretrained({json.dumps(model_ref(result))})",
+        f"# RECIPE = {json.dumps(recipe(config, _kept(config, result)))}",
+    ]
+    if calibrated(config):
+        make += [
+            f"# ids = tokenizer(open({json.dumps(calib)}).read())['input_ids']",
+            f"# rows = [ids[i:i + {config.seqlen}] for i in range(0, {config.samples} * "
+            f"{config.seqlen}, {config.seqlen})]",
+            "# data = Dataset.from_dict({'input_ids': rows, "
+            "'attention_mask': [[1] * len(r) for r in rows]})",
+            f"# oneshot(model=base, dataset=data, recipe=RECIPE, max_seq_length={config.seqlen},",
+            f"#         num_calibration_samples={config.samples}, "
+            "shuffle_calibration_samples=False)",
+        ]
+    else:
+        make.append("# oneshot(model=base, recipe=RECIPE)")
+    make += [
+        f'# base.save_pretrained("{out}", save_compressed=True)',
+        "# 2. load it (or serve it: vllm serve " + out + "):",
+    ]
+    return [*make, *_from_checkpoint(out, "", config, result)]
+
+
 def _precision(config: Precision, result: Result) -> list[str]:
     return [*_head(result, config, []), _plain_load(_dtype(config, result))]
 
@@ -223,6 +293,8 @@ _BUILDERS: list[tuple[Any, Any]] = [
     (Gptq, _gptq),
     (Gguf, _gguf),
     (Rtn, _rtn),
+    (Llmc, _llmc),
+    (Checkpoint, _checkpoint),
 ]
 
 

@@ -1,0 +1,1 @@
+"""Scripts quantscope runs inside the tool environments of ``quantscope.toolenv``."""
