@@ -11,7 +11,8 @@ took.
 - ``w8a8``: SmoothQuant (strength ``smoothing``), then GPTQ to INT8 weights per channel with
   INT8 activations per token, dynamic (llm-compressor's ``W8A8`` preset);
 - ``w4a16``: GPTQ to INT4 symmetric weights in groups of ``group``;
-- ``awq``: AWQ, INT4 asymmetric weights in groups of ``group`` (``W4A16_ASYM``);
+- ``awq``: AWQ's activation-aware scales, then INT4 asymmetric weights in groups of ``group``
+  (``W4A16_ASYM``; llm-compressor 0.14 spells it as two modifiers);
 - ``fp8``: FP8 (E4M3) weights per channel with dynamic per-token FP8 activations
   (``FP8_DYNAMIC``); no calibration data.
 
@@ -63,8 +64,11 @@ def recipe(config: Llmc, kept: list[str]) -> str:
             "          targets: [Linear]",
             f"          weights: {{num_bits: 4, type: int, symmetric: {sym}, {how}}}",
         ]
-        modifier = "GPTQModifier" if config.scheme is LlmcScheme.W4A16 else "AWQModifier"
-        body = [f"    {modifier}:", f"      ignore: {ignore}", *groups]
+        if config.scheme is LlmcScheme.W4A16:
+            body = ["    GPTQModifier:", f"      ignore: {ignore}", *groups]
+        else:  # 0.14's API: AWQ's scale search, then the quantization it searched for
+            body = ["    AWQModifier: {}", "    QuantizationModifier:", f"      ignore: {ignore}"]
+            body += groups
     else:
         preset = "W8A8" if config.scheme is LlmcScheme.W8A8 else "FP8_DYNAMIC"
         modifier = "GPTQModifier" if config.scheme is LlmcScheme.W8A8 else "QuantizationModifier"
