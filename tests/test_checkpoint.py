@@ -110,9 +110,7 @@ def test_gptq_checkpoint_saved_by_gptqmodel_equals_quantscopes_gptq(
     files = models.resolve(ms)
     rows, _ = gptq.calibration(files, ms, parse_config(config))
     quant = gptqmodel.QuantizeConfig(bits=4, group_size=32, sym=True, act_group_aware=True)
-    theirs = gptqmodel.GPTQModel.load(
-        str(tiny_model_dir), quant, device="cpu", dtype=torch.float32
-    )
+    theirs = gptqmodel.GPTQModel.load(str(tiny_model_dir), quant, device="cpu", dtype=torch.float32)
     theirs.quantize(rows, batch_size=4)
     theirs.save(str(tmp_path / "their-gptq"))
     mine = _load(tiny_model_dir, config)
