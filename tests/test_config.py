@@ -127,11 +127,17 @@ def _value(config_field, calib: str):
     if isinstance(default, bool):
         return st.booleans()
     if isinstance(default, float):
-        return st.floats(0.01, 100.0, allow_nan=False).map(lambda v: round(v, 3))
+        low = m["low"] if m["low"] is not None else 0.01
+        high = m["high"] if m["high"] is not None else 100.0
+        return st.floats(low, high, allow_nan=False).map(lambda v: round(v, 3))
     if isinstance(default, int):
         low, high = int(m["low"] or 0), int(m["high"] if m["high"] is not None else 4096)
         values = st.integers(low, high)
         return values.map(lambda v: v - v % m["step"]) if m["step"] else values
+    if config_field.name == "path":  # a checkpoint's hub id (folders: test_checkpoint)
+        return st.sampled_from(["", "org/Model-AWQ", "nobody/x-W4A16"])
+    if config_field.name == "revision":
+        return st.sampled_from(["", "main", "0a1b2c3"])
     if config_field.name == "qtype":
         return st.sampled_from(["Q8_0", "Q4_K_M", "IQ4_NL", "F32"])
     if config_field.name == "dtype":

@@ -214,3 +214,32 @@ def test_recipes_rank_as_their_bit_widths(made: dict[str, Path], tiny_model_dir:
     eight, four = (kls["llmc-w8a8"], kls["llmc-fp8"]), (kls["llmc-w4a16"], kls["llmc-awq"])
     assert 2.5 * max(eight) < min(four), kls
     assert kls["llmc-w8a8"] < kls["llmc-fp8"], kls
+
+
+@pytest.mark.parametrize("scheme", ["llmc-w8a8", "llmc-awq"])
+def test_loading_code_of_a_checkpoint_gives_quantscopes_logits(
+    scheme: str, made: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    """``recommend``'s code for a checkpoint is its own from_pretrained (plus the activation
+    lines where the scheme quantizes activations), executed as a user would."""
+    from quantscope.decide.snippets import code
+    from quantscope.results import Result
+
+    config = parse_config(str(made[scheme]))
+    loaded = _load(tiny_model_dir, config.name)
+    meta = {
+        "config": config.name,
+        "model_folder": str(tiny_model_dir),
+        "model_kind": "local-dir",
+        "library": loaded.library,
+        "kept_linears": loaded.kept,
+        "settings": {"baseline_dtype": "fp32"},
+    }
+    snippet = code(Result("k", config.display, "m", "d", "s", {}, meta=meta))
+    assert "from_pretrained(CHECKPOINT" in snippet
+    assert ("set_forward_quantized" in snippet) == (scheme == "llmc-w8a8")
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "<snippet>", "exec"), namespace)  # the user's side
+    with torch.no_grad():
+        theirs = namespace["model"].eval()(input_ids=IDS).logits.float()
+    assert torch.equal(_logits(loaded), theirs)

@@ -226,9 +226,15 @@ _ACTIVATIONS = [
 def _from_checkpoint(folder: str, revision: str, config: QuantConfig, result: Result) -> list[str]:
     """The checkpoint's own ``from_pretrained``; the activation lines where measured so."""
     rev = f", revision={json.dumps(revision)}" if revision else ""
-    lines = [
-        "import torch",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+    lines = ["import torch", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
+    if "pack-quantized" in str(result.meta.get("library", "")):
+        lines += [
+            "# transformers 5.25 with compressed-tensors 0.19/0.20 cannot read packed zero points",
+            "# (asymmetric int4, AWQ's): quantscope's fix, or load with transformers <= 5.17",
+            "from quantscope.backends.checkpoint import patch_packed_zero_points",
+            "patch_packed_zero_points()",
+        ]
+    lines += [
         "",
         f"CHECKPOINT = {json.dumps(folder)}",
         'DEVICE = "cuda" if torch.cuda.is_available() else "cpu"',
