@@ -138,3 +138,25 @@ def test_configs_parse_like_run(tmp_path: Path) -> None:
     configs = "fp32,bnb-nf4[double_quant=true]"
     study = parse_sweep({"models": ["bundled", "org/name"], "configs": configs}, tmp_path)
     assert study.configs == parse_config_list(configs)
+
+
+def test_a_models_checkpoints_sit_under_it_and_only_its_run_measures_them(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "quants" / "base-W4A16").mkdir(parents=True)
+    body = {
+        "models": [
+            {"model": "org/base", "checkpoints": ["quants/base-W4A16", "org/base-AWQ@v2"]},
+            "org/other",
+        ],
+        "configs": ["fp32", "bnb-nf4"],
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(body))
+    base, other = read_sweep(tmp_path / "study.yaml").runs()
+    names = [c.display for c in base.configs]
+    assert names == ["fp32", "bnb-nf4", "base-W4A16", "base-AWQ@v2"]
+    assert base.configs[2].path == str((tmp_path / "quants" / "base-W4A16").resolve())
+    assert base.configs[3].path == "org/base-AWQ" and base.configs[3].revision == "v2"
+    assert [c.display for c in other.configs] == ["fp32", "bnb-nf4"]
+    with pytest.raises(UserError, match="A checkpoint must be a folder or a hub id"):
+        parse_sweep({"models": [{"model": "org/base", "checkpoints": [3]}], "configs": ["fp32"]})

@@ -6,6 +6,15 @@ model and text.
 ...                      "texts": ["bundled"], "settings": {"tokens": 1024}})
 >>> [(s.model.kind.value, len(s.configs), s.data.tokens) for s in sweep.runs()]
 [('bundled', 2, 1024), ('hub', 2, 1024)]
+
+The published quantized checkpoints of a model sit under it (``checkpoints``: folders, relative
+to the file, or hub ids, ``@REVISION`` optional); they are measured in that model's run only,
+against it:
+
+>>> sweep = parse_sweep({"models": [{"model": "org/base", "checkpoints": ["org/base-AWQ@v2"]}],
+...                      "configs": ["fp32"]})
+>>> [c.display for c in sweep.runs()[0].configs]
+['fp32', 'base-AWQ@v2']
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from quantscope.config import (
+    Checkpoint,
     DataSpec,
     DType,
     ModelSpec,
@@ -59,19 +69,21 @@ class Sweep:
     data: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     store: str | None = None
+    checkpoints: tuple[tuple[QuantConfig, ...], ...] = ()  # per model: its published quants
 
     def runs(self) -> list[RunSpec]:
         """One run per model and text, in sweep order (model first)."""
+        own = self.checkpoints or tuple(() for _ in self.models)
         return [
             RunSpec(
                 model=model,
-                configs=self.configs,
+                configs=self.configs + extra,
                 data=DataSpec(texts=(text,) if text else (), **self.data),
                 tasks=self.tasks,
                 store_path=self.store,
                 **self.run,
             )
-            for model in self.models
+            for model, extra in zip(self.models, own, strict=True)
             for text in self.texts
         ]
 
@@ -96,7 +108,9 @@ def parse_sweep(body: dict[str, Any], folder: Path | None = None, name: str = "s
     """A sweep from its mapping; every mistake is one sentence naming the key."""
     _known(body, _TOP, "sweep file")
     folder = folder or Path.cwd()
-    models = tuple(_model(m, folder) for m in _list(body, "models", required=True))
+    entries = _list(body, "models", required=True)
+    models = tuple(_model(m, folder) for m in entries)
+    checkpoints = tuple(_checkpoints(m, folder) for m in entries)
     configs = parse_config_list([str(c) for c in _list(body, "configs", required=True)])
     texts = tuple(_text(t, folder) for t in _list(body, "texts")) or (None,)
     if len(set(texts)) != len(texts):
@@ -117,6 +131,7 @@ def parse_sweep(body: dict[str, Any], folder: Path | None = None, name: str = "s
         {k: v for k, v in settings.items() if k in _DATA},
         {k: v for k, v in settings.items() if k in _RUN},
         str((folder / store).resolve()) if store else None,
+        checkpoints,
     )
     try:
         sweep.runs()  # every spec validates itself now, before anything loads
@@ -149,6 +164,7 @@ def _model(entry: Any, folder: Path) -> ModelSpec:
     """``bundled``, a hub id, a path (relative to the sweep file), or a mapping with ``model``
     and any of ``revision``, ``dtype``, ``trust_remote_code``, ``allow_pickle``."""
     options = dict(entry) if isinstance(entry, dict) else {"model": entry}
+    options.pop("checkpoints", None)  # read by _checkpoints
     _known(options, ("model", "revision", "dtype", "trust_remote_code", "allow_pickle"), "model")
     source = options.pop("model", None)
     if source in (None, BUNDLED):
@@ -162,6 +178,24 @@ def _model(entry: Any, folder: Path) -> ModelSpec:
             raise UserError(f"A model's dtype must be fp32, bf16 or fp16, got {options['dtype']}.")
         options["dtype"] = DType(str(options["dtype"]))
     return model_spec(source, **options)
+
+
+def _checkpoints(entry: Any, folder: Path) -> tuple[QuantConfig, ...]:
+    """A model's ``checkpoints``: folders (relative to the sweep file) or hub ids with an
+    optional ``@REVISION``."""
+    if not isinstance(entry, dict) or entry.get("checkpoints") is None:
+        return ()
+    found: list[QuantConfig] = []
+    for item in _list(entry, "checkpoints"):
+        if not isinstance(item, str) or not item.strip():
+            raise UserError(f"A checkpoint must be a folder or a hub id, got {item!r}.")
+        local = (folder / Path(item).expanduser()).resolve()
+        if local.is_dir():
+            found.append(Checkpoint(path=str(local)))
+        else:
+            hub, _, revision = item.partition("@")
+            found.append(Checkpoint(path=hub.strip(), revision=revision.strip()))
+    return tuple(found)
 
 
 def _text(entry: Any, folder: Path) -> str | None:
