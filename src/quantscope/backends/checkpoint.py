@@ -219,6 +219,10 @@ class CheckpointBackend(Backend):
         made_s = float(made_info["quantize_s"]) if made_info else None
         return Quantized(quantized, state, made_s=made_s, note="; ".join(p for p in notes if p))
 
+    def library(self) -> str:
+        """Said by the note :meth:`quantize` writes (the format, who made it, what it does)."""
+        return ""
+
     def emulate(self, config: QuantConfig) -> None:
         return None
 

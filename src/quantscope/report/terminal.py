@@ -99,6 +99,11 @@ def outcome_notes(report: RunReport) -> list[Text]:
         found = r.meta.get("support") or {}
         if found.get("level") == "emulated":
             notes.append(Text(f"{r.config} runs emulated here: {found['reason']}."))
+    notes += [  # what a checkpoint's format does here (decompressed at load, say)
+        Text(f"{r.config}: {r.meta['library']}.")
+        for r in report.results
+        if " checkpoint, " in str(r.meta.get("library", ""))
+    ]
     notes += [
         Text(
             f"{r.config}: speed measured with layers offloaded ({_places(r)}); it is "
