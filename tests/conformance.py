@@ -31,6 +31,22 @@ def kl_of(folder: Path, config: str) -> float:
     return divergence(load(config), calibrate(load("fp32"), windows, 4))["kl"]
 
 
+IDS = torch.tensor([[5, 17, 42, 7, 99, 3, 64, 12, 250, 31]])  # ids the tiny vocabulary has
+
+
+def load(folder: Path, config: str) -> Any:
+    """``config`` loaded on the CPU against the model in ``folder``."""
+    ms = model_spec(str(folder))
+    qc = parse_config(config)
+    return backends.get(qc).load(models.resolve(ms), ms, qc, "cpu")
+
+
+def logits(loaded: Any) -> torch.Tensor:
+    """A loaded model's float32 logits on :data:`IDS`."""
+    with torch.no_grad():
+        return loaded.model(input_ids=IDS).logits.float()
+
+
 class BackendConformance:
     config: ClassVar[str]
     max_kl: ClassVar[float]

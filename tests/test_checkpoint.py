@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from conformance import load, logits
 from conftest import build_tiny_model
 from quantscope import backends, models
 from quantscope.backends import gptq
@@ -22,18 +23,6 @@ from quantscope.config import DataSpec, RunSpec, model_spec, parse_config
 from quantscope.errors import UserError
 
 SMALL = "samples=16,seqlen=64"  # 1,024 calibration tokens: a few seconds per recipe here
-IDS = torch.tensor([[5, 17, 42, 7, 99, 3, 64, 12, 250, 31]])
-
-
-def _load(model_dir: Path, config: str) -> Any:
-    ms = model_spec(str(model_dir))
-    qc = parse_config(config)
-    return backends.get(qc).load(models.resolve(ms), ms, qc, "cpu")
-
-
-def _logits(loaded: Any) -> torch.Tensor:
-    with torch.no_grad():
-        return loaded.model(input_ids=IDS).logits.float()
 
 
 def test_a_folder_path_is_a_checkpoint_config(tiny_model_dir: Path) -> None:
@@ -47,9 +36,9 @@ def test_a_folder_path_is_a_checkpoint_config(tiny_model_dir: Path) -> None:
 
 
 def test_a_folder_without_quantization_config_is_measured_as_float(tiny_model_dir: Path) -> None:
-    loaded = _load(tiny_model_dir, str(tiny_model_dir))
+    loaded = load(tiny_model_dir, str(tiny_model_dir))
     assert "no quantization_config: measured as a float checkpoint" in loaded.library
-    assert torch.equal(_logits(loaded), _logits(_load(tiny_model_dir, "fp32")))
+    assert torch.equal(logits(loaded), logits(load(tiny_model_dir, "fp32")))
 
 
 def _run(model_dir: Path, configs: list[str], tiny_text: Path, tmp_path: Path) -> Any:
@@ -92,7 +81,7 @@ def test_a_checkpoint_of_another_model_is_refused_before_anything_loads(
 
 def test_a_hub_checkpoint_offline_says_so_in_one_sentence(tiny_model_dir: Path) -> None:
     with pytest.raises(UserError, match="Cannot reach the Hugging Face hub"):
-        _load(tiny_model_dir, "checkpoint[path=nobody/not-a-model-here,revision=main]")
+        load(tiny_model_dir, "checkpoint[path=nobody/not-a-model-here,revision=main]")
 
 
 def test_gptq_checkpoint_saved_by_gptqmodel_equals_quantscopes_gptq(
@@ -113,9 +102,9 @@ def test_gptq_checkpoint_saved_by_gptqmodel_equals_quantscopes_gptq(
     theirs = gptqmodel.GPTQModel.load(str(tiny_model_dir), quant, device="cpu", dtype=torch.float32)
     theirs.quantize(rows, batch_size=4)
     theirs.save(str(tmp_path / "their-gptq"))
-    mine = _load(tiny_model_dir, config)
-    folder = _load(tiny_model_dir, str(tmp_path / "their-gptq"))
+    mine = load(tiny_model_dir, config)
+    folder = load(tiny_model_dir, str(tmp_path / "their-gptq"))
     assert "gptq checkpoint" in folder.library
     # transformers picks gptqmodel's TorchAtenLinear for the folder, quantscope's own load
     # TorchFusedLinear: measured equal to the bit here
-    assert torch.equal(_logits(folder), _logits(mine))
+    assert torch.equal(logits(folder), logits(mine))

@@ -17,26 +17,14 @@ from typing import Any
 import pytest
 import torch
 
-from conformance import BackendConformance, kl_of
+from conformance import IDS, BackendConformance, kl_of, load, logits
 from conftest import needs_tool
-from quantscope import backends, models, toolenv
+from quantscope import models, toolenv
 from quantscope.backends import checkpoint, gptq, llmc
 from quantscope.cache import read_made
 from quantscope.config import model_spec, parse_config
 
 SMALL = "samples=16,seqlen=64"  # 1,024 calibration tokens: a few seconds per recipe here
-IDS = torch.tensor([[5, 17, 42, 7, 99, 3, 64, 12, 250, 31]])
-
-
-def _load(model_dir: Path, config: str) -> Any:
-    ms = model_spec(str(model_dir))
-    qc = parse_config(config)
-    return backends.get(qc).load(models.resolve(ms), ms, qc, "cpu")
-
-
-def _logits(loaded: Any) -> torch.Tensor:
-    with torch.no_grad():
-        return loaded.model(input_ids=IDS).logits.float()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,7 +66,7 @@ def test_w4a16_computes_with_the_int4_values_and_scales_in_its_file(
     folder = made["llmc-w4a16"]
     assert checkpoint.quantization(folder)["format"] == "pack-quantized"
     tensors = load_file(str(folder / "model.safetensors"))
-    loaded = _load(tiny_model_dir, str(folder))
+    loaded = load(tiny_model_dir, str(folder))
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
         packed = tensors[f"{name}.weight_packed"]  # (out, in/8) int32, low nibble first
         shifts = torch.arange(0, 32, 4, dtype=torch.int32)
@@ -96,7 +84,7 @@ def test_awq_weights_take_sixteen_values_per_group(
     folder = made["llmc-awq"]
     groups = checkpoint.quantization(folder)["config_groups"]
     assert groups["group_0"]["weights"]["symmetric"] is False  # AWQ's asymmetric int4
-    weight = _layer(_load(tiny_model_dir, str(folder))).weight.detach()
+    weight = _layer(load(tiny_model_dir, str(folder))).weight.detach()
     per_group = weight.reshape(weight.shape[0], -1, 32)
     distinct = max(len(torch.unique(g)) for row in per_group for g in row)
     assert 8 < distinct <= 16  # 4 bits; a float weight would give 32 distinct values
@@ -124,7 +112,7 @@ def test_dynamic_activation_schemes_quantize_each_token(
     assert checkpoint.quantization(folder)["format"] == (
         "float-quantized" if fp8 else "int-quantized"
     )
-    loaded = _load(tiny_model_dir, str(folder))
+    loaded = load(tiny_model_dir, str(folder))
     assert "activations quantize-dequantized" in loaded.library
     layer = _layer(loaded)
     tensors = load_file(str(folder / "model.safetensors"))
@@ -146,18 +134,18 @@ def test_dynamic_activation_schemes_quantize_each_token(
 def test_a_recipe_is_made_once_and_reports_its_calibration_time(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = _load(tiny_model_dir, "llmc-fp8")
+    first = load(tiny_model_dir, "llmc-fp8")
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("made again")
 
     monkeypatch.setattr(toolenv, "run", refuse)
-    second = _load(tiny_model_dir, "llmc-fp8")
+    second = load(tiny_model_dir, "llmc-fp8")
     assert second.quantize_s == first.quantize_s > 0
     ms = model_spec(str(tiny_model_dir))
     folder, meta = llmc.make(models.resolve(ms), ms, parse_config("llmc-fp8"))
     assert read_made(folder) == meta and "llmcompressor 0.14.0.1" in first.library
-    assert torch.equal(_logits(first), _logits(second))
+    assert torch.equal(logits(first), logits(second))
 
 
 _USER_SCRIPT = """
@@ -201,9 +189,9 @@ def test_w4a16_saved_by_llm_compressor_equals_quantscopes_recipe(
     args = [str(tiny_model_dir), str(tmp_path / "rows.json"), str(tmp_path / "theirs")]
     done = subprocess.run([str(exe), str(script), *args], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    theirs = _load(tiny_model_dir, str(tmp_path / "theirs"))
-    mine = _load(tiny_model_dir, config)
-    assert torch.equal(_logits(theirs), _logits(mine))
+    theirs = load(tiny_model_dir, str(tmp_path / "theirs"))
+    mine = load(tiny_model_dir, config)
+    assert torch.equal(logits(theirs), logits(mine))
 
 
 def test_recipes_rank_as_their_bit_widths(made: dict[str, Path], tiny_model_dir: Path) -> None:
@@ -217,7 +205,7 @@ def test_recipes_rank_as_their_bit_widths(made: dict[str, Path], tiny_model_dir:
 
 
 @pytest.mark.parametrize("scheme", ["llmc-w8a8", "llmc-awq"])
-def test_loading_code_of_a_checkpoint_gives_quantscopes_logits(
+def test_loading_code_of_a_checkpoint_gives_quantscopeslogits(
     scheme: str, made: dict[str, Path], tiny_model_dir: Path
 ) -> None:
     """``recommend``'s code for a checkpoint is its own from_pretrained (plus the activation
@@ -226,7 +214,7 @@ def test_loading_code_of_a_checkpoint_gives_quantscopes_logits(
     from quantscope.results import Result
 
     config = parse_config(str(made[scheme]))
-    loaded = _load(tiny_model_dir, config.name)
+    loaded = load(tiny_model_dir, config.name)
     meta = {
         "config": config.name,
         "model_folder": str(tiny_model_dir),
@@ -242,7 +230,7 @@ def test_loading_code_of_a_checkpoint_gives_quantscopes_logits(
     exec(compile(snippet, "<snippet>", "exec"), namespace)  # the user's side
     with torch.no_grad():
         theirs = namespace["model"].eval()(input_ids=IDS).logits.float()
-    assert torch.equal(_logits(loaded), theirs)
+    assert torch.equal(logits(loaded), theirs)
 
 
 @pytest.mark.integration

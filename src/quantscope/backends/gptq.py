@@ -30,14 +30,14 @@ from typing import Any
 from quantscope import data, quiet
 from quantscope.backends import Backend, Quantized, package_version
 from quantscope.cache import cache_dir, made
-from quantscope.config import DataSpec, DType, Gptq, ModelSpec, QuantConfig
+from quantscope.config import Calibrated, DataSpec, DType, Gptq, ModelSpec, QuantConfig
 from quantscope.errors import Unavailable, UserError
 from quantscope.models import ModelFiles, linear_shapes, load_tokenizer, torch_dtype
 from quantscope.provenance import digest
 
 
 def calibration(
-    files: ModelFiles, spec: ModelSpec, config: Gptq
+    files: ModelFiles, spec: ModelSpec, config: Calibrated
 ) -> tuple[list[dict[str, list[int]]], str]:
     """``samples`` consecutive sequences of ``seqlen`` token ids from the calibration text,
     as gptqmodel takes them, and a sentence naming where they came from."""

@@ -94,16 +94,12 @@ def make(files: ModelFiles, spec: ModelSpec, config: Llmc) -> tuple[Path, dict[s
     weight_only = config.scheme in (LlmcScheme.W4A16, LlmcScheme.AWQ)
     as_gptq = Gptq(
         group=config.group if weight_only else 0,
-        samples=config.samples,
-        seqlen=config.seqlen,
-        calib=config.calib,
         include=config.include,
         skip=config.skip,
     )
-    _chosen, _rules = plan(files, spec, as_gptq)  # group fits every linear: said in a sentence
-    chosen = set(config.select(list(linear_shapes(files, spec))))
-    kept = sorted(n for n in linear_shapes(files, spec) if n not in chosen)
-    rows, source = calibration(files, spec, as_gptq) if calibrated(config) else ([], "none")
+    chosen, _rules = plan(files, spec, as_gptq)  # the group fits every linear, or a sentence
+    kept = sorted(set(linear_shapes(files, spec)) - set(chosen))
+    rows, source = calibration(files, spec, config) if calibrated(config) else ([], "none")
     text = recipe(config, kept)
     tool = toolenv.LLMCOMPRESSOR
     base = replace(config, lora="", label="")

@@ -44,10 +44,16 @@ class QuantConfig:
 
     @classmethod
     def parameters(cls) -> list[Field[Any]]:
-        """The bracket parameters: the class's own first, then the ones every config shares."""
-        own = [f for f in fields(cls) if f.metadata.get("param")]
-        shared = {f.name for f in fields(WeightConfig)} if issubclass(cls, WeightConfig) else set()
-        return [f for f in own if f.name not in shared] + [f for f in own if f.name in shared]
+        """The bracket parameters: the class's own first, then those of the classes it builds
+        on (calibration settings, then the ones every config shares)."""
+        found = [f for f in fields(cls) if f.metadata.get("param")]
+
+        def declared(f: Field[Any]) -> int:  # how far up the class hierarchy f is declared
+            return next(
+                i for i, k in enumerate(cls.__mro__) if f.name in vars(k).get("__annotations__", {})
+            )
+
+        return sorted(found, key=declared)
 
     @property
     def method(self) -> str:

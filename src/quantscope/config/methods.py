@@ -161,7 +161,17 @@ GPTQ_BITS = (2, 3, 4, 8)  # the widths gptqmodel packs
 
 
 @dataclass(frozen=True, kw_only=True)
-class Gptq(WeightConfig):
+class Calibrated(WeightConfig):
+    """A config calibrated on text: ``samples`` sequences of ``seqlen`` tokens cut one after
+    another from ``calib`` (a file) or else from the training part of the bundled text."""
+
+    samples: int = param(64, help="calibration sequences", low=1)
+    seqlen: int = param(256, help="tokens per calibration sequence", low=16)
+    calib: str = param("", help="calibration text file", path=True, exists=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gptq(Calibrated):
     """GPTQ through gptqmodel, calibrated on training text (``gptq``)."""
 
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"gptq": {}}
@@ -175,9 +185,6 @@ class Gptq(WeightConfig):
     group: int = param(128, **_GROUP)
     sym: bool = param(True, help="symmetric quantization")
     act_order: bool = param(False, help="GPTQ's desc_act column order")
-    samples: int = param(64, help="calibration sequences", low=1)
-    seqlen: int = param(256, help="tokens per calibration sequence", low=16)
-    calib: str = param("", help="calibration text file", path=True, exists=True)
 
 
 class LlmcScheme(str, Enum):
@@ -188,7 +195,7 @@ class LlmcScheme(str, Enum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Llmc(WeightConfig):
+class Llmc(Calibrated):
     """llm-compressor recipes, saved as compressed-tensors checkpoints (``llmc-w8a8``: INT8
     weights and dynamic per-token activations, SmoothQuant + GPTQ; ``llmc-w4a16``: GPTQ int4
     weights; ``llmc-awq``: AWQ asymmetric int4 weights; ``llmc-fp8``: FP8 channel-wise weights
@@ -203,9 +210,6 @@ class Llmc(WeightConfig):
         128, help="weights sharing one scale, w4a16 and awq (0: one per row)", **_GROUP_RULES
     )
     smoothing: float = param(0.8, help="SmoothQuant strength, w8a8", low=0, high=1)
-    samples: int = param(64, help="calibration sequences", low=1)
-    seqlen: int = param(256, help="tokens per calibration sequence", low=16)
-    calib: str = param("", help="calibration text file", path=True, exists=True)
 
 
 @dataclass(frozen=True, kw_only=True)
