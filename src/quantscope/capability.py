@@ -151,9 +151,9 @@ def _kernel(config: QuantConfig, device: Device) -> Support:
             )
     if isinstance(config, Llmc):
         return _emulated(
-            "in transformers, compressed-tensors checkpoints are decompressed to float at "
-            "load (activations quantize-dequantized where the scheme says): accuracy as "
-            "served, memory and speed not; vLLM runs their int8, fp8 and int4 kernels"
+            "transformers decompresses compressed-tensors checkpoints to float at load "
+            "(activations quantize-dequantized where the scheme says): the accuracy is "
+            "the scheme's, memory and speed are not (vLLM runs their int8, fp8, int4 kernels)"
         )
     if isinstance(config, Rtn):
         return _emulated(

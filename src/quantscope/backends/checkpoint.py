@@ -191,21 +191,22 @@ class CheckpointBackend(Backend):
         """Made elsewhere: find the quantized linears and say what the format does here."""
         folder, kind, made_info = model.quantscope_checkpoint
         modules = quantized_modules(model)
-        notes = [f"{kind} checkpoint, {disk_mb(folder):.0f} MB on disk"]
-        if kind == "float":
-            notes = [f"no quantization_config: measured as a float checkpoint ({notes[0]})"]
-        elif kind == "compressed-tensors":
-            fmt = (quantization(folder) or {}).get("format", "?")
-            notes.append(f"{fmt} decompressed to float at the first forward by compressed-tensors")
-            if activations_quantized(model):
-                notes.append("activations quantize-dequantized as the scheme says")
-        versions = {
+        readers = {
             "compressed-tensors": "compressed-tensors",
             "gptq": "gptqmodel",
             "awq": "gptqmodel",
         }
-        if kind in versions:
-            notes.append(f"{versions[kind]} {package_version(versions[kind])}")
+        read = (
+            f" read by {readers[kind]} {package_version(readers[kind])}" if kind in readers else ""
+        )
+        notes = [f"{kind} checkpoint, {disk_mb(folder):.0f} MB on disk{read}"]
+        if kind == "float":
+            notes = [f"no quantization_config: measured as a float checkpoint ({notes[0]})"]
+        elif kind == "compressed-tensors":
+            fmt = (quantization(folder) or {}).get("format", "?")
+            notes.append(f"{fmt}, decompressed to float at load")
+            if activations_quantized(model):
+                notes.append("activations quantize-dequantized as the scheme says")
         if made_info:
             notes.append(str(made_info.get("note", "")))
 

@@ -95,10 +95,14 @@ def outcome_notes(report: RunReport) -> list[Text]:
         for o in report.outcomes
         if o.status in (Status.SKIPPED, Status.FAILED)
     ]
+    emulated: dict[str, list[str]] = {}  # one line per reason, naming every config it holds for
     for r in report.results:
         found = r.meta.get("support") or {}
         if found.get("level") == "emulated":
-            notes.append(Text(f"{r.config} runs emulated here: {found['reason']}."))
+            emulated.setdefault(found["reason"], []).append(r.config)
+    for reason, names in emulated.items():
+        verb = "runs" if len(names) == 1 else "run"
+        notes.append(Text(f"{', '.join(names)} {verb} emulated here: {reason}."))
     notes += [  # what a checkpoint's format does here (decompressed at load, say)
         Text(f"{r.config}: {r.meta['library']}.")
         for r in report.results
