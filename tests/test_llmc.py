@@ -245,13 +245,14 @@ def test_on_the_bundled_model_a_recipe_beats_round_to_nearest_and_its_folder_equ
 
     recipe = "llmc-w4a16[group=64,samples=16,seqlen=128]"
     spec = RunSpec(
-        configs=parse_config_list(f"fp32,{recipe},rtn[bits=4,group=64]"),
+        configs=parse_config_list(f"fp32,{recipe},rtn[group=64]"),
         data=DataSpec(tokens=1024),
         max_new_tokens=4,
         store_path=str(tmp_path / "r.sqlite"),
     )
     kl = {o.config: o.result.metrics["kl_mean"] for o in runner.run(spec).outcomes if o.result}
-    assert kl[recipe] < 0.8 * kl["rtn[bits=4,group=64]"], kl  # measured: see the README
+    # measured: llmc-w4a16 (16×128 calibration tokens) 0.295, rtn 0.518: ratio 0.57
+    assert kl[recipe] < 0.8 * kl["rtn[group=64]"], kl
     folder, _ = llmc.make(models.resolve(spec.model), spec.model, parse_config(recipe))
     again = RunSpec(
         configs=parse_config_list(f"fp32,{folder}"),
