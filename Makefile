@@ -112,7 +112,7 @@ GPU_VENV ?= .venv-gpu
 gpu-check:
 	$(MAKE) VENV=$(GPU_VENV) TORCH="$(TORCH_CUDA)" $(GPU_VENV)/.installed
 	CMAKE_ARGS="-DGGML_CUDA=on -DLLAVA_BUILD=OFF" $(GPU_VENV)/bin/pip install -q \
-	  -c $(GPU_VENV)/constraints.txt -e ".[bnb,hqq,quanto,torchao,gguf,gptq,lora]"
+	  -c $(GPU_VENV)/constraints.txt -e ".[bnb,hqq,quanto,torchao,gguf,gptq,lora,checkpoints]"
 	$(GPU_VENV)/bin/quantscope run --device cuda --json gpu-demo.json --report gpu-demo.html
 	$(GPU_VENV)/bin/python benchmarks/gpu_check.py
 

@@ -27,6 +27,7 @@ CONFIGS = (
     "torchao-int4wo",
     "gptq[bits=4,group=128]",
     "gguf[qtype=Q8_0]",
+    "llmc-w8a8",  # made in llm-compressor's environment (built with the CUDA torch there)
 )
 COLUMNS = (
     "config",
