@@ -27,7 +27,7 @@ from typing import Any
 
 from quantscope.backends import Backend, Quantized, from_pretrained, missing, package_version
 from quantscope.config import Checkpoint, ModelKind, ModelSpec, QuantConfig
-from quantscope.errors import UserError
+from quantscope.errors import Unavailable, UserError
 from quantscope.models import ModelFiles, download, torch_dtype, weight_files
 
 # quant_method of a config.json → (module that must import, quantscope extra installing it)
@@ -165,8 +165,6 @@ class CheckpointBackend(Backend):
         folder, made_info = self.folder(files, spec, config, device)
         reason = self._needs(folder)
         if reason:
-            from quantscope.errors import Unavailable
-
             raise Unavailable(config.name, reason)
         kind = method(folder)
         if kind == "compressed-tensors":
