@@ -85,7 +85,7 @@ def test_a_hub_checkpoint_offline_says_so_in_one_sentence(tiny_model_dir: Path) 
 
 
 def test_gptq_checkpoint_saved_by_gptqmodel_equals_quantscopes_gptq(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A user's own gptqmodel run (same calibration rows and settings), saved and given as a
     folder, loads through transformers' from_pretrained and computes what quantscope's
@@ -93,6 +93,7 @@ def test_gptq_checkpoint_saved_by_gptqmodel_equals_quantscopes_gptq(
     if importlib.util.find_spec("gptqmodel") is None:
         pytest.skip("gptqmodel is not installed (pip install 'quantscope[gptq]')")
     gptqmodel = gptq._import()  # with the loader workers quantscope gives it
+    monkeypatch.chdir(tmp_path)  # gptqmodel writes its logs under ./logs
     pytest.importorskip("optimum.gptq", reason="pip install 'quantscope[checkpoints]'")
     config = f"gptq[bits=4,group=32,{SMALL}]"
     ms = model_spec(str(tiny_model_dir))
