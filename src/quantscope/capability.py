@@ -118,6 +118,8 @@ def support(config: QuantConfig, device: Device) -> Support:
 
 def _kernel(config: QuantConfig, device: Device) -> Support:
     cuda, cap = device.kind == "cuda", device.capability
+    if config.engine:  # the engine's own kernels; what it cannot load fails with its reason
+        return _OK
     if isinstance(config, TorchAoInt4):
         if not cuda:
             return _no("torchao's int4 weight-only kernel (tinygemm) needs a CUDA GPU")

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from quantscope import backends, capability, data, models, tasks
+from quantscope import backends, capability, data, models, tasks, toolenv
 from quantscope.backends import lora
 from quantscope.cache import maker, read_made
 from quantscope.config import Checkpoint, QuantConfig, RunSpec
@@ -72,10 +72,12 @@ class RunContext:
     baseline_placement: dict[str, int] | None = None  # modules per device, CPU and disk
 
     def key(self, config: QuantConfig) -> str:
-        """The key ``config``'s result is stored under in this run."""
-        return result_key(
-            self.files.fingerprint, config, self.windows.fingerprint, self.settings_fp
-        )
+        """The key ``config``'s result is stored under in this run (a served config's, with
+        the load test's settings)."""
+        settings = self.settings_fp
+        if config.engine:
+            settings = digest(settings, self.spec.serve.settings())
+        return result_key(self.files.fingerprint, config, self.windows.fingerprint, settings)
 
     def reuse(
         self, store: Store, run_id: str, config: QuantConfig, position: int
@@ -169,6 +171,8 @@ def prepare(spec: RunSpec, events: Events, threads: int | None = None) -> RunCon
     tokenizer = models.load_tokenizer(files, spec.model)
     for config in spec.configs:  # a checkpoint of another model is refused before any pass
         backends.get(config).validate(files, spec.model, config)
+    if spec.serve.port and any(c.engine for c in spec.configs):
+        toolenv.free_port(spec.serve.port)  # a port that is taken: one sentence, before any pass
     windows, bos = data.text_windows(data.read_sources(spec.data), tokenizer, spec.data)
     if spec.until_decided is not None:  # any prefix of the windows is a random sample
         windows = windows.shuffled(spec.seed)

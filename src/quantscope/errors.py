@@ -27,3 +27,8 @@ class Unavailable(UserError):
         super().__init__(f"{config} cannot run here: {reason}")
         self.config = config
         self.reason = reason
+
+
+class ToolError(RuntimeError):
+    """A tool quantscope drives in its own environment failed (a job's exit, a server that
+    died): that config fails with this sentence, the run goes on."""

@@ -75,10 +75,35 @@ def _monitor(ctx: RunContext) -> tuple[Monitor | None, Callable[[Any], bool] | N
     return monitor, stop
 
 
+def _served(model: Any) -> bool:
+    """Whether ``model`` is a config served by an engine (``backends.vllm.ServedModel``)."""
+    return bool(getattr(model, "served", False))
+
+
+def _max_len(ctx: RunContext) -> int:
+    """The longest sequence a served config sees: a window, a load-test request, a prompt
+    and its generation (rounded up to 256)."""
+    serve = ctx.spec.serve
+    encoded = (evaluate.encode_prompt(ctx.tokenizer, p) for p in ctx.spec.prompts)
+    prompts = max((len(ids) for ids in encoded), default=0)
+    longest = max(
+        ctx.windows.ids.shape[1] + 1,
+        serve.prompt_tokens + serve.output_tokens,
+        prompts + ctx.spec.max_new_tokens,
+    )
+    return -(-longest // 256) * 256
+
+
 def _load(ctx: RunContext, config: QuantConfig) -> Any:
-    """``config`` loaded on the run's device, with its LoRA adapter attached if it names one."""
+    """``config`` loaded on the run's device, with its LoRA adapter attached if it names one;
+    a served config's engine started."""
+    backend = backends.get(config)
+    if config.engine:
+        ctx.events.stage(f"{config.display}: starting {config.engine}", None)
+        serve = backend.serve  # type: ignore[attr-defined]
+        return serve(ctx.files, ctx.spec.model, config, ctx.device, ctx.spec.serve, _max_len(ctx))
     ctx.events.stage(f"{config.display}: loading", None)
-    loaded = backends.get(config).load(ctx.files, ctx.spec.model, config, ctx.device)
+    loaded = backend.load(ctx.files, ctx.spec.model, config, ctx.device)
     if config.lora:
         loaded = lora.attach(loaded, config.lora, ctx.spec.model.allow_pickle)
     return loaded
@@ -90,16 +115,26 @@ def _accuracy(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> _Pas
     ctx.events.stage(f"{config.display}: accuracy pass", ctx.windows.n_scored)
     start = time.perf_counter()
     monitor, stop = _monitor(ctx)
-    token_stats = evaluate.compare_pass(
-        loaded.model,
-        ctx.windows,
-        ctx.reference.cursor(),
-        ctx.spec.batch_size,
-        ctx.events.advance,
-        baseline=ctx.baseline_model,
-        kv=config.kv,
-        stop=stop,
-    )
+    if _served(loaded.model):  # scored in the engine, beside its own logits
+        token_stats = evaluate.compare_served(
+            loaded.model,
+            ctx.windows,
+            ctx.reference.cursor(),
+            ctx.spec.batch_size,
+            ctx.events.advance,
+            stop=stop,
+        )
+    else:
+        token_stats = evaluate.compare_pass(
+            loaded.model,
+            ctx.windows,
+            ctx.reference.cursor(),
+            ctx.spec.batch_size,
+            ctx.events.advance,
+            baseline=ctx.baseline_model,
+            kv=config.kv,
+            stop=stop,
+        )
     seconds = time.perf_counter() - start
     scored = np.cumsum(ctx.windows.ids.shape[1] - ctx.windows.score_from)
     windows = ctx.windows.head(int(np.searchsorted(scored, len(token_stats.nll))) + 1)
@@ -121,6 +156,14 @@ def _accuracy(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> _Pas
 def _speed(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> dict[str, float]:
     """Prefill and decode speed; the KV cache at depth when the config has one (or
     ``--depths`` asks)."""
+    if _served(loaded.model):  # under load, over HTTP
+        serve = ctx.spec.serve
+        ctx.events.stage(f"{config.display}: load test", len(serve.concurrency))
+        tokens = ctx.windows.ids.reshape(-1)
+        seed, advance = ctx.spec.seed, ctx.events.advance
+        found = evaluate.load_metrics(loaded.model, tokens, serve, seed, advance)
+        found["server_peak_mb"] = loaded.model.server.peak_mb
+        return found
     ctx.events.stage(f"{config.display}: speed", None)
     vocab = min(len(ctx.tokenizer), loaded.model.config.vocab_size)
     speed = evaluate.speed_metrics(
@@ -137,6 +180,10 @@ def _tasks(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> dict[st
     """Each task compared item by item with the baseline's answers."""
     if not ctx.tasks:
         return {}
+    if _served(loaded.model):
+        for task in ctx.tasks:
+            ctx.task_errors.setdefault(task.name, "tasks are scored in transformers, not in vLLM")
+        return {}
     ctx.events.stage(f"{config.display}: tasks", None)
     assert ctx.base_answers is not None
     return answers.compare(ctx.tasks, ctx.base_answers, answer_tasks(ctx, loaded.model))
@@ -150,19 +197,25 @@ def measure(ctx: RunContext, config: QuantConfig, key: str) -> tuple[Result, byt
     torch.manual_seed(spec.seed)
     with evaluate.PeakMemory() as peak:
         loaded = _load(ctx, config)
-        found = _accuracy(ctx, loaded, config)
-        footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
-        placement = models.placement_of(loaded.model, ctx.device)
-        speed = _speed(ctx, loaded, config)
-        task_results = _tasks(ctx, loaded, config)
-        ctx.events.stage(f"{config.display}: generations", None)
-        gens = evaluate.generate(
-            loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens, config.kv
-        )
+        try:
+            found = _accuracy(ctx, loaded, config)
+            footprint = evaluate.weight_footprint(loaded)  # after inference: weights as held
+            placement = models.placement_of(loaded.model, ctx.device)
+            speed = _speed(ctx, loaded, config)
+            task_results = _tasks(ctx, loaded, config)
+            ctx.events.stage(f"{config.display}: generations", None)
+            gens = evaluate.generate(
+                loaded.model, ctx.tokenizer, spec.prompts, spec.max_new_tokens, config.kv
+            )
+        finally:
+            if _served(loaded.model):
+                loaded.model.close()  # the server stops whatever happened
     for gen, base in zip(gens, ctx.base_generations, strict=True):
         gen["first_diff"] = evaluate.first_difference(gen["ids"], base["ids"])
     library, load_s, quantize_s = loaded.library, loaded.load_s, loaded.quantize_s
     meta = {**_meta(ctx, config, library), "kept_linears": loaded.kept, "placement": placement}
+    if config.engine:
+        meta["engine"] = {"name": config.engine, **spec.serve.settings()}
     if found.sequential is not None:
         meta["sequential"] = found.sequential
     del loaded

@@ -292,3 +292,17 @@ def depths_in(metrics: dict[str, float]) -> list[int]:
     [0, 4096]
     """
     return sorted({int(k.split("@")[1]) for k in metrics if k.startswith("kv_bytes@")})
+
+
+def served_levels(metrics: dict[str, Any]) -> list[int]:
+    """The concurrency levels a result's load test measured, in order.
+
+    >>> served_levels({"serve_c16_out_tps": 1.0, "serve_c1_out_tps": 2.0, "kl_mean": 0.1})
+    [1, 16]
+    """
+    found = {
+        int(k[len("serve_c") : -len("_out_tps")])
+        for k in metrics
+        if k.startswith("serve_c") and k.endswith("_out_tps")
+    }
+    return sorted(found)

@@ -16,7 +16,7 @@ from quantscope.backends import lora
 from quantscope.cache import cache_dir, made
 from quantscope.config import QuantConfig, RunSpec, precision_config
 from quantscope.context import RunContext, prepare, result_key
-from quantscope.errors import Unavailable, UserError
+from quantscope.errors import ToolError, Unavailable, UserError
 from quantscope.evaluate.device import intra_op_threads
 from quantscope.events import Events, LogEvents
 from quantscope.measure import answer_tasks, free_memory, measure
@@ -180,7 +180,7 @@ def evaluate_config(ctx: RunContext, config: QuantConfig, key: str) -> Outcome:
     except Unavailable as err:
         free_memory()
         return Outcome(config.display, Status.SKIPPED, err.reason, None, model)
-    except UserError as err:
+    except (UserError, ToolError) as err:
         free_memory()
         return Outcome(config.display, Status.FAILED, str(err), None, model)
     except Exception as err:  # a backend library failing fails this config, not the run

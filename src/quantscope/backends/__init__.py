@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from quantscope.config import ModelSpec, QuantConfig, WeightConfig, backend_of
@@ -106,6 +107,13 @@ class Backend:
         """Raise a one-sentence :class:`UserError` when ``config`` cannot be measured against
         the baseline in ``files`` at all (a checkpoint of another model); called for every
         config before the run loads anything."""
+
+    def folder(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> tuple[Path, dict[str, Any] | None]:
+        """The checkpoint folder that holds ``config`` (what a serving engine loads), and
+        what making it took when quantscope made it (None: found, not made)."""
+        raise UserError(f"'{config.method}' has no checkpoint folder a serving engine can load.")
 
     def load(
         self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str

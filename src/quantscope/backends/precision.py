@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from quantscope.backends import Backend, Emulation, Quantized, from_pretrained, linears
@@ -24,6 +25,12 @@ class PrecisionBackend(Backend):
     ) -> tuple[Any, float]:
         assert isinstance(config, Precision)
         return from_pretrained(files, spec, device, dtype=torch_dtype(config.precision))
+
+    def folder(
+        self, files: ModelFiles, spec: ModelSpec, config: QuantConfig, device: str
+    ) -> tuple[Path, dict[str, Any] | None]:
+        """The baseline's own folder (an engine casts it to the precision as it loads)."""
+        return files.folder, None
 
     def quantize(
         self, model: Any, chosen: list[str], config: QuantConfig, device: str

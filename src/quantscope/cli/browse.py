@@ -28,7 +28,7 @@ from quantscope.report.decision import decision_html, pair_table, verdict_rows
 from quantscope.report.formats import Format, compare_rows, render, rich_table, run_rows
 from quantscope.report.html import render_html
 from quantscope.report.side_by_side import models_table, render_models_html
-from quantscope.report.terminal import outcome_notes, results_tables
+from quantscope.report.terminal import outcome_notes, results_tables, serving_table
 from quantscope.results import RunReport
 from quantscope.specs import by_keyword, compare_spec, judge_spec, recommend_spec
 from quantscope.store import open_existing
@@ -112,7 +112,9 @@ def show(
     if fmt == "table":
         for table in results_tables(report, console.width):
             console.print(table)
-
+        served = serving_table(report)
+        if served is not None:
+            console.print(served)
         for note in outcome_notes(report):
             console.print(note, style="yellow")
         if found is not None:

@@ -152,6 +152,35 @@ def run(
             help="Context depths for KV-cache bytes and prefill/decode speed, e.g. 0,1k,4k,8k; default: those four (up to the model's positions) for configs with +kv=, none for others."
         ),
     ] = None,
+    engine_port: Annotated[
+        int,
+        typer.Option(
+            help="Port on 127.0.0.1 for the serving engine of +engine= configs (0: a free one)."
+        ),
+    ] = 0,
+    concurrency: Annotated[
+        str,
+        typer.Option(help="Requests in flight at each level of a served config's load test."),
+    ] = "1,4,16",
+    serve_prompt: Annotated[
+        int, typer.Option(help="Prompt tokens of each load-test request (cut from the text).")
+    ] = 256,
+    serve_output: Annotated[
+        int, typer.Option(help="Tokens each load-test request generates (EOS ignored).")
+    ] = 64,
+    serve_requests: Annotated[
+        int, typer.Option(help="Load-test requests per level (0: twice the level, at least 8).")
+    ] = 0,
+    engine_kv_gib: Annotated[
+        float, typer.Option(help="The engine's KV-cache space on CPU, GiB (vLLM's own setting).")
+    ] = 1.0,
+    engine_timeout: Annotated[
+        float, typer.Option(help="Seconds a serving engine may take to start.")
+    ] = 900.0,
+    engine_eager: Annotated[
+        bool,
+        typer.Option(help="Serve without torch.compile: starts sooner, runs slower."),
+    ] = False,
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config
     (with --margin, each judged equivalent, worse or not resolved at that margin)."""
@@ -191,6 +220,7 @@ def show_report(report: RunReport) -> None:
         terminal.sources_table(report),
         terminal.positions_table(report),
         terminal.depth_table(report),
+        terminal.serving_table(report),
     )
     for extra in extras:
         if extra is not None:

@@ -27,15 +27,18 @@ class QuantConfig:
     validated parameters. ``kv`` is the KV cache it scores through (``bf16+kv=quanto-int4``,
     see ``config.kv``); ``lora`` is a peft LoRA adapter folder applied on top
     (``bnb-nf4+lora=PATH``); ``label`` a display name (from a config file), not part of the
-    config's identity, which is :attr:`name`.
+    config's identity, which is :attr:`name`. ``engine`` is a serving engine that measures it
+    instead of transformers (``bf16+engine=vllm``): one of the class's ``ENGINES``.
     """
 
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}
     BACKEND: ClassVar[str] = ""
     KV_ENGINE: ClassVar[str] = "torch"  # which KV caches (``config.kv``) its engine takes
+    ENGINES: ClassVar[tuple[str, ...]] = ()  # serving engines that load it (``+engine=``)
 
     kv: KvSpec | None = None
     lora: str = ""
+    engine: str = ""
     label: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -73,15 +76,19 @@ class QuantConfig:
         ]
         kv = f"+kv={self.kv.name}" if self.kv else ""
         lora = f"+lora={self.lora}" if self.lora else ""
-        return self.method + (f"[{','.join(parts)}]" if parts else "") + kv + lora
+        engine = f"+engine={self.engine}" if self.engine else ""
+        return self.method + (f"[{','.join(parts)}]" if parts else "") + kv + lora + engine
 
     def __str__(self) -> str:
         return self.name
 
     @property
     def display(self) -> str:
-        """What tables show: the label when there is one, else the canonical name."""
-        return self.label or self.name
+        """What tables show: the label (and the engine) when there is one, else the canonical
+        name."""
+        if not self.label:
+            return self.name
+        return self.label + (f"+engine={self.engine}" if self.engine else "")
 
     @property
     def quantizes(self) -> bool:

@@ -32,6 +32,7 @@ class Precision(QuantConfig):
 
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {d.value: {"precision": d} for d in DType}
     BACKEND: ClassVar[str] = "quantscope.backends.precision:BACKEND"
+    ENGINES: ClassVar[tuple[str, ...]] = ("vllm",)
     precision: DType = variant()
 
     @property
@@ -205,6 +206,7 @@ class Llmc(Calibrated):
         f"llmc-{s.value}": {"scheme": s} for s in LlmcScheme
     }
     BACKEND: ClassVar[str] = "quantscope.backends.llmc:BACKEND"
+    ENGINES: ClassVar[tuple[str, ...]] = ("vllm",)
     scheme: LlmcScheme = variant()
     group: int = param(
         128, help="weights sharing one scale, w4a16 and awq (0: one per row)", **_GROUP_RULES
@@ -220,6 +222,7 @@ class Checkpoint(QuantConfig):
 
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"checkpoint": {}}
     BACKEND: ClassVar[str] = "quantscope.backends.checkpoint:BACKEND"
+    ENGINES: ClassVar[tuple[str, ...]] = ("vllm",)
     path: str = param("", help="the checkpoint's folder or hub id")
     revision: str = param("", help="hub branch, tag or commit")
     dtype: DType | None = param(None, help="precision of what is held in float")

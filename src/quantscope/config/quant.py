@@ -22,7 +22,7 @@ from typing import Any
 from quantscope.config.base import QuantConfig
 from quantscope.config.grammar import did_you_mean, parse_value
 from quantscope.config.kv import GGML_BYTES_PER_32, TORCH_CACHES, parse_kv
-from quantscope.config.registry import config_class
+from quantscope.config.registry import ENGINE_BACKENDS, config_class
 from quantscope.errors import UserError
 
 CONFIG_FILE_FORMAT = 1
@@ -39,12 +39,20 @@ def parse_config(text: str) -> QuantConfig:
     in it (``checkpoint[path=...]``).
 
     ``+kv=SPEC`` scores it through a KV cache (``config.kv``), refused here when the config's
-    engine cannot hold that cache; ``+lora=PATH`` applies a peft LoRA adapter folder on top.
+    engine cannot hold that cache; ``+lora=PATH`` applies a peft LoRA adapter folder on top;
+    ``+engine=vllm`` measures it as vLLM serves it (the baseline's precisions, llm-compressor's
+    configs and checkpoints).
+
+    >>> parse_config("llmc-w4a16[group=64]+engine=vllm").name
+    'llmc-w4a16[group=64]+engine=vllm'
 
     >>> parse_config("gguf[qtype=Q4_K_M]+kv=q8_0").name
     'gguf[qtype=Q4_K_M]+kv=q8_0'
     """
-    text, _, lora = text.strip().partition("+lora=")
+    text, _, engine = text.strip().partition("+engine=")
+    if engine:
+        return _served(parse_config(text), engine.strip().lower())
+    text, _, lora = text.partition("+lora=")
     if lora:
         base, folder = parse_config(text), _adapter_folder(lora)
         return replace(base, lora=folder, label=f"{base.display}+lora={Path(folder).name}")
@@ -78,6 +86,29 @@ def parse_config(text: str) -> QuantConfig:
             )
         values[key] = parse_value(name, params[key], cls, raw)
     return cls(**values)
+
+
+ENGINES = tuple(ENGINE_BACKENDS)
+
+
+def _served(base: QuantConfig, engine: str) -> QuantConfig:
+    """``base`` measured in a serving engine, or one sentence why it cannot be."""
+    if engine not in ENGINES:
+        raise UserError(
+            f"Unknown engine '{engine}'.{did_you_mean(engine, ENGINES)} The serving engines "
+            f"are: {', '.join(ENGINES)}."
+        )
+    if engine not in base.ENGINES:
+        raise UserError(
+            f"'{base.method}' cannot be measured in {engine}: it serves checkpoints, so "
+            "+engine= takes fp32, bf16, fp16, the llmc-* configs and checkpoint folders."
+        )
+    if base.kv is not None or base.lora:
+        raise UserError(
+            f"'{base.display}' cannot be measured in {engine}: +engine= takes no +kv= or "
+            "+lora= (the engine's own cache and adapters are not measured here)."
+        )
+    return replace(base, engine=engine)
 
 
 def _is_folder(text: str) -> bool:

@@ -64,7 +64,13 @@ def config_class(name: str) -> type[QuantConfig]:
     return cls
 
 
+# serving engines (``CONFIG+engine=NAME``): the backend that measures a config in them
+ENGINE_BACKENDS = {"vllm": "quantscope.backends.vllm:BACKEND"}
+
+
 def backend_of(config: QuantConfig) -> object:
-    """The backend object that runs ``config`` (its module is imported now, its library not)."""
-    module, _, attr = type(config).BACKEND.partition(":")
+    """The backend object that runs ``config`` (its module is imported now, its library not):
+    the engine's for a served config."""
+    where = ENGINE_BACKENDS[config.engine] if config.engine else type(config).BACKEND
+    module, _, attr = where.partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from quantscope.config.base import QuantConfig
 from quantscope.config.budget import Margins
@@ -211,6 +212,57 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class ServeSpec:
+    """How a config measured in a serving engine (``+engine=vllm``) is served and loaded.
+
+    ``port`` on 127.0.0.1 (0: a free one). The load test sends, at each of ``concurrency``
+    levels, ``requests`` requests (0: twice the level, at least 8) of ``prompt_tokens`` tokens
+    cut from the evaluation text at seeded places, each generating exactly ``output_tokens``
+    tokens (EOS ignored). ``kv_gib``: the engine's KV-cache space on CPU (GiB). ``timeout``:
+    seconds the engine may take to start.
+    """
+
+    port: int = 0
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    prompt_tokens: int = 256
+    output_tokens: int = 64
+    requests: int = 0
+    kv_gib: float = 1.0
+    timeout: float = 900.0
+    eager: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--engine-port must be a port number (0: any free), got {self.port}.")
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            raise UserError(
+                f"--concurrency takes levels of 1 or more like 1,4,16, got {self.concurrency}."
+            )
+        if self.prompt_tokens < 1 or self.output_tokens < 2 or self.requests < 0:
+            raise UserError(
+                "--serve-prompt must be at least 1 token and --serve-output at least 2 (an "
+                "inter-token latency needs two), --serve-requests 0 or more."
+            )
+        if self.kv_gib <= 0:
+            raise UserError(f"--engine-kv-gib must be above 0, got {self.kv_gib}.")
+
+    def count(self, level: int) -> int:
+        """Requests sent at concurrency ``level``."""
+        return self.requests or max(8, 2 * level)
+
+    def settings(self) -> dict[str, Any]:
+        """What changes the numbers (not the port): part of a served result's key."""
+        return {
+            "concurrency": list(self.concurrency),
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "requests": [self.count(c) for c in self.concurrency],
+            "kv_gib": self.kv_gib,
+            "eager": self.eager,
+        }
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Everything one ``quantscope run`` needs; two equal specs measure the same thing."""
 
@@ -237,6 +289,7 @@ class RunSpec:
     # random order, group-sequential boundaries with this spending function)
     until_decided: Margins | None = None
     spending: str = DEFAULT_SPENDING
+    serve: ServeSpec = field(default_factory=ServeSpec)  # configs measured in an engine
 
     def __post_init__(self) -> None:
         if self.until_decided is not None and (

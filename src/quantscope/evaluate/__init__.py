@@ -33,6 +33,7 @@ from quantscope.evaluate.generation import (
     loglikelihoods,
 )
 from quantscope.evaluate.scoring import Rows, make_cache, output_head, scored_logits, through_cache
+from quantscope.evaluate.served import compare_served, load_metrics
 
 __all__ = [
     "DEFAULT_DEPTHS",
@@ -43,6 +44,7 @@ __all__ = [
     "accuracy_metrics",
     "by_position_metrics",
     "compare_pass",
+    "compare_served",
     "decode_speed",
     "depth_metrics",
     "depths_for",
@@ -50,6 +52,7 @@ __all__ = [
     "encode_prompt",
     "first_difference",
     "generate",
+    "load_metrics",
     "loglikelihoods",
     "make_cache",
     "model_device",

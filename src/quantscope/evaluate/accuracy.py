@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -155,7 +155,8 @@ def compare_pass(
                 x = cast.as_float(logits[rows])  # (r, V)
                 lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (r, 1): log p = x - lse
                 ref = cursor.take(x.shape[0])
-                for name, value in _compare_rows(x, lse, targets[rows], ref).items():
+                found = gather_rows(x, lse, reference_ids(targets[rows], ref))
+                for name, value in compare_gathered(found, ref).items():
                     out[name].append(value)
                 if base_chunks is not None:
                     (base_logits, _), _ = next(base_chunks)
@@ -163,33 +164,57 @@ def compare_pass(
                     lp_b = x_b - torch.logsumexp(x_b, dim=-1, keepdim=True)
                     out["kl_exact"].append(kl_full(lp_b, x - lse).double().cpu().numpy())
             advance(sum(len(t) for _, t in batch))
-            if stop is not None and stop(_stats_of(out)):
+            if stop is not None and stop(stats_of(out)):
                 break
-    return _stats_of(out)
+    return stats_of(out)
 
 
-def _stats_of(out: dict[str, list[np.ndarray]]) -> TokenStats:
+def stats_of(out: dict[str, list[np.ndarray]]) -> TokenStats:
     return TokenStats(**{name: np.concatenate(parts) for name, parts in out.items() if parts})
 
 
-def _compare_rows(
-    x: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, ref: Reference
-) -> dict[str, np.ndarray]:
-    """Per-token comparisons of r rows of logits ``x`` (r, V), whose log-normaliser is ``lse``
-    (r, 1), with r rows of the reference. Only the needed log-probs are formed (gathers), so
-    the vocabulary is read twice per row (logsumexp, argmax) and never written."""
-    dev = x.device
+class Gathered(NamedTuple):
+    """What the comparison needs of r rows of a config's logits: the log-probabilities at
+    the reference's ids (r, 1 + k + m) — the true token, the baseline's top k, its tail
+    samples, in that order (:func:`reference_ids`) — the argmax (r,) and whether the row was
+    not finite (r,). A serving engine computes these where its logits are
+    (``workers/vllm_plugin.py``); the rest of the comparison is :func:`compare_gathered`."""
+
+    lp: torch.Tensor
+    argmax: torch.Tensor
+    bad: torch.Tensor
+
+
+def reference_ids(targets: torch.Tensor, ref: Reference) -> torch.Tensor:
+    """The ids whose log-probabilities a comparison needs (r, 1 + k + m), as :class:`Gathered`
+    orders them."""
+    dev = targets.device
+    tops = torch.from_numpy(ref.topk_ids).to(dev).long()
+    tails = torch.from_numpy(ref.tail_ids).to(dev).long()
+    return torch.cat([targets[:, None].long(), tops, tails], dim=-1)
+
+
+def gather_rows(x: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor) -> Gathered:
+    """:class:`Gathered` of r rows of logits ``x`` (r, V) whose log-normaliser is ``lse``
+    (r, 1): only the needed log-probs are formed, so the vocabulary is read twice per row
+    (logsumexp, max) and never written."""
+    # max's indices are argmax's (the first maximum), in one pass instead of two; NaN or +inf
+    # anywhere in a row makes its log-normaliser non-finite: free to check
+    return Gathered(x.gather(-1, ids) - lse, x.max(-1).indices, ~torch.isfinite(lse.squeeze(-1)))
+
+
+def compare_gathered(g: Gathered, ref: Reference) -> dict[str, np.ndarray]:
+    """Per-token comparisons of r rows of a config (:class:`Gathered`) with r rows of the
+    reference."""
+    dev = g.lp.device
+    k = ref.topk_ids.shape[-1]
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(dev)
 
-    def lp_at(ids: torch.Tensor) -> torch.Tensor:
-        return x.gather(-1, ids) - lse
-
-    ids, tail_ids = t(ref.topk_ids).long(), t(ref.tail_ids).long()  # (r, k), (r, m)
-    lp_true = lp_at(targets[:, None]).squeeze(-1).double()  # (r,)
-    top_q, top_b, rest_b = lp_at(ids), t(ref.topk_lp), t(ref.rest_lp)
-    tail_b, tail_q = t(ref.tail_lp), lp_at(tail_ids)
+    lp_true = g.lp[:, 0].double()  # (r,)
+    top_q, tail_q = g.lp[:, 1 : 1 + k], g.lp[:, 1 + k :]
+    top_b, rest_b, tail_b = t(ref.topk_lp), t(ref.rest_lp), t(ref.tail_lp)
     kl = kl_head_tail(top_b, top_q, rest_b, tail_b, tail_q)
     # Variance of each token's sampled tail term: p_rest² · Var(log p − log q) / m.
     m = tail_b.shape[-1]
@@ -207,10 +232,8 @@ def _compare_rows(
         "kl": kl.cpu().numpy(),
         "kl_lower": low.cpu().numpy(),
         "kl_tail_var": tail_var.cpu().numpy(),
-        # max's indices are argmax's (the first maximum), in one pass instead of two
-        "agree": (x.max(-1).indices == ids[:, 0]).cpu().numpy(),
-        # NaN or +inf anywhere in a row makes its log-normaliser non-finite: free to check
-        "bad": (~torch.isfinite(lse.squeeze(-1))).cpu().numpy(),
+        "agree": (g.argmax.to(dev) == t(ref.topk_ids[:, 0]).long()).cpu().numpy(),
+        "bad": g.bad.cpu().numpy(),
         "dp": np.exp(lp_true.cpu().numpy())
         - np.exp(base_lp),  # one exp for both: exact 0 for equal
     }

@@ -243,6 +243,16 @@ OTHER: tuple[Metric, ...] = (
         "time spent quantizing after loading (NaN where the library quantizes while loading)",
     ),
     Metric(
+        "server_peak_mb",
+        "serving engine's peak resident memory (MB)",
+        "server peak MB",
+        "server MB",
+        _L,
+        0,
+        "the engine server's processes' resident memory summed, sampled every 0.2 s while "
+        "the config was measured; its peak",
+    ),
+    Metric(
         "peak_rss_mb",
         "peak resident memory (MB)",
         "peak RSS MB",
@@ -255,6 +265,40 @@ OTHER: tuple[Metric, ...] = (
 METRICS: dict[str, Metric] = {m.key: m for m in (*TABLE, *OTHER)}
 METRICS_SE: dict[str, Metric] = {m.se: _se(m) for m in TABLE if m.se}
 HEADLINE = ("weight_mb", "ppl", "kl_mean", "top1_agree", "decode_tps")  # compared across runs
+
+
+SERVED = ("out_tps", "req_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
+_SERVED_WORDS = {
+    "out_tps": ("output tokens/s", _H, 1),
+    "req_s": ("requests/s", _H, 2),
+    "ttft_p50_ms": ("time to first token, median (ms)", _L, 0),
+    "ttft_p99_ms": ("time to first token, p99 (ms)", _L, 0),
+    "itl_p50_ms": ("inter-token latency, median (ms)", _L, 1),
+    "itl_p99_ms": ("inter-token latency, p99 (ms)", _L, 1),
+}
+
+
+def metric(key: str) -> Metric:
+    """The catalog's description of ``key``, including a served config's load-test metrics
+    (``serve_c{N}_{what}``: at concurrency N).
+
+    >>> metric("serve_c16_out_tps").label
+    'output tokens/s at concurrency 16 (served)'
+    """
+    if key in METRICS:
+        return METRICS[key]
+    level, _, what = key.removeprefix("serve_c").partition("_")
+    if not key.startswith("serve_c") or what not in _SERVED_WORDS or not level.isdigit():
+        raise KeyError(key)
+    words, better, digits = _SERVED_WORDS[what]
+    label = f"{words} at concurrency {level} (served)"
+    return Metric(key, label, label, label, better, digits, label)
+
+
+def served_keys(levels: list[int]) -> tuple[str, ...]:
+    """The load-test metrics of these concurrency levels, level by level, and the server's
+    peak memory."""
+    return (*(f"serve_c{c}_{w}" for c in levels for w in SERVED), "server_peak_mb")
 
 
 def summary_keys() -> tuple[str, ...]:

@@ -14,8 +14,8 @@ import math
 from enum import Enum
 from typing import Any
 
-from quantscope.metrics.catalog import HEADLINE, summary_keys
-from quantscope.results import RunReport
+from quantscope.metrics.catalog import HEADLINE, served_keys, summary_keys
+from quantscope.results import RunReport, served_levels
 
 SUMMARY = summary_keys()
 
@@ -28,8 +28,12 @@ class Format(str, Enum):
 
 
 def run_rows(report: RunReport, columns: tuple[str, ...] = SUMMARY) -> list[dict[str, Any]]:
-    """One row per config of a run: config, status, then the summary metrics."""
+    """One row per config of a run: config, status, then the summary metrics (and, when any
+    config was served by an engine, its load test at each concurrency level)."""
     rows = []
+    levels = sorted({c for r in report.results for c in served_levels(r.metrics)})
+    if levels and columns == SUMMARY:
+        columns = (*columns, *served_keys(levels))
     for outcome in report.outcomes:
         metrics = outcome.result.metrics if outcome.result else {}
         row: dict[str, Any] = {"config": outcome.config, "status": outcome.status.value}

@@ -10,9 +10,9 @@ import html
 import json
 from typing import Any
 
-from quantscope.metrics.catalog import METRICS, TABLE, Better
+from quantscope.metrics.catalog import METRICS, TABLE, Better, metric
 from quantscope.metrics.stats import pareto
-from quantscope.results import Result, RunReport, depths_in
+from quantscope.results import Result, RunReport, depths_in, served_levels
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -63,7 +63,7 @@ def _scatter(
     marked. Axis titles are the metrics' labels in words, with units. On a log axis a value
     of zero (the baseline's own KL) is drawn at a floor a decade below the smallest positive
     value and labelled "= 0", so it is not lost."""
-    mx, my = METRICS[x], METRICS[y]
+    mx, my = metric(x), metric(y)
     pts = [(r.metrics.get(x), r.metrics.get(y)) for r in results]
     keep = [i for i, (a, b) in enumerate(pts) if a is not None and b is not None]
     sx, sy = (-1.0 if m.better is Better.HIGHER else 1.0 for m in (mx, my))
@@ -280,6 +280,10 @@ def run_figures(results: list[Result], chosen: str | None = None) -> dict[str, d
         ),
         "kl_distribution": _kl_distribution(results),
     }
+    for level in sorted({c for r in results for c in served_levels(r.metrics)}):
+        key = f"serve_c{level}_out_tps"
+        title = f"served: output tokens/s at concurrency {level} vs KL"
+        figures[f"served_c{level}_vs_kl"] = _scatter(results, "kl_mean", key, title, False, chosen)
     if any(r.by_position for r in results):
         figures["kl_by_position"] = _kl_by_position(results)
     if any(depths_in(r.metrics) for r in results):

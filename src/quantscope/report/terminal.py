@@ -11,7 +11,7 @@ from rich.text import Text
 
 from quantscope.decide import sequential as sq
 from quantscope.metrics.catalog import METRICS, TABLE, Metric
-from quantscope.results import Result, RunReport, Status, depths_in
+from quantscope.results import Result, RunReport, Status, depths_in, served_levels
 
 ACCURACY: list[Metric] = [
     METRICS[k] for k in ("ppl", "dppl_pct", "kl_mean", "kl_p99", "top1_agree", "dp_rms")
@@ -192,6 +192,39 @@ def depth_table(report: RunReport) -> Table | None:
                 f"{m[f'prefill_tps@{d}']:,.1f}",
                 f"{m[f'decode_tps@{d}']:,.1f}",
                 f"{m[f'peak_rss_mb@{d}']:,.0f}",
+            )
+    return table
+
+
+def serving_table(report: RunReport) -> Table | None:
+    """Per config served by an engine: at each concurrency level of the load test, output
+    tokens/s, time to first token and inter-token latency (median and p99), and the server's
+    peak memory."""
+    rows = [r for r in report.results if served_levels(r.metrics)]
+    if not rows:
+        return None
+    engine = rows[0].meta.get("engine") or {}
+    size = f"{engine.get('prompt_tokens', '?')} → {engine.get('output_tokens', '?')} tokens"
+    table = Table(
+        title=f"served under load (each request {size}; latencies in ms)",
+        title_justify="left",
+    )
+    heads = ("config", "conc.", "out tok/s", "TTFT p50", "p99", "ITL p50", "p99", "peak MiB")
+    for header in heads:
+        table.add_column(header, justify="left" if header == "config" else "right", overflow="fold")
+    for r in rows:
+        m = r.metrics
+        for i, c in enumerate(served_levels(m)):
+            at = f"serve_c{c}_"
+            table.add_row(
+                Text(r.config if i == 0 else ""),
+                str(c),
+                f"{m[at + 'out_tps']:,.1f}",
+                f"{m[at + 'ttft_p50_ms']:,.0f}",
+                f"{m[at + 'ttft_p99_ms']:,.0f}",
+                f"{m[at + 'itl_p50_ms']:,.1f}",
+                f"{m[at + 'itl_p99_ms']:,.1f}",
+                f"{m.get('server_peak_mb', float('nan')):,.0f}" if i == 0 else "",
             )
     return table
 

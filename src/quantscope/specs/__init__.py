@@ -31,6 +31,7 @@ from quantscope.specs.inputs import (
     names_of,
     one_config,
     parse_depths,
+    parse_levels,
     path_or_none,
     read_prompts,
     text_files,
@@ -44,6 +45,7 @@ __all__ = [
     "compare_spec",
     "judge_spec",
     "parse_depths",
+    "parse_levels",
     "read_prompts",
     "recommend_spec",
     "recover_spec",
@@ -94,9 +96,19 @@ def run_spec(
     margin: str | cfg.Margins | None = None,
     until_decided: bool = False,
     spending: str = cfg.DEFAULT_SPENDING,
+    engine_port: int = 0,
+    concurrency: str | Iterable[int] = (1, 4, 16),
+    serve_prompt: int = 256,
+    serve_output: int = 64,
+    serve_requests: int = 0,
+    engine_kv_gib: float = 1.0,
+    engine_timeout: float = 900.0,
+    engine_eager: bool = False,
 ) -> cfg.RunSpec:
     """The :class:`RunSpec` of ``quantscope run`` with these options (same names).
-    ``until_decided``: stop each config once its verdicts at ``margin`` are resolved."""
+    ``until_decided``: stop each config once its verdicts at ``margin`` are resolved; the
+    ``engine_*``, ``serve_*`` and ``concurrency`` options are the configs served by an engine
+    (``+engine=vllm``, :class:`~quantscope.config.ServeSpec`)."""
     model_spec = cfg.model_spec(
         model,
         dtype=dtype_of(dtype, "dtype") or cfg.DType.FP32,
@@ -137,6 +149,16 @@ def run_spec(
         depths=parse_depths(depths),
         until_decided=_design(margin, until_decided),
         spending=spending,
+        serve=cfg.ServeSpec(
+            port=engine_port,
+            concurrency=parse_levels(concurrency),
+            prompt_tokens=serve_prompt,
+            output_tokens=serve_output,
+            requests=serve_requests,
+            kv_gib=engine_kv_gib,
+            timeout=engine_timeout,
+            eager=engine_eager,
+        ),
     )
 
 

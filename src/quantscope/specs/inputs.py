@@ -114,6 +114,24 @@ def path_or_none(store: PathLike | None) -> str | None:
     return str(store) if store else None
 
 
+def parse_levels(levels: str | Iterable[int]) -> tuple[int, ...]:
+    """``--concurrency`` as request counts in flight, ascending, each once.
+
+    >>> parse_levels("16,1,4")
+    (1, 4, 16)
+    """
+    items = (
+        [p.strip() for p in levels.split(",") if p.strip()] if isinstance(levels, str) else levels
+    )
+    try:
+        found = tuple(sorted({int(x) for x in items}))
+    except (TypeError, ValueError):
+        found = ()
+    if not found or found[0] < 1:
+        raise UserError(f"--concurrency takes request counts like 1,4,16, got '{levels}'.")
+    return found
+
+
 def parse_depths(depths: str | Iterable[int] | None) -> tuple[int, ...] | None:
     """``--depths`` as token counts: ``0,1k,4096`` (k = 1024); None keeps the default."""
     if depths is None:
