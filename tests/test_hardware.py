@@ -251,6 +251,7 @@ def test_gpu_check_table_and_its_cpu_side():
     every = {type(c).BACKEND for c in parse_config_list(",".join(names()))}
     # rtn: no GPU kernel at all; checkpoint: needs a folder — llmc's configs load theirs
     # through it, so its CUDA path runs there
+    assert {c.engine for c in configs} == {"", "vllm"}  # every serving engine too
     assert backends == every - {
         "quantscope.backends.rtn:BACKEND",
         "quantscope.backends.checkpoint:BACKEND",

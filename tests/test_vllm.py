@@ -22,9 +22,9 @@ from quantscope import evaluate, toolenv
 from quantscope.config import ServeSpec, parse_config
 from quantscope.data import make_windows
 from quantscope.errors import UserError
-from quantscope.events import LogEvents
 from quantscope.evaluate import served
 from quantscope.evaluate.accuracy import compare_gathered, stats_of
+from quantscope.events import LogEvents
 from quantscope.metrics.catalog import metric
 from quantscope.workers import vllm_plugin
 

@@ -155,7 +155,7 @@ def _kernel(config: QuantConfig, device: Device) -> Support:
         return _emulated(
             "transformers decompresses compressed-tensors checkpoints to float at load "
             "(activations quantize-dequantized where the scheme says): the accuracy is "
-            "the scheme's, memory and speed are not (vLLM runs their int8, fp8, int4 kernels)"
+            "the scheme's, memory and speed are not (+engine=vllm measures them in vLLM)"
         )
     if isinstance(config, Rtn):
         return _emulated(

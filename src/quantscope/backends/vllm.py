@@ -172,6 +172,11 @@ class VllmBackend(Backend):
             return "vLLM does not run on Apple GPUs; measure it on a CPU or CUDA machine."
         if device == "cpu" and platform.machine() not in ("x86_64", "AMD64", "aarch64"):
             return f"vLLM's CPU build has no wheel for {platform.machine()}."
+        if device == "cpu" and platform.machine() == "x86_64":
+            from quantscope.capability import cpu_flags
+
+            if not {"avx2", "avx512f"} & cpu_flags():
+                return "vLLM's CPU build needs AVX2 or AVX-512, and this CPU has neither."
         import importlib.util
 
         if importlib.util.find_spec("ensurepip") is None:

@@ -131,6 +131,7 @@ def doctor(capability: CapabilityOpt = None) -> None:
         table.add_row(f"config {method}", f"{backend_name}: {why}")
     table.add_row("llama.cpp CPU features", _llama_features())
     table.add_row("llm-compressor environment", _tool(toolenv.LLMCOMPRESSOR))
+    table.add_row("vLLM (+engine=vllm)", _vllm(device))
     table.add_row("HF → GGUF converter", _converter())
     try:
         table.add_row("bundled model", str(bundled_gguf()))
@@ -175,6 +176,16 @@ def _tool(tool: toolenv.Tool) -> str:
         return f"not built yet: built on first use in {toolenv.folder(tool)} ({tool.cost})"
     versions = ", ".join(f"{k} {v}" for k, v in found.get("versions", {}).items())
     return f"{toolenv.folder(tool)} ({versions})"
+
+
+def _vllm(device: str) -> str:
+    """Whether configs can be measured in vLLM here, and why not; its environment."""
+    from quantscope.backends.vllm import BACKEND
+
+    why = BACKEND.available(cfg.Precision(precision=cfg.DType.BF16, engine="vllm"), device)
+    if why:
+        return f"not usable here: {why}"
+    return f"usable ({toolenv.vllm_tool().packages[0]}); environment: {_tool(toolenv.vllm_tool())}"
 
 
 def _converter() -> str:
