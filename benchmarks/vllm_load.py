@@ -82,7 +82,9 @@ def vllm_bench(model, folder: Path, level: int, count: int, spec: ServeSpec) -> 
         "--seed",
         str(level),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=toolenv._env(), check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=toolenv.tool_env(), check=False
+    )
     if done.returncode != 0:
         raise SystemExit(f"vllm bench serve failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads((out / "r.json").read_text())

@@ -19,7 +19,7 @@ FLOORS = [
     ["results", "provenance", "token_values"],
     ["quiet", "events", "cache"],
     ["models", "data", "capability"],
-    ["toolenv"],
+    ["toolenv", "toolserver"],
     ["backends"],
     ["reference", "evaluate", "tasks"],
     ["store"],

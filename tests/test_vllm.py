@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import needs_tool
-from quantscope import evaluate, toolenv
+from quantscope import evaluate, toolenv, toolserver
 from quantscope.config import ServeSpec, parse_config
 from quantscope.data import make_windows
 from quantscope.errors import UserError
@@ -129,9 +129,9 @@ def test_the_plugin_scores_chunked_prefills_exactly_as_the_torch_pass(tmp_path):
 def test_a_plugin_failure_reaches_the_client_as_one_sentence(tmp_path):
     path = tmp_path / "w0"
     path.with_suffix(".error").write_text("RuntimeError('shape')")
-    with pytest.raises(toolenv.ServerDied, match="scorer in vLLM failed: RuntimeError"):
+    with pytest.raises(toolserver.ServerDied, match="scorer in vLLM failed: RuntimeError"):
         served._read(path, 3)
-    with pytest.raises(toolenv.ServerDied, match="plug-in loaded"):
+    with pytest.raises(toolserver.ServerDied, match="plug-in loaded"):
         served._read(tmp_path / "w1", 3)  # answered, but nothing scored
 
 
@@ -154,7 +154,7 @@ def test_a_port_that_is_taken_is_one_sentence(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(UserError, match=f"Port {port} on 127.0.0.1 is taken") as err:
-            toolenv.free_port(port)
+            toolserver.free_port(port)
         assert "--engine-port 0" in str(err.value)
         from quantscope.runner import run
         from quantscope.specs import run_spec

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from quantscope import backends, capability, data, models, tasks, toolenv
+from quantscope import backends, capability, data, models, tasks, toolserver
 from quantscope.backends import lora
 from quantscope.cache import maker, read_made
 from quantscope.config import Checkpoint, QuantConfig, RunSpec
@@ -172,7 +172,7 @@ def prepare(spec: RunSpec, events: Events, threads: int | None = None) -> RunCon
     for config in spec.configs:  # a checkpoint of another model is refused before any pass
         backends.get(config).validate(files, spec.model, config)
     if spec.serve.port and any(c.engine for c in spec.configs):
-        toolenv.free_port(spec.serve.port)  # a port that is taken: one sentence, before any pass
+        toolserver.free_port(spec.serve.port)  # a port that is taken: one sentence, before any pass
     windows, bos = data.text_windows(data.read_sources(spec.data), tokenizer, spec.data)
     if spec.until_decided is not None:  # any prefix of the windows is a random sample
         windows = windows.shuffled(spec.seed)

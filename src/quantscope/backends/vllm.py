@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from quantscope import toolenv
+from quantscope import toolenv, toolserver
 from quantscope.backends import Backend, LoadedModel
 from quantscope.backends.checkpoint import method, quantization
 from quantscope.config import DType, ModelSpec, Precision, QuantConfig, ServeSpec, backend_of
@@ -100,13 +100,13 @@ def _item(kind: str) -> float:
 
 
 class ServedModel:
-    """A config served by vLLM, as the passes see it: the server (``toolenv.Server``), the
+    """A config served by vLLM, as the passes see it: the server (``toolserver.Server``), the
     name it serves under, the baseline's transformers config, a folder for scoring jobs, and
     greedy ``generate`` over HTTP. ``close()`` stops the server."""
 
     served = True
 
-    def __init__(self, server: toolenv.Server, name: str, config: Any, scratch: Path) -> None:
+    def __init__(self, server: toolserver.Server, name: str, config: Any, scratch: Path) -> None:
         import torch
 
         self.server, self.name, self.config = server, name, config
@@ -129,7 +129,7 @@ class ServedModel:
         return self
 
     def post(self, path: str, body: dict[str, Any], timeout: float = 600) -> Any:
-        """POST JSON to the server; its answer, or :class:`toolenv.ServerDied` saying why."""
+        """POST JSON to the server; its answer, or :class:`toolserver.ServerDied` saying why."""
         request = urllib.request.Request(
             f"{self.server.url}{path}",
             data=json.dumps(body).encode(),
@@ -140,9 +140,9 @@ class ServedModel:
                 return json.loads(answer.read())
         except urllib.error.HTTPError as err:
             said = err.read().decode(errors="replace")[:300]
-            raise toolenv.ServerDied(f"vLLM answered {err.code}: {said}") from None
+            raise toolserver.ServerDied(f"vLLM answered {err.code}: {said}") from None
         except OSError:
-            raise toolenv.ServerDied(f"vLLM stopped answering ({self.server.why()}).") from None
+            raise toolserver.ServerDied(f"vLLM stopped answering ({self.server.why()}).") from None
 
     def generate(self, input_ids: Any, max_new_tokens: int, **_: Any) -> Any:
         """Greedy continuation of one prompt (stopping after EOS, as transformers does)."""
@@ -231,7 +231,9 @@ class VllmBackend(Backend):
             "HF_HUB_OFFLINE": "1",
             "VLLM_CPU_KVCACHE_SPACE": f"{serve.kv_gib:g}",
         }
-        server = toolenv.Server(tool, "vllm.entrypoints.openai.api_server", args, serve.port, env)
+        server = toolserver.Server(
+            tool, "vllm.entrypoints.openai.api_server", args, serve.port, env
+        )
         try:
             load_s = server.start(serve.timeout)
         except BaseException:

@@ -30,13 +30,10 @@ from quantscope.token_values import TokenValues
 
 Advance = Callable[[int], None]
 # Rows of (rows, V) log-probs computed at once: 32 rows of a 49k vocabulary in float32 are
-# 6.3 MB. On an AVX2 machine, going from 256-row to 64-row pieces cut the scoring work per 1k
-# tokens from 248 to 171 ms (fp32) and from 330 to 167 ms (bf16, with the cast), and 32 rows
-# was no faster; on an AVX-512/AMX one, in one interleaved comparison (best of three), 32 rows
-# gave the bf16 comparison 0.92× of the raw forward and the reference pass 0.98×, 64 rows
-# 0.84× and 0.90× (benchmarks/accuracy_pass.py, in separate runs: 0.84–0.90× and 0.82–0.88×;
-# timings on that VM vary by several percent). Pieces under glibc's mmap threshold as the
-# passes fix it (21 rows, 4.1 MB) grew a 4k window's heap by 1.1 GB (tests/test_evaluate.py).
+# 6.3 MB. On AVX2, 64-row pieces cut the scoring work per 1k tokens from 248 to 171 ms (fp32)
+# against 256-row ones, and 32 rows was no faster; on AVX-512/AMX, 32 rows gave the bf16
+# comparison 0.92× of the raw forward (64 rows: 0.84×; benchmarks/accuracy_pass.py). Pieces
+# under glibc's mmap threshold as the passes fix it (21 rows) grew a 4k window's heap by 1.1 GB.
 _ROWS = 32
 
 
@@ -174,11 +171,9 @@ def stats_of(out: dict[str, list[np.ndarray]]) -> TokenStats:
 
 
 class Gathered(NamedTuple):
-    """What the comparison needs of r rows of a config's logits: the log-probabilities at
-    the reference's ids (r, 1 + k + m) — the true token, the baseline's top k, its tail
-    samples, in that order (:func:`reference_ids`) — the argmax (r,) and whether the row was
-    not finite (r,). A serving engine computes these where its logits are
-    (``workers/vllm_plugin.py``); the rest of the comparison is :func:`compare_gathered`."""
+    """What the comparison needs of r rows of logits: log-probs at :func:`reference_ids`
+    (r, 1 + k + m), argmax (r,), non-finite rows (r,). An engine computes these beside its
+    logits (``workers/vllm_plugin.py``); the rest is :func:`compare_gathered`."""
 
     lp: torch.Tensor
     argmax: torch.Tensor
@@ -186,8 +181,7 @@ class Gathered(NamedTuple):
 
 
 def reference_ids(targets: torch.Tensor, ref: Reference) -> torch.Tensor:
-    """The ids whose log-probabilities a comparison needs (r, 1 + k + m), as :class:`Gathered`
-    orders them."""
+    """The ids a comparison needs (r, 1 + k + m): true token, the reference's top k, tail."""
     dev = targets.device
     tops = torch.from_numpy(ref.topk_ids).to(dev).long()
     tails = torch.from_numpy(ref.tail_ids).to(dev).long()

@@ -43,7 +43,7 @@ from quantscope.evaluate.accuracy import (
     stats_of,
 )
 from quantscope.reference import Cursor
-from quantscope.toolenv import ServerDied
+from quantscope.toolserver import ServerDied
 
 IN_FLIGHT = 8  # windows sent at once: enough for the engine to batch prefills
 
