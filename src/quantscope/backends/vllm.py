@@ -227,9 +227,10 @@ class VllmBackend(Backend):
         device: str,
         serve: ServeSpec,
         max_len: int,
+        extra: tuple[str, ...] = (),
     ) -> LoadedModel:
-        """Make or find the config's checkpoint and start vLLM's server on it; the model is a
-        :class:`ServedModel` (close it to stop the server)."""
+        """Make or find the config's checkpoint and start vLLM's server on it (``extra``: more
+        of its arguments); the model is a :class:`ServedModel` (close it to stop the server)."""
         from transformers import AutoConfig
 
         self.check(config, device)
@@ -249,6 +250,7 @@ class VllmBackend(Backend):
             args.append("--trust-remote-code")
         if serve.eager:
             args.append("--enforce-eager")
+        args += extra
         env = {
             "PYTHONPATH": str(plugins),
             "VLLM_PLUGINS": "quantscope",
