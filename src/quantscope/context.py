@@ -161,6 +161,8 @@ def prepare(spec: RunSpec, events: Events, threads: int | None = None) -> RunCon
     """Resolve the device, model files, tokenizer, text and windows of a run. ``threads``:
     the intra-op thread count its passes use (this process's count when None; an executor's
     workers are given the driver's, so every executor gives the same numbers)."""
+    if spec.serve.port and any(c.engine for c in spec.configs):
+        toolserver.free_port(spec.serve.port)  # a port that is taken: one sentence, at once
     device = models.resolve_device(spec.device)
     found = [tasks.resolve(name, spec.task_limit) for name in spec.tasks]  # before any model
     for place in (spec.model.placement, spec.model.baseline_placement):
@@ -171,8 +173,6 @@ def prepare(spec: RunSpec, events: Events, threads: int | None = None) -> RunCon
     tokenizer = models.load_tokenizer(files, spec.model)
     for config in spec.configs:  # a checkpoint of another model is refused before any pass
         backends.get(config).validate(files, spec.model, config)
-    if spec.serve.port and any(c.engine for c in spec.configs):
-        toolserver.free_port(spec.serve.port)  # a port that is taken: one sentence, before any pass
     windows, bos = data.text_windows(data.read_sources(spec.data), tokenizer, spec.data)
     if spec.until_decided is not None:  # any prefix of the windows is a random sample
         windows = windows.shuffled(spec.seed)

@@ -62,6 +62,29 @@ class LoadedModel:
     kept: list[str] = field(default_factory=list)  # linears left unquantized (lm_head too)
 
 
+class EngineModel:
+    """What the passes ask of a model that runs in an engine rather than in torch (llama.cpp,
+    vLLM): one empty parameter (the device is found from it), no buffers or modules, eval."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.anchor = torch.nn.Parameter(torch.zeros(0))
+        self.training = False
+
+    def parameters(self) -> Any:
+        yield self.anchor
+
+    def buffers(self) -> Any:
+        return iter(())
+
+    def named_modules(self) -> Any:
+        return iter(())
+
+    def eval(self) -> EngineModel:
+        return self
+
+
 @dataclass(frozen=True)
 class Emulation:
     """A method's weight numerics in plain torch, for fast what-if passes on the baseline.

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from quantscope.backends import Backend, Quantized
+from quantscope.backends import Backend, EngineModel, Quantized
 from quantscope.backends.gguf_files import converted, file_footprint, quantize_file
 from quantscope.config import Gguf, ModelKind, ModelSpec, QuantConfig
 from quantscope.config.kv import KvSpec
@@ -35,7 +35,7 @@ def _torch() -> Any:
     return torch
 
 
-class LlamaCppModel:
+class LlamaCppModel(EngineModel):
     """llama.cpp behind the interface the passes use: ``forward`` → ``.logits`` (B, T, V), or
     of the last ``logits_to_keep`` positions, incremental calls with ``past_key_values``,
     greedy ``generate``, and one empty parameter so the device is found."""
@@ -57,8 +57,7 @@ class LlamaCppModel:
         self.config = config
         self.path = path
         self.made_s = math.nan  # seconds making the file took (set by the backend)
-        self.anchor = torch.nn.Parameter(torch.zeros(0))
-        self.training = False
+        super().__init__()
         self.scorer = Scorer(
             self.llm, self.kv_params
         )  # the batched scoring path (its context made on use)
@@ -66,18 +65,6 @@ class LlamaCppModel:
         # Llama's own __del__ then finds the C functions gone and prints a TypeError): the
         # scoring context first, then the Llama with the model it uses
         weakref.finalize(self, _close_both, self.scorer, self.llm)
-
-    def parameters(self) -> Any:
-        yield self.anchor
-
-    def buffers(self) -> Any:
-        return iter(())
-
-    def named_modules(self) -> Any:
-        return iter(())
-
-    def eval(self) -> LlamaCppModel:
-        return self
 
     def _run(self, ids: list[int], keep: bool) -> Any:
         torch = _torch()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from quantscope import toolenv, toolserver
-from quantscope.backends import Backend, LoadedModel
+from quantscope.backends import Backend, EngineModel, LoadedModel
 from quantscope.backends.checkpoint import method, quantization
 from quantscope.capability import cpu_flags
 from quantscope.config import DType, ModelSpec, Precision, QuantConfig, ServeSpec, backend_of
@@ -125,7 +125,7 @@ def _item(kind: str) -> float:
     return int(bits) / 8 if bits else 1.0
 
 
-class ServedModel:
+class ServedModel(EngineModel):
     """A config served by vLLM, as the passes see it: the server (``toolserver.Server``), the
     name it serves under, the baseline's transformers config, a folder for scoring jobs, and
     greedy ``generate`` over HTTP. ``close()`` stops the server."""
@@ -133,26 +133,11 @@ class ServedModel:
     served = True
 
     def __init__(self, server: toolserver.Server, name: str, config: Any, scratch: Path) -> None:
-        import torch
-
+        super().__init__()
         self.server, self.name, self.config = server, name, config
         self.jobs = scratch / "jobs"
         self.jobs.mkdir(parents=True, exist_ok=True)
         self._scratch = scratch
-        self.anchor = torch.nn.Parameter(torch.zeros(0))
-        self.training = False
-
-    def parameters(self) -> Any:
-        yield self.anchor
-
-    def buffers(self) -> Any:
-        return iter(())
-
-    def named_modules(self) -> Any:
-        return iter(())
-
-    def eval(self) -> ServedModel:
-        return self
 
     def post(self, path: str, body: dict[str, Any], timeout: float = 600) -> Any:
         """POST JSON to the server; its answer, or :class:`toolserver.ServerDied` saying why."""
