@@ -55,3 +55,19 @@ def test_the_html_report_titles_axes_in_words(tmp_path):
 def test_budgets_are_described_in_the_catalog_s_terms():
     budget = Budget(max_kl=0.05, max_ppl_increase=2.0, max_mb=200.0)
     assert describe_budget(budget) == "KL ≤ 0.05, Δppl ≤ 2%, weights ≤ 200 MB"
+
+
+def test_a_kl_estimate_below_zero_is_shown_as_zero_within_its_error_and_kept_raw():
+    """The tail-sampled KL is unbiased, so near zero its estimate can dip below: tables show
+    the bound, 0, with the estimate's error; the JSON and CSV rows keep the estimate."""
+    from quantscope.metrics.catalog import METRICS
+    from quantscope.report.formats import run_rows
+    from quantscope.results import Outcome, Result, RunReport, Status
+
+    metrics = {"kl_mean": -4.8e-06, "kl_se": 2.5e-05, "kl_p99": -1e-7, "dppl_pct": -0.5}
+    assert METRICS["kl_mean"].cell(metrics) == "0\n± 2.5e-05"
+    assert METRICS["kl_p99"].text(metrics["kl_p99"]) == "0"
+    assert METRICS["dppl_pct"].text(metrics["dppl_pct"]) == "-0.50"  # no bound: as measured
+    result = Result("k", "tiny-model", "m", "d", "s", metrics)
+    report = RunReport("r", [Outcome("tiny-model", Status.MEASURED, "", result)], {}, {})
+    assert run_rows(report)[0]["kl_mean"] == -4.8e-06

@@ -277,3 +277,20 @@ def test_gpu_check_table_and_its_cpu_side():
     assert "| torchao-int4wo | skipped | ? | – | – | – | – | – | needs CUDA |" in text
     if not torch.cuda.is_available():
         assert gpu_check.main([]) == 1
+
+
+def test_doctor_says_amx_is_left_out_on_purpose_and_advises_only_real_gaps(monkeypatch):
+    """The llama.cpp build leaves AMX out on purpose (it crashes on virtualized Xeons): doctor
+    says so instead of advising a rebuild for it; a feature really missing is still said."""
+    pytest.importorskip("llama_cpp")
+    import llama_cpp
+
+    from quantscope import capability
+    from quantscope.cli import machine
+
+    monkeypatch.setattr(capability, "cpu_flags", lambda: {"avx2", "avx512f", "amx_int8"})
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CPU : AVX2 = 1 |")
+    text = machine._llama_features()
+    assert "AMX left out on purpose" in text and "llama.cpp#20824" in text
+    assert "this CPU also has AVX512, which this build does not use" in text
+    assert "AMX_INT8, which" not in text

@@ -158,8 +158,15 @@ def _llama_features() -> str:
 
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
     used = sorted(capability.llama_features(info) & set(capability.LLAMA_FEATURES.values()))
-    gaps = capability.llama_build_gaps(info, capability.cpu_flags())
+    found = capability.llama_build_gaps(info, capability.cpu_flags())
+    gaps = [g for g in found if not g.startswith("AMX")]
     text = " ".join(used) or "none of AVX…AMX"
+    if len(gaps) < len(found):
+        text += (
+            " — AMX left out on purpose (the Makefile builds without it): ggml's AMX matrix "
+            "multiply segfaults in llama_decode on virtualized Sapphire Rapids Xeons "
+            "(ggml-org/llama.cpp#20824)"
+        )
     if gaps:
         text += (
             f" — this CPU also has {', '.join(gaps)}, which this build does not use: "

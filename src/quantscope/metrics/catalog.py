@@ -8,6 +8,8 @@ heads, axis titles), the search budgets and the README's column table all read i
 ('KL divergence to the baseline (nats/token)', 'kl_se', 'lower')
 >>> m.cell({"kl_mean": 0.01234, "kl_se": 0.0005})
 '0.0123\\n± 0.0005'
+>>> m.cell({"kl_mean": -4.8e-06, "kl_se": 2.5e-05}, one_line=True)  # KL cannot be below 0
+'0 ± 2.5e-05'
 """
 
 from __future__ import annotations
@@ -48,11 +50,17 @@ class Metric:
     symbol: str = ""
     unit: str = ""
     paired: str | None = None  # a second metric shown in brackets (bits/weight of linears)
+    # the lowest value the quantity can take: an estimate below it (KL's unbiased tail term can
+    # dip under zero when the true KL is ~0) is shown at the bound, within its error; the
+    # stored value (JSON) stays the estimate
+    low: float | None = None
 
     def text(self, value: float | None, grouped: bool = True) -> str:
         """A value as tables show it; "–" when missing or NaN."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "–"
+        if self.low is not None and value < self.low:
+            value = self.low
         value = value * self.scale
         if self.style is Style.SIG:
             return f"{value:.{self.digits}g}"
@@ -160,6 +168,7 @@ TABLE: tuple[Metric, ...] = (
         se="kl_se",
         style=Style.SIG,
         symbol="KL",
+        low=0.0,
     ),
     Metric(
         "kl_p99",
@@ -170,6 +179,7 @@ TABLE: tuple[Metric, ...] = (
         3,
         "99th percentile of the per-token KL",
         style=Style.SIG,
+        low=0.0,
     ),
     Metric(
         "top1_agree",
