@@ -136,6 +136,11 @@ def test_run_prints_table_writes_json_and_skips_unavailable(
     assert statuses == {"bf16": "measured", "bnb-fp4": "skipped"}
     bf16 = data["configs"][0]["result"]["metrics"]
     assert bf16["kl_mean"] > 0 and bf16["kl_se"] > 0
+    # the run ends with its answer at the default margin and the command for the code
+    said = " ".join(result.output.split())
+    assert "At margin ppl=1% (TOST, alpha 0.05):" in said
+    run_id = json.loads(out.read_text())["run_id"]
+    assert f"quantscope recommend {run_id} --store {tmp_path / 'r.sqlite'}" in said
 
 
 def test_methods_and_doctor_list_every_config():

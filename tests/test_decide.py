@@ -382,3 +382,39 @@ def test_emitted_llama_quantize_command_makes_quantscopes_gguf_file(tmp_path):
         return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
     assert sha(theirs) == sha(ours)
+
+
+def test_a_runs_answer_sorts_configs_by_their_worst_metric_and_names_the_choice():
+    """Three lines after a run's tables: a config is within the margin only when every metric
+    is, worse when any is; the baseline itself is not listed; the recommended config with its
+    size and accuracy; the command that prints its loading code."""
+    from quantscope.config import Budget, Margins
+    from quantscope.decide.analysis import Judged
+    from quantscope.decide.recommend import Candidate, Recommendation
+    from quantscope.decide.summary import Decision
+    from quantscope.metrics.stats import Estimate
+
+    def judged(config: str, metric: str, delta: float, se: float, margin: float) -> Judged:
+        verdict = eq.tost(Estimate(delta, se, 4096, 16), margin=margin)
+        return Judged(config, metric, "", verdict, 4096, math.nan)
+
+    rows = [
+        judged("fp32", "ppl", 0.0, 0.0, 1.0),  # the baseline: Δ 0 exactly
+        judged("bf16", "ppl", 0.01, 0.05, 1.0),
+        judged("bf16", "kl", 0.001, 0.0001, 0.02),
+        judged("int8", "ppl", 0.2, 0.1, 1.0),
+        judged("int8", "kl", 0.1, 0.01, 0.02),  # worse on KL: worse overall
+        judged("nf4", "ppl", 0.9, 0.5, 1.0),  # neither shown: not resolved
+    ]
+    metrics = {"weight_mb": 256.6, "kl_mean": -1e-6, "dppl_pct": 0.01}
+    chosen = Candidate(Result("k", "bf16", "m", "d", "s", metrics), [])
+    rec = Recommendation(Budget(max_ppl_increase=1.0), chosen, [], None, "why.", "code")
+    lines = Decision(Margins(ppl=1.0, kl=0.02), rec, rows).answer("quantscope recommend R")
+    assert lines[0] == (
+        "At margin ppl=1%,kl=0.02 (TOST, alpha 0.05): within the margin: bf16; worse: int8; "
+        "not resolved (more text would tell): nf4."
+    )
+    assert lines[1] == (
+        "Recommended: bf16, the smallest shown within it: 256.6 MB of weights, KL 0, Δppl +0.01%."
+    )
+    assert lines[2] == "Its loading code, and why: quantscope recommend R"

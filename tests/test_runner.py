@@ -248,3 +248,19 @@ def test_a_kv_config_is_measured_at_depth_stored_and_shown(tiny_model_dir, tiny_
     text = _printed(terminal.depth_table(report))
     assert "quanto-int2" in text and "256" in text
     assert "memory_vs_context" in html.run_figures(report.results)
+
+
+def test_a_position_table_with_one_estimable_bucket_is_not_printed():
+    """The default run's first bucket holds the first window's tokens alone (no se): with one
+    bucket left that has two windows, there is nothing to compare and no table."""
+    from quantscope.report import terminal
+    from quantscope.results import Outcome, Result, RunReport, Status
+
+    def report(first_windows: int):
+        base = {"tokens": 127.0, "ppl": 30.0, "kl_mean": 0.001}
+        parts = {"0-128": {**base, "windows": first_windows}, "128-512": {**base, "windows": 16}}
+        result = Result("k", "bf16", "m", "d", "s", {"kl_mean": 0.001}, by_position=parts)
+        return RunReport("r", [Outcome("bf16", Status.MEASURED, "", result)], {}, {})
+
+    assert terminal.positions_table(report(1)) is None
+    assert terminal.positions_table(report(2)) is not None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from quantscope import config as cfg
 from quantscope.cli.browse import run_html
@@ -37,6 +38,7 @@ from quantscope.cli.common import (
 )
 from quantscope.cli.decide import print_verdicts
 from quantscope.decide import stored
+from quantscope.errors import UserError
 from quantscope.quiet import debug_log_path
 from quantscope.report import terminal
 from quantscope.results import RunReport, Status
@@ -194,6 +196,7 @@ def run(
     if margin and report.results:
         found = stored.judge(judge_spec(report, margin=margin, store=where))
         print_verdicts(found, report)
+    _answer(report, found, margin, store)
     html = ""
     if html_path:
         html = run_html(judge_spec(report, margin=margin, store=where))
@@ -208,6 +211,23 @@ def run(
     if any(o.status is Status.FAILED for o in report.outcomes):
         console.print(f"Each failed config's traceback is in {escape(str(debug_log_path()))}.")
         raise typer.Exit(1)
+
+
+def _answer(report: RunReport, found: Any, margin: str | None, store: Path | None) -> None:
+    """The run's answer after its tables: the decision at ``--margin`` (else the default
+    one) in three lines, and the command that prints the chosen config's loading code."""
+    if not report.results:
+        return
+    where = report.provenance.get("store", "")
+    try:
+        found = found or stored.judge(judge_spec(report, margin=None, store=where))
+    except UserError:  # nothing to judge against (no baseline among the results)
+        return
+    command = f"quantscope recommend {report.run_id}"
+    command += f" --margin {margin}" if margin else ""
+    command += f" --store {store}" if store else ""
+    for line in found.answer(command):
+        console.print(Text(line), style="bold")
 
 
 def show_report(report: RunReport) -> None:

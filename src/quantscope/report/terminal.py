@@ -153,6 +153,11 @@ def positions_table(report: RunReport) -> Table | None:
     """Per bucket of position within the window, each config's main accuracy numbers (only
     when the scored tokens span several buckets)."""
     rows = [(o.config, o.result.by_position) for o in report.outcomes if o.result is not None]
+    # a bucket needs two windows for an se; with fewer than two such buckets there is nothing
+    # to compare (the default run's first 127 tokens come from its first window alone)
+    estimable = {b for _, parts in rows for b, m in parts.items() if m.get("windows", 0) >= 2}
+    if len(estimable) < 2:
+        return None
     title = "by position in the window (tokens of context the model had; se over windows)"
     return _parts_table(rows, title, "position")
 
