@@ -27,7 +27,7 @@ import numpy as np
 
 from quantscope.cache import made, read_made
 
-FORMAT = 5  # bump when the stored arrays change (5: the rest mass summed, not logsumexp'd)
+FORMAT = 6  # bump when the stored arrays change (6: top-1 is the first maximum among ties)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from quantscope.data import Windows
 from quantscope.evaluate.scoring import Rows, Scratch, scored_logits
 from quantscope.metrics import stats
 from quantscope.metrics.divergence import (
+    first_max_first,
     kl_full,
     kl_head_tail,
     kl_topk,
@@ -29,11 +30,9 @@ from quantscope.reference import Cursor, Reference
 from quantscope.token_values import TokenValues
 
 Advance = Callable[[int], None]
-# Rows of (rows, V) log-probs computed at once: 32 rows of a 49k vocabulary in float32 are
-# 6.3 MB. On AVX2, 64-row pieces cut the scoring work per 1k tokens from 248 to 171 ms (fp32)
-# against 256-row ones, and 32 rows was no faster; on AVX-512/AMX, 32 rows gave the bf16
-# comparison 0.92× of the raw forward (64 rows: 0.84×; benchmarks/accuracy_pass.py). Pieces
-# under glibc's mmap threshold as the passes fix it (21 rows) grew a 4k window's heap by 1.1 GB.
+# Rows of (rows, V) log-probs computed at once (32 × a 49k vocabulary in float32: 6.3 MB): on
+# AVX-512/AMX the bf16 comparison runs at 0.92× the raw forward (64 rows: 0.84×; benchmarks/
+# accuracy_pass.py); pieces under glibc's mmap threshold (21 rows) grew a 4k window's heap 1.1 GB.
 _ROWS = 32
 
 
@@ -99,6 +98,7 @@ def reference_chunks(
                 k = min(topk, x.shape[-1])
                 m = tail_samples if k < x.shape[-1] else 0
                 values, ids = x.topk(k, dim=-1)  # (r, k): the order of the log-probs
+                ids = first_max_first(x, ids)
                 rest, tail = tail_part(x, lse, ids, m, generator, probs.get(x))  # (r,), (r, m)
                 found = (
                     (x.gather(-1, targets[rows][:, None]) - lse).squeeze(-1),
