@@ -143,6 +143,12 @@ def test_run_prints_table_writes_json_and_skips_unavailable(
     assert f"quantscope recommend {run_id} --store {tmp_path / 'r.sqlite'}" in said
 
 
+def test_methods_fits_80_columns_without_cutting_a_word():
+    out = cli.invoke(app, ["methods"], env={"COLUMNS": "80"}).output
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert "│ llmc-w4a16     │" in out  # config names whole, on their own line
+
+
 def test_methods_and_doctor_list_every_config():
     methods = _run("methods")
     assert methods.exit_code == 0
@@ -215,6 +221,8 @@ def test_runs_show_compare_and_report_from_the_store(tiny_model_dir, tiny_text, 
     listed = json.loads(_run("runs", "--store", store, "--format", "json").output)
     assert len(listed) == 2 and listed[0]["configs"] == 1  # newest first
     newest, oldest = listed[0]["run"], listed[1]["run"]
+    table = cli.invoke(app, ["runs", "--store", store], env={"COLUMNS": "80"}).output
+    assert newest in table and oldest in table  # each id on one line, whole: it is copied
     csv_out = _run("show", oldest, "--store", store, "--format", "csv").output
     assert csv_out.splitlines()[0].startswith("config,status,weight_mb")
     assert [line.split(",")[0] for line in csv_out.splitlines()[1:]] == ["fp32", "bf16"]

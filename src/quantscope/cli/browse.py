@@ -56,10 +56,10 @@ def _sweep(store: Path | None, key: str) -> tuple[str, list[RunReport]] | None:
     return found
 
 
-def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
+def _emit(rows: list[dict[str, Any]], fmt: str, title: str, whole: tuple[str, ...] = ()) -> None:
 
     if fmt == "table":
-        console.print(rich_table(rows, title))
+        console.print(rich_table(rows, title, whole))
     else:
         text = render(rows, fmt)  # plain text for pipes: no rich wrapping
         Screen("stdout").write(text if text.endswith("\n") else text + "\n")
@@ -86,7 +86,9 @@ def runs(store: StoreOpt = None, fmt: FormatOpt = "table") -> None:
         }
         for r in _runs(store)
     ]
-    _emit(rows, fmt, "runs")
+    if fmt == "table":  # to the minute, and the id on one line: a reader copies it
+        rows = [{**r, "created": str(r["created"])[:16].replace("T", " ")} for r in rows]
+    _emit(rows, fmt, "runs", whole=("run", "created", "configs", "tokens"))
 
 
 @app.command()

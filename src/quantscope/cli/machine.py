@@ -40,9 +40,11 @@ def _availability(device: str) -> list[tuple[str, str, str, str]]:
 def methods(device: DeviceOpt = "auto") -> None:
     """List every quantization config, its parameters, and whether it runs here."""
 
-    table = Table(title=f"Configs (device: {resolve_device(device)})")
-    for header in ("config", "backend", "parameters", "available here"):
-        table.add_column(header)
+    table = Table(title=f"Configs (device: {resolve_device(device)})", expand=True)
+    table.add_column("config", no_wrap=True)
+    table.add_column("backend", no_wrap=True)
+    table.add_column("parameters", ratio=3, overflow="fold")  # the room goes to the lists
+    table.add_column("available here", ratio=2, overflow="fold")
     for row in _availability(resolve_device(device)):
         table.add_row(*(escape(c) for c in row))
     console.print(table)

@@ -86,15 +86,16 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     return "\n".join(lines)
 
 
-def rich_table(rows: list[dict[str, Any]], title: str) -> Any:
-    """Rows as a rich table (every cell plain text, never markup)."""
+def rich_table(rows: list[dict[str, Any]], title: str, whole: tuple[str, ...] = ()) -> Any:
+    """Rows as a rich table (every cell plain text, never markup); the ``whole`` columns are
+    never wrapped (identifiers a reader copies: a run id)."""
     from rich.table import Table
     from rich.text import Text
 
     table = Table(title=title, title_justify="left")
     columns = list(rows[0]) if rows else []
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in whole)
     for row in rows:
         table.add_row(*(Text(_cell(row[c])) for c in columns))
     return table
