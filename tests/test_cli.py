@@ -202,14 +202,20 @@ def test_tables_fit_an_80_column_terminal_without_cropping():
         "decode_tps": 28.2,
         "load_s": 1.66,
     }
-    result = Result("k", "bnb-nf4[double_quant=true]", "m", "d", "s", metrics)
-    report = RunReport("run", [Outcome(result.config, Status.MEASURED, "", result)], {}, {})
-    console = Console(record=True, width=80)
-    for table in results_tables(report, 80):
-        console.print(table)
-    text = console.export_text()
-    assert max(len(line) for line in text.splitlines()) <= 80
-    assert "…" not in text  # nothing cropped
+    names = ("bnb-nf4[double_quant=true]", "llmc-w4a16[group=64]+engine=vllm")
+    results = [Result("k", name, "m", "d", "s", metrics) for name in names]
+    report = RunReport("run", [Outcome(r.config, Status.MEASURED, "", r) for r in results], {}, {})
+    for width in (80, 120, 200):
+        console = Console(record=True, width=width)
+        for table in results_tables(report, width):
+            console.print(table)
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "…" not in text  # nothing cropped
+        assert all(f"│ {name} " in text for name in names)  # each name whole, on one line
+        assert all(
+            metric.short in text or metric.header in text for metric in ACCURACY + EFFICIENCY
+        )
     for metric in ACCURACY + EFFICIENCY:
         assert metric.short in text
 

@@ -18,26 +18,70 @@ ACCURACY: list[Metric] = [
 ]
 EFFICIENCY: list[Metric] = [m for m in TABLE if m not in ACCURACY]
 COLUMNS: list[Metric] = list(TABLE)
-WIDE = 170  # terminal columns needed for the one-table layout
 MIN_WINDOWS = 10  # fewer clusters make a cluster-robust standard error itself unreliable
 
 
 def results_tables(report: RunReport, width: int) -> list[Table]:
-    """The one-row-per-config table; below WIDE columns, split into accuracy and efficiency
-    tables with each ± se on its own line, so that both fit an 80-column terminal."""
-    if width >= WIDE:
+    """The one-row-per-config table when it fits ``width`` columns; else the accuracy and the
+    efficiency columns, each ± se on its own line, in as many tables as it takes to fit, the
+    config names whole (never cut or split: a reader copies them)."""
+    if _width(report, COLUMNS, one_line=True) + 11 <= width:  # + the status column
         return [_table(report, COLUMNS, _title(report), one_line=True, status=True)]
+    titles = (
+        _title(report) + " · ± se below each value",
+        "bits/w: all weights (quantized linears only)",
+    )
+    tables = []
+    for columns, title in zip((ACCURACY, EFFICIENCY), titles, strict=True):
+        for i, group in enumerate(_packed(report, columns, width)):
+            tables.append(_table(report, group, title if i == 0 else "(continued)", False, False))
+    return tables
+
+
+def _cells(report: RunReport, metric: Metric, one_line: bool) -> list[str]:
     return [
-        _table(report, ACCURACY, _title(report) + " · ± se below each value", False, False),
-        _table(report, EFFICIENCY, "bits/w: all weights (quantized linears only)", False, False),
+        metric.cell(o.result.metrics, one_line) if o.result is not None else ""
+        for o in report.outcomes
     ]
+
+
+def _column(report: RunReport, metric: Metric, one_line: bool) -> int:
+    """Characters a metric's column needs: its head and its widest cell line."""
+    lines = [line for cell in _cells(report, metric, one_line) for line in cell.splitlines()]
+    head = metric.header if one_line else metric.short
+    return max([len(head), *(len(line) for line in lines)])
+
+
+def _names(report: RunReport) -> int:
+    return max([len("config"), *(len(o.config) for o in report.outcomes)])
+
+
+def _width(report: RunReport, columns: list[Metric], one_line: bool) -> int:
+    """A table's width: each column with its padding and border, and the closing border."""
+    return 1 + sum(
+        w + 3 for w in [_names(report)] + [_column(report, m, one_line) for m in columns]
+    )
+
+
+def _packed(report: RunReport, columns: list[Metric], width: int) -> list[list[Metric]]:
+    """``columns`` in order, in groups whose tables fit ``width`` beside the config names."""
+    groups: list[list[Metric]] = [[]]
+    used = 1 + _names(report) + 3
+    for metric in columns:
+        need = _column(report, metric, False) + 3
+        if groups[-1] and used + need > width:
+            groups.append([])
+            used = 1 + _names(report) + 3
+        groups[-1].append(metric)
+        used += need
+    return groups
 
 
 def _table(
     report: RunReport, columns: list[Metric], title: str, one_line: bool, status: bool
 ) -> Table:
     table = Table(title=title, title_justify="left", show_lines=not one_line and not status)
-    table.add_column("config", max_width=None if one_line else 14, overflow="fold")
+    table.add_column("config", overflow="fold", min_width=min(_names(report), 40))
     for metric in columns:
         table.add_column(metric.header if one_line else metric.short, justify="right", no_wrap=True)
     if status:
