@@ -394,3 +394,26 @@ def _gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_the_served_table_fits_the_terminal_and_keeps_bracketed_names_whole():
+    """One table when the names fit beside the numbers, else a small table per config titled
+    with its name; a name's brackets are never read as markup."""
+    from rich.console import Console
+
+    from quantscope.report.terminal import serving_table
+    from quantscope.results import Outcome, Result, RunReport, Status
+
+    keys = ("out_tps", "req_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
+    metrics = {f"serve_c{c}_{k}": 1234.5 for c in (1, 4, 16) for k in keys}
+    name = "llmc-w4a16[group=64]+engine=vllm"
+    result = Result("k", name, "m", "d", "s", {**metrics, "server_peak_mb": 3952.0})
+    result.meta["engine"] = {"prompt_tokens": 256, "output_tokens": 64}
+    report = RunReport("r", [Outcome(name, Status.MEASURED, "", result)], {}, {})
+    for width in (80, 120, 200):
+        console = Console(record=True, width=width)
+        console.print(serving_table(report, width))
+        text = console.export_text()
+        assert name in text and "…" not in text
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert text.count("1,234.5") == 3 * 3  # out tok/s, ITL p50, ITL p99 at each level

@@ -114,7 +114,7 @@ def show(
     if fmt == "table":
         for table in results_tables(report, console.width):
             console.print(table)
-        served = serving_table(report)
+        served = serving_table(report, console.width)
         if served is not None:
             console.print(served)
         for note in outcome_notes(report):

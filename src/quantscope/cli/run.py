@@ -240,7 +240,7 @@ def show_report(report: RunReport) -> None:
         terminal.sources_table(report),
         terminal.positions_table(report),
         terminal.depth_table(report),
-        terminal.serving_table(report),
+        terminal.serving_table(report, console.width),
     )
     for extra in extras:
         if extra is not None:

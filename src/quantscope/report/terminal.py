@@ -80,7 +80,8 @@ def _packed(report: RunReport, columns: list[Metric], width: int) -> list[list[M
 def _table(
     report: RunReport, columns: list[Metric], title: str, one_line: bool, status: bool
 ) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=not one_line and not status)
+    # a Text, never markup: a model's or a config's name may hold brackets
+    table = Table(title=Text(title), title_justify="left", show_lines=not one_line and not status)
     table.add_column("config", overflow="fold", min_width=min(_names(report), 40))
     for metric in columns:
         table.add_column(metric.header if one_line else metric.short, justify="right", no_wrap=True)
@@ -245,28 +246,39 @@ def depth_table(report: RunReport) -> Table | None:
     return table
 
 
-def serving_table(report: RunReport) -> Table | None:
+def serving_table(report: RunReport, width: int = 200) -> Group | None:
     """Per config served by an engine: at each concurrency level of the load test, output
     tokens/s, time to first token and inter-token latency (median and p99), and the server's
-    peak memory."""
+    peak memory — one table when the config names fit beside the numbers, else one small
+    table per config, titled with its name (never cut)."""
     rows = [r for r in report.results if served_levels(r.metrics)]
     if not rows:
         return None
     engine = rows[0].meta.get("engine") or {}
     size = f"{engine.get('prompt_tokens', '?')} → {engine.get('output_tokens', '?')} tokens"
-    table = Table(
-        title=f"served under load (each request {size}; latencies in ms)",
-        title_justify="left",
-    )
-    heads = ("config", "conc.", "out tok/s", "TTFT p50", "p99", "ITL p50", "p99", "peak MiB")
+    title = f"served under load (each request {size}; latencies in ms)"
+    heads = ("conc.", "out tok/s", "TTFT p50", "p99", "ITL p50", "p99", "peak MiB")
+    names = max(len(r.config) for r in rows)
+    if names + 3 + 62 <= width:  # the numbers take about 62 columns
+        return Group(_served(rows, title, heads, with_names=True))
+    cards: list[Text | Table] = [Text(title, style="italic")]
+    cards += [_served([r], Text(r.config), heads, with_names=False) for r in rows]
+    return Group(*cards)
+
+
+def _served(
+    rows: list[Result], title: str | Text, heads: tuple[str, ...], with_names: bool
+) -> Table:
+    table = Table(title=Text(title) if isinstance(title, str) else title, title_justify="left")
+    if with_names:
+        table.add_column("config", no_wrap=True)
     for header in heads:
-        table.add_column(header, justify="left" if header == "config" else "right", overflow="fold")
+        table.add_column(header, justify="right", no_wrap=True)
     for r in rows:
         m = r.metrics
         for i, c in enumerate(served_levels(m)):
             at = f"serve_c{c}_"
-            table.add_row(
-                Text(r.config if i == 0 else ""),
+            cells = [
                 str(c),
                 f"{m[at + 'out_tps']:,.1f}",
                 f"{m[at + 'ttft_p50_ms']:,.0f}",
@@ -274,7 +286,8 @@ def serving_table(report: RunReport) -> Table | None:
                 f"{m[at + 'itl_p50_ms']:,.1f}",
                 f"{m[at + 'itl_p99_ms']:,.1f}",
                 f"{m.get('server_peak_mb', float('nan')):,.0f}" if i == 0 else "",
-            )
+            ]
+            table.add_row(*([Text(r.config if i == 0 else "")] if with_names else []), *cells)
     return table
 
 
