@@ -262,8 +262,9 @@ def _check_load_and_generation(model, tokens: np.ndarray) -> None:
         assert 0 < found[at + "ttft_p50_ms"] <= found[at + "ttft_p99_ms"]
         assert 0 < found[at + "itl_p50_ms"] <= found[at + "itl_p99_ms"]
         assert found[at + "out_tps"] == pytest.approx(64 / found[at + "wall_s"])
-    # four streams share each engine step: measured 3.1× one stream's tokens/s at 4 (bf16,
-    # 2 cores); 1.5× leaves room for a busy machine
+    # four streams share each engine step: the bundled run measured 3.3× one stream's tokens/s
+    # at 4 (105.5 vs 31.9, 256 → 64 tokens, bf16, 2 cores); this test's short requests were
+    # not measured apart, so 1.5× leaves room for them and for a busy machine
     assert found["serve_c4_out_tps"] > 1.5 * found["serve_c1_out_tps"]
     assert found["decode_tps"] == pytest.approx(1e3 / found["serve_c1_itl_mean_ms"])
     prompt = torch.tensor([[int(t) for t in tokens[:16]]])

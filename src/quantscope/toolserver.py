@@ -97,7 +97,7 @@ class Server:
             if self.healthy():
                 break
             if time.perf_counter() - start > timeout:
-                last = self.why().partition("; ")[2]  # its last line, before it is stopped
+                last = self.why(0).partition("; ")[2]  # its last line, before it is stopped
                 self.stop()
                 raise ServerDied(f"{self.tool.name} did not answer within {timeout:.0f} s; {last}")
             time.sleep(0.5)
@@ -115,9 +115,16 @@ class Server:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def why(self) -> str:
-        """Why the server is gone, in one line: its exit code or signal, its last log line."""
-        code = self.process.poll() if self.process is not None else None
+    def why(self, settle: float = 2.0) -> str:
+        """Why the server is gone, in one line: its exit code or signal, its last log line.
+        A client can see the connection drop before the killed server has exited: it gets
+        ``settle`` seconds to, so its signal is said rather than "it stopped answering"."""
+        code = None
+        if self.process is not None:
+            try:
+                code = self.process.wait(settle)
+            except subprocess.TimeoutExpired:
+                code = None
         if code is None:
             how = "it stopped answering"
         elif code < 0:
