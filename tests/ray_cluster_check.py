@@ -110,6 +110,10 @@ def driver_killed_and_restarted(study_file: Path, address: str) -> dict[str, obj
         "stored_when_killed": stored,
         "rerun_code": again.returncode,
         "rerun_output": " ".join(again.stdout.split())[-600:],
+        # C++ log lines ("network_util.cc:330: …") that reached the screen
+        "native_lines": [
+            line for line in (again.stdout + again.stderr).splitlines() if ".cc:" in line
+        ],
         "total": total,
         "statuses": statuses,
     }

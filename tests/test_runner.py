@@ -224,7 +224,7 @@ def test_a_kv_config_is_measured_at_depth_stored_and_shown(tiny_model_dir, tiny_
     requested depth (bytes growing with depth, smaller than the unquantized cache's), which
     ``show`` prints and the report plots."""
 
-    from quantscope.report import html, terminal
+    from quantscope.report import figures, terminal
 
     store = tmp_path / "r.sqlite"
     configs = "fp32,fp32+kv=dynamic,fp32+kv=quanto-int2[chunk=16,group=32]"  # 32 | heads × dim
@@ -247,7 +247,7 @@ def test_a_kv_config_is_measured_at_depth_stored_and_shown(tiny_model_dir, tiny_
     assert Store(store).get(int2.key).metrics["kv_bytes@256"] == int2.metrics["kv_bytes@256"]
     text = _printed(terminal.depth_table(report))
     assert "quanto-int2" in text and "256" in text
-    assert "memory_vs_context" in html.run_figures(report.results)
+    assert "memory_vs_context" in figures.run_figures(report.results)
 
 
 def test_a_position_table_with_one_estimable_bucket_is_not_printed():

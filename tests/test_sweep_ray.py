@@ -68,5 +68,6 @@ def test_a_study_on_a_two_node_ray_cluster(tiny_model_dir: Path, tmp_path: Path)
     assert seen["same_numbers"] and seen["rows"] == 6
     resume = seen["resume"]
     assert 2 <= resume["stored_when_killed"] < 6 and resume["rerun_code"] == 0
+    assert resume["native_lines"] == []  # Ray's own C++ lines go to the debug log
     assert resume["total"] == 6
     assert "reused" in resume["statuses"] and "measured" in resume["statuses"]

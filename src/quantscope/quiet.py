@@ -212,3 +212,27 @@ def captured() -> Iterator[Path]:
         _screen.clear()
         with _lock:
             _depth -= 1
+
+
+@contextlib.contextmanager
+def native_output() -> Iterator[Path]:
+    """Send what native code writes straight to file descriptors 1 and 2 while the block runs
+    — C++ log lines (Ray's core worker), and everything from child processes started meanwhile
+    (they inherit the descriptors) — to the debug log; yields its path. For blocks that draw
+    nothing of quantscope's own: the screen's streams write to the same descriptors."""
+    path = debug_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield path
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)

@@ -285,6 +285,13 @@ class SensitivityStudy(Display):
         return cls(body["key"], body["settings"], units, rows, body["costs"])
 
 
+def estimable_buckets(results: list[Result]) -> set[str]:
+    """The buckets of position within the window that two windows or more reach (an se needs
+    two): a by-position table or plot has something to show only with two such buckets (the
+    default run's first 127 tokens come from its first window alone)."""
+    return {b for r in results for b, m in r.by_position.items() if m.get("windows", 0) >= 2}
+
+
 def depths_in(metrics: dict[str, float]) -> list[int]:
     """The context depths a result's KV cache was measured at (``kv_bytes@D``), ascending.
 

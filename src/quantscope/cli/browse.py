@@ -25,7 +25,14 @@ from quantscope.decide import DecisionSpec, stored
 from quantscope.errors import UserError
 from quantscope.quiet import Screen
 from quantscope.report.decision import decision_html, pair_table, verdict_rows
-from quantscope.report.formats import Format, compare_rows, render, rich_table, run_rows
+from quantscope.report.formats import (
+    Format,
+    compare_cells,
+    compare_rows,
+    render,
+    rich_table,
+    run_rows,
+)
 from quantscope.report.html import render_html
 from quantscope.report.side_by_side import models_table, render_models_html
 from quantscope.report.terminal import outcome_notes, results_tables, serving_table
@@ -56,10 +63,10 @@ def _sweep(store: Path | None, key: str) -> tuple[str, list[RunReport]] | None:
     return found
 
 
-def _emit(rows: list[dict[str, Any]], fmt: str, title: str, whole: tuple[str, ...] = ()) -> None:
-
+def _emit(rows: list[dict[str, Any]], fmt: str, title: str, table: list[Any] | None = None) -> None:
+    """``rows`` in ``fmt``; on the terminal ``table`` (the same rows as they read best) if given."""
     if fmt == "table":
-        console.print(rich_table(rows, title, whole))
+        console.print(rich_table(table or rows, title, console.width))
     else:
         text = render(rows, fmt)  # plain text for pipes: no rich wrapping
         Screen("stdout").write(text if text.endswith("\n") else text + "\n")
@@ -88,7 +95,7 @@ def runs(store: StoreOpt = None, fmt: FormatOpt = "table") -> None:
     ]
     if fmt == "table":  # to the minute, and the id on one line: a reader copies it
         rows = [{**r, "created": str(r["created"])[:16].replace("T", " ")} for r in rows]
-    _emit(rows, fmt, "runs", whole=("run", "created", "configs", "tokens"))
+    _emit(rows, fmt, "runs")
 
 
 @app.command()
@@ -107,7 +114,9 @@ def show(
     _check_format(fmt)
     study = _sweep(store, run_id)
     if study is not None:
-        console.print(models_table(study[1], f"sweep {study[0]}: models side by side"))
+        console.print(
+            models_table(study[1], console.width, f"sweep {study[0]}: models side by side")
+        )
         return
     report = _report(store, run_id)
     found = stored.judge(judge_spec(report, margin=margin, store=store)) if margin else None
@@ -158,7 +167,8 @@ def compare(
         raise UserError("compare takes two runs (RUN_A RUN_B), or one run and --pair A,B.")
     a, b = _report(store, run_a), _report(store, run_b)
     title = f"A = {a.run_id} ({a.provenance.get('model', '')}) · B = {b.run_id} ({b.provenance.get('model', '')})"
-    _emit(compare_rows(a, b), fmt, title)
+    rows = compare_rows(a, b)
+    _emit(rows, fmt, title, compare_cells(rows))
 
 
 def _pair(store: Path | None, run_id: str, pair: str, fmt: str) -> None:
@@ -167,7 +177,7 @@ def _pair(store: Path | None, run_id: str, pair: str, fmt: str) -> None:
     names = spec.pair
     rows = stored.compare(spec)
     if fmt == "table":
-        console.print(pair_table(rows))
+        console.print(pair_table(rows, console.width))
     else:
         _emit(rows, fmt, f"{names[0]} − {names[1]}")
 
@@ -211,4 +221,5 @@ def run_html(spec: DecisionSpec) -> str:
     section = decision_html(
         rec, found.judged, found.margins.text(), found.groups, found.floor, found.unresolved
     )
-    return render_html(report, section, rec.chosen.config if rec.chosen else None)
+    spread = stored.kl_spread(spec)
+    return render_html(report, section, rec.chosen.config if rec.chosen else None, spread)

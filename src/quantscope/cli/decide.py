@@ -37,9 +37,9 @@ def print_verdicts(found: Decision, report: RunReport) -> None:
         f"Against the baseline at margin {found.margins.text()} (TOST, alpha 0.05; "
         "worse = beyond the margin with p < 0.05)"
     )
-    console.print(verdict_table(found.judged, title, extra))
-    for g in found.groups:
-        console.print(groups_table(g))
+    console.print(verdict_table(found.judged, title, extra, console.width))
+    if found.groups:
+        console.print(groups_table(found.groups, console.width))
 
 
 @app.command()

@@ -116,7 +116,7 @@ def doctor(capability: CapabilityOpt = None) -> None:
     device = resolve_device("auto")
     table = Table(title="quantscope doctor", show_header=False)
     table.add_column("what")
-    table.add_column("found")
+    table.add_column("found", overflow="fold")  # a path folds whole, never cut
     for name, version in versions().items():
         table.add_row(name, version)
     table.add_row("device (auto)", device)

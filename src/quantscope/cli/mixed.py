@@ -91,7 +91,7 @@ def sensitivity(
     spec = by_keyword(sensitivity_spec, locals())
     with progress() as bar:
         study = study_units(spec, ProgressEvents(bar)).to_dict()
-    console.print(sensitivity_table(study, top))
+    console.print(sensitivity_table(study, top, console.width))
     console.print(escape(totals_line(study)))
     write_outputs(study, html_path, json_path, render_study_html(study) if html_path else "")
 
@@ -152,8 +152,8 @@ def search(
     spec = by_keyword(search_spec, locals())
     with progress() as bar:
         result = run_search(spec, ProgressEvents(bar)).to_dict()
-    console.print(front_table(result))
-    compared = comparison_table(result)
+    console.print(front_table(result, console.width))
+    compared = comparison_table(result, console.width)
     if compared is not None:
         console.print(compared)
     colour = "green" if result["chosen"] else "yellow"

@@ -101,7 +101,7 @@ def recover(
                 f"[yellow]Interrupted; the adapter trained so far is saved in {escape(where)}.[/]"
             )
             raise typer.Exit(130) from None
-    console.print(recovery_table(result))
+    console.print(recovery_table(result, console.width))
     t = result["training"]
     console.print(
         f"Trained {t['steps']} steps in {t['seconds']:.0f} s on {t['train_tokens']:,} tokens of "

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from quantscope.cli.common import (
     ProgressEvents,
@@ -22,6 +21,7 @@ from quantscope.cli.common import (
     progress,
     user_errors,
 )
+from quantscope.report.fit import fitted
 from quantscope.report.side_by_side import models_table
 from quantscope.results import Outcome, Status
 from quantscope.specs import sweep_spec
@@ -74,19 +74,25 @@ class SweepEvents:
             ]
         self.live.update(self.render())
 
-    def render(self) -> Table:
-        table = Table(title=f"sweep · {escape(self.label)}", title_justify="left")
-        table.add_column("config")
-        for model in self.models:
-            table.add_column(Text(model[:28]), justify="center")
-        for config in dict.fromkeys(c.config for c in self.cells):
-            marks = [str(_MARK.get(self.state.get((m, config), ""), "")) for m in self.models]
-            table.add_row(Text(config), *marks)
+    def render(self) -> Group:
+        rows = [
+            {
+                "config": config,
+                **{m: str(_MARK.get(self.state.get((m, config), ""), "")) for m in self.models},
+            }
+            for config in dict.fromkeys(c.config for c in self.cells)
+        ]
         left = sum(1 for s in self.state.values() if s in ("pending", "running"))
         done, count = self.seconds
         eta = f"about {left * done / count / 60:.1f} min left" if count else "time left: after one"
-        table.caption = f"{left} evaluations to go; {eta}"
-        return table
+        return fitted(
+            rows,
+            ("config",),
+            err_console.width,
+            f"sweep · {self.label}",
+            [f"{left} evaluations to go; {eta}"],
+            left=self.models,
+        )
 
 
 @app.command()
@@ -136,8 +142,10 @@ def sweep(
         events = SweepEvents(cells, live)
         live.update(events.render())
         report = run_sweep(study, events, **how)
+    if not err_console.is_terminal:  # rich ends a live view's last line only on a terminal
+        err_console.line()
 
-    console.print(models_table(report.runs))
+    console.print(models_table(report.runs, console.width))
     console.print(
         f"Stored as sweep {report.key}; 'quantscope report {report.key} -o sweep.html' draws "
         "the models side by side."

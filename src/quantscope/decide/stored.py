@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from quantscope.config import Budget, Margins
 from quantscope.decide.analysis import evidence, pair
 from quantscope.decide.recommend import Recommendation
@@ -62,3 +64,24 @@ def compare(spec: DecisionSpec) -> list[dict[str, Any]]:
     opened, report = spec.open()
     with opened:
         return pair(evidence(opened, report), *spec.pair)
+
+
+SPREAD = (("p5", 5), ("q1", 25), ("median", 50), ("q3", 75), ("p95", 95), ("p99", 99))
+
+
+def kl_spread(spec: DecisionSpec) -> dict[str, dict[str, float]]:
+    """Per config with per-token values, the quantiles of its per-token KL (5, 25, 50, 75,
+    95, 99th percentile), its mean and max: what the report's box per config draws."""
+    opened, report = spec.open()
+    with opened:
+        found = evidence(opened, report)
+    out = {}
+    for config, tv in found.token_values.items():
+        if tv is not None and len(tv.kl):
+            q = np.percentile(tv.kl, [p for _, p in SPREAD])
+            out[config] = {
+                **{name: float(v) for (name, _), v in zip(SPREAD, q, strict=True)},
+                "mean": float(tv.kl.mean()),
+                "max": float(tv.kl.max()),
+            }
+    return out

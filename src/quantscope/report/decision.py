@@ -9,11 +9,11 @@ import math
 from typing import Any
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from quantscope.decide import Groups, Judged, Recommendation
 from quantscope.metrics import equivalence as eq
+from quantscope.report.fit import fitted
 from quantscope.report.html import esc
 
 _VERDICT_STYLE = {
@@ -40,18 +40,19 @@ def _needed(row: dict[str, Any]) -> str:
 
 
 def verdict_rows(judged: list[Judged]) -> list[dict[str, str]]:
-    """One row per config and metric, as text cells (terminal, HTML and Markdown share them)."""
+    """One row per config and metric, as text cells (terminal, HTML and Markdown share them);
+    the unit is the metric's, said once in its name."""
     out = []
     for j in judged:
         r = j.row()
         out.append(
             {
                 "config": j.config,
-                "metric": j.metric,
-                "Δ ± se": f"{_num(r['delta'])} ± {r['se']:.2g} {j.unit}",
-                "90% CI": f"[{_num(r['low'])}, {_num(r['high'])}]",
-                "margin": f"{r['margin']:g} {j.unit}",
+                "metric": f"{j.metric} ({j.unit})",
                 "verdict": r["verdict"],
+                "Δ ± se": f"{_num(r['delta'])} ± {r['se']:.2g}",
+                "90% CI": f"[{_num(r['low'])}, {_num(r['high'])}]",
+                "margin": f"{r['margin']:g}",
                 "p equiv.": _p(r["p_equivalent"]),
                 "p worse": _p(r["p_worse"]),
                 "tokens": f"{j.n:,}" + ("*" if j.design.startswith("stopped early") else ""),
@@ -61,14 +62,8 @@ def verdict_rows(judged: list[Judged]) -> list[dict[str, str]]:
     return out
 
 
-def verdict_table(judged: list[Judged], title: str, notes: list[str]) -> Group:
-    table = Table(title=Text(title), title_justify="left")
-    rows = verdict_rows(judged)
-    for head in rows[0] if rows else ("config",):
-        table.add_column(head, justify="left" if head in ("config", "metric") else "right")
-    for row in rows:
-        cells = [Text(v, style=_VERDICT_STYLE.get(v, "")) for v in row.values()]
-        table.add_row(*cells)
+def verdict_table(judged: list[Judged], title: str, notes: list[str], width: int) -> Group:
+    """The verdicts in as many tables as ``width`` needs (config and metric in each)."""
     designs = [f"{j.config} {j.metric}: {j.design}" for j in judged if j.design]
     if any(j.design.startswith("stopped early") for j in judged):
         designs.insert(
@@ -77,43 +72,60 @@ def verdict_table(judged: list[Judged], title: str, notes: list[str]) -> Group:
             "group-sequential procedure's at this margin",
         )
     method = f"Verdicts: {eq.METHOD}, over the windows evened out into blocks."
-    return Group(table, *(Text(n, style="dim") for n in (*notes, *designs, method)))
-
-
-def groups_table(found: Groups) -> Table:
-    what = "perplexity (token loss)" if found.metric == "ppl" else "mean KL"
-    title = f"Groups by {what}: a shared letter = not shown different"
-    table = Table(
-        title=title, title_justify="left", caption=Text(found.method), caption_justify="left"
+    return fitted(
+        verdict_rows(judged),
+        ("config", "metric"),
+        width,
+        title,
+        (*notes, *designs, method),
+        style=lambda head, value: _VERDICT_STYLE.get(value, "") if head == "verdict" else "",
+        left=("verdict",),
     )
-    table.add_column("config")
-    table.add_column("ppl" if found.metric == "ppl" else "KL", justify="right")
-    table.add_column("group")
-    for c in found.order:
-        mean = found.means[c]
-        table.add_row(
-            Text(c),
-            f"{math.exp(mean):.3f}" if found.metric == "ppl" else f"{mean:.3g}",
-            found.letters[c],
-        )
-    return table
 
 
-def pair_table(rows: list[dict[str, Any]]) -> Table:
+def group_rows(found: list[Groups]) -> list[dict[str, str]]:
+    """One row per config: each metric's mean and group letters, in the first grouping's
+    order (best first)."""
+    if not found:
+        return []
+    rows = []
+    for config in found[0].order:
+        row = {"config": config}
+        for g in found:
+            mean = g.means.get(config, math.nan)
+            if g.metric == "ppl":
+                row["ppl"] = f"{math.exp(mean):.3f}"
+            else:
+                row["KL"] = f"{mean:.3g}"
+            row[f"{'ppl' if g.metric == 'ppl' else 'KL'} group"] = g.letters.get(config, "")
+        rows.append(row)
+    return rows
+
+
+def groups_table(found: list[Groups], width: int) -> Group:
+    """Every grouping in one table: a shared letter = not shown different."""
+    what = " and ".join("perplexity" if g.metric == "ppl" else "mean KL" for g in found)
+    title = f"Groups by {what}: a shared letter = not shown different"
+    methods = list(dict.fromkeys(g.method for g in found))
+    rows = group_rows(found)
+    left = [h for h in rows[0] if h.endswith("group")] if rows else []
+    return fitted(rows, ("config",), width, title, methods, left=left)
+
+
+def pair_table(rows: list[dict[str, Any]], width: int) -> Group:
     a, b = rows[0]["a"], rows[0]["b"]
     title = f"{a} − {b}, token by token on {rows[0]['n']:,} tokens (positive: {a} is worse)"
-    table = Table(title=Text(title), title_justify="left")  # config names hold [brackets]
-    for head in ("metric", "Δ ± se", "95% CI", "p", "tokens to resolve"):
-        table.add_column(head, justify="left" if head == "metric" else "right")
-    for r in rows:
-        table.add_row(
-            r["metric"],
-            f"{_num(r['delta'])} ± {r['se']:.2g} {r['unit']}",
-            f"[{_num(r['low'])}, {_num(r['high'])}]",
-            _p(r["p"]),
-            _needed(r),
-        )
-    return table
+    cells = [
+        {
+            "metric": f"{r['metric']} ({r['unit']})",
+            "Δ ± se": f"{_num(r['delta'])} ± {r['se']:.2g}",
+            "95% CI": f"[{_num(r['low'])}, {_num(r['high'])}]",
+            "p": _p(r["p"]),
+            "tokens to resolve": _needed(r),
+        }
+        for r in rows
+    ]
+    return fitted(cells, ("metric",), width, title)
 
 
 def recommendation_view(rec: Recommendation) -> Group:
@@ -171,10 +183,13 @@ def decision_html(
         runners = "<p>Runners-up: " + esc("; ".join(c.config for c in rec.runners_up)) + "</p>"
     notes = "".join(f"<p class='note'>{esc(n)}</p>" for n in rec.notes)
     code = f"<pre class='code'><code>{esc(rec.code)}</code></pre>" if rec.code else ""
+    rows = verdict_rows(judged)
+    for row in rows:  # each config's group letters, a column of the verdicts
+        for g in found:
+            row[f"{'ppl' if g.metric == 'ppl' else 'KL'} group"] = g.letters.get(row["config"], "")
     groups = "".join(
-        f"<h3>Groups by {'perplexity' if g.metric == 'ppl' else 'KL'}</h3>"
-        + _html_table([{"config": c, "group": g.letters[c]} for c in g.order])
-        + f"<p class='small'>{esc(g.method)}</p>"
+        f"<p class='small'>{'Perplexity' if g.metric == 'ppl' else 'KL'} groups (a shared "
+        f"letter = not shown different): {esc(g.method)}</p>"
         for g in found
     )
     floor_html = "".join(f"<li>{esc(x)}</li>" for x in floor)
@@ -182,6 +197,6 @@ def decision_html(
     return (
         f"<section id='decision'><h2>Decision</h2>{head}<p>{esc(rec.reason)}</p>{runners}{notes}"
         f"{code}<h3>Against the baseline at margin {esc(margins)}</h3>"
-        f"{_html_table(verdict_rows(judged), 'verdicts')}{more}"
-        f"<h3>Noise floor</h3><ul>{floor_html}</ul>{groups}</section>"
+        f"{_html_table(rows, 'verdicts')}{groups}{more}"
+        f"<h3>Noise floor</h3><ul>{floor_html}</ul></section>"
     )

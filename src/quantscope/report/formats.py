@@ -14,7 +14,7 @@ import math
 from enum import Enum
 from typing import Any
 
-from quantscope.metrics.catalog import HEADLINE, served_keys, summary_keys
+from quantscope.metrics.catalog import HEADLINE, METRICS, served_keys, summary_keys
 from quantscope.results import RunReport, served_levels
 
 SUMMARY = summary_keys()
@@ -86,16 +86,28 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     return "\n".join(lines)
 
 
-def rich_table(rows: list[dict[str, Any]], title: str, whole: tuple[str, ...] = ()) -> Any:
-    """Rows as a rich table (every cell plain text, never markup); the ``whole`` columns are
-    never wrapped (identifiers a reader copies: a run id)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=title, title_justify="left")
-    columns = list(rows[0]) if rows else []
-    for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column in whole)
+def compare_cells(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """:func:`compare_rows` for the terminal: per config and headline metric "A → B", each
+    value as the results table shows it."""
+    out = []
     for row in rows:
-        table.add_row(*(Text(_cell(row[c])) for c in columns))
-    return table
+        cells = {"config": str(row["config"])}
+        for key in HEADLINE:
+            metric = METRICS[key]
+            cells[metric.short] = f"{metric.text(row[f'{key}_a'])} → {metric.text(row[f'{key}_b'])}"
+        out.append(cells)
+    return out
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) and not math.isnan(value) else _cell(value)
+
+
+def rich_table(rows: list[dict[str, Any]], title: str, width: int) -> Any:
+    """Rows as rich tables that fit ``width`` (every cell plain text, never markup, never
+    cut or wrapped; the first column, a name or id a reader copies, repeated in each)."""
+    from quantscope.report.fit import fitted
+
+    cells = [{k.replace("_", " "): _shown(v) for k, v in row.items()} for row in rows]
+    keys = tuple(cells[0])[:1] if cells else ()
+    return fitted(cells, keys, width, title)

@@ -10,9 +10,9 @@ import html
 import json
 from typing import Any
 
-from quantscope.metrics.catalog import METRICS, TABLE, Better, metric
-from quantscope.metrics.stats import pareto
-from quantscope.results import Result, RunReport, depths_in, served_levels
+from quantscope.metrics.catalog import TABLE
+from quantscope.report.figures import run_figures
+from quantscope.results import Result, RunReport
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -37,165 +37,12 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _star(name: str, x: Any, y: float) -> dict[str, Any]:
-    """One point drawn as a large red star (the recommended config)."""
-    marker = {
-        "symbol": "star",
-        "size": 18,
-        "color": "#d62728",
-        "line": {"width": 1, "color": "#222"},
-    }
-    return {
-        "type": "scatter",
-        "mode": "markers",
-        "name": name,
-        "x": [x],
-        "y": [y],
-        "marker": marker,
-    }
-
-
-def _scatter(
-    results: list[Result], x: str, y: str, title: str, log_y: bool, chosen: str | None = None
-) -> dict[str, Any]:
-    """A plotly figure (as a dict): one point per config with y error bars, the Pareto front
-    joined (each axis's better direction from the metric catalog), the recommended config
-    marked. Axis titles are the metrics' labels in words, with units. On a log axis a value
-    of zero (the baseline's own KL) is drawn at a floor a decade below the smallest positive
-    value and labelled "= 0", so it is not lost."""
-    mx, my = metric(x), metric(y)
-    pts = [(r.metrics.get(x), r.metrics.get(y)) for r in results]
-    keep = [i for i, (a, b) in enumerate(pts) if a is not None and b is not None]
-    sx, sy = (-1.0 if m.better is Better.HIGHER else 1.0 for m in (mx, my))
-    front = [keep[i] for i in pareto([(sx * pts[i][0], sy * pts[i][1]) for i in keep])]  # type: ignore[operator]
-    front.sort(key=lambda i: pts[i][0])  # type: ignore[arg-type,return-value]
-    ys = {i: float(pts[i][1]) for i in keep}  # type: ignore[arg-type]
-    labels = {i: results[i].config for i in keep}
-    if log_y:
-        positive = [v for v in ys.values() if v > 0]
-        floor = min(positive) / 10 if positive else 1e-6
-        for i, v in ys.items():
-            if v <= 0:
-                ys[i], labels[i] = floor, f"{labels[i]} (= 0)"
-    points = {
-        "type": "scatter",
-        "mode": "markers+text",
-        "name": "configs",
-        "x": [pts[i][0] for i in keep],
-        "y": [ys[i] for i in keep],
-        "text": [labels[i] for i in keep],
-        "textposition": "top center",
-        "error_y": {"type": "data", "array": [results[i].metrics.get(my.se, 0) for i in keep]}
-        if my.se
-        else None,
-    }
-    line = {
-        "type": "scatter",
-        "mode": "lines",
-        "name": "Pareto front",
-        "x": [pts[i][0] for i in front],
-        "y": [ys[i] for i in front],
-        "line": {"dash": "dot"},
-    }
-    data = [points, line]
-    mark = [i for i in keep if results[i].config == chosen]
-    if mark:
-        data.append(_star(f"recommended: {chosen}", pts[mark[0]][0], ys[mark[0]]))
-    layout = {
-        # the title sits left and the (hover-only) toolbar right, above the plot: no overlap
-        "title": {"text": title, "x": 0.02, "xanchor": "left"},
-        "xaxis": {"title": {"text": mx.label}},
-        "yaxis": {"title": {"text": my.label}, "type": "log" if log_y else "linear"},
-        "margin": {"t": 70},
-        "legend": {"orientation": "h", "y": -0.2},
-    }
-    return {"data": data, "layout": layout}
-
-
 _HOW_TO_READ = (
     "Less memory, lower KL and perplexity and more tokens/s are better; the dotted line joins "
     "the Pareto front (the configs no other config beats on both axes); error bars are ± 1 se."
 )
-_QUANTILES = (("median", "kl_median"), ("p90", "kl_p90"), ("p99", "kl_p99"), ("max", "kl_max"))
+
 _TASK_HEAD = ("task", "config", "acc %", "Δ pts", "flips ✓→✗ / ✗→✓", "McNemar p", "flipped items")
-
-
-def _kl_distribution(results: list[Result]) -> dict[str, Any]:
-    """Per config, the per-token KL's median, p90, p99 and max (log scale)."""
-    traces = [
-        {
-            "type": "scatter",
-            "mode": "lines+markers",
-            "name": q,
-            "x": [r.config for r in results],
-            "y": [max(r.metrics.get(key) or 0.0, 1e-9) for r in results],
-        }
-        for q, key in _QUANTILES
-    ]
-    layout = {
-        "title": {"text": "per-token KL distribution"},
-        "yaxis": {"type": "log", "title": {"text": "per-token KL (nats)"}},
-    }
-    return {"data": traces, "layout": layout}
-
-
-def _kl_by_position(results: list[Result]) -> dict[str, Any]:
-    """Per config, mean KL ± se in each bucket of position within the window (log scale): does
-    the error grow with the context the model has?"""
-    traces = []
-    for r in results:
-        parts = r.by_position
-        if parts and r.metrics.get("kl_mean", 0.0) > 0:  # the baseline (0) has no log point
-            traces.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines+markers",
-                    "name": r.config,
-                    "x": list(parts),
-                    "y": [m.get("kl_mean") for m in parts.values()],
-                    "error_y": {
-                        "type": "data",
-                        "array": [m.get("kl_se", 0) for m in parts.values()],
-                    },
-                }
-            )
-    layout = {
-        "title": {"text": "KL by position in the window", "x": 0.02, "xanchor": "left"},
-        "xaxis": {"title": {"text": "tokens of context (position bucket)"}, "type": "category"},
-        "yaxis": {"type": "log", "title": {"text": METRICS["kl_mean"].label}},
-        "legend": {"orientation": "h", "y": -0.2},
-    }
-    return {"data": traces, "layout": layout}
-
-
-def _memory_by_context(results: list[Result]) -> dict[str, Any]:
-    """Per config measured at depth: weights + KV cache bytes against the tokens of context
-    (solid), and the cache alone (dotted): where the cache, not the weights, is the cost."""
-    traces = []
-    for r in results:
-        m, depths = r.metrics, depths_in(r.metrics)
-        if not depths:
-            continue
-        cache = [m[f"kv_bytes@{d}"] / 2**20 for d in depths]
-        traces.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": r.config,
-                "x": depths,
-                "y": [m.get("weight_bytes", 0) / 2**20 + c for c in cache],
-            }
-        )
-        dotted: dict[str, Any] = {"type": "scatter", "mode": "lines", "x": depths, "y": cache}
-        dotted.update(name=f"{r.config} (cache)", line={"dash": "dot"})
-        traces.append(dotted)
-    layout = {
-        "title": {"text": "memory vs context: weights + KV cache", "x": 0.02, "xanchor": "left"},
-        "xaxis": {"title": {"text": "tokens of context (cached)"}},
-        "yaxis": {"title": {"text": "MiB (dotted: the cache alone)"}},
-        "legend": {"orientation": "h", "y": -0.2},
-    }
-    return {"data": traces, "layout": layout}
 
 
 def results_table(report: RunReport) -> str:
@@ -267,35 +114,17 @@ def _tasks(results: list[Result]) -> str:
     return f"<h2>Tasks</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def run_figures(results: list[Result], chosen: str | None = None) -> dict[str, dict[str, Any]]:
-    """A run's plots by name (the HTML report draws them all; a notebook asks for one), the
-    ``chosen`` config marked on each Pareto plot."""
-    figures = {
-        "kl_vs_mb": _scatter(results, "weight_mb", "kl_mean", "KL vs weight MB", True, chosen),
-        "ppl_vs_mb": _scatter(
-            results, "weight_mb", "ppl", "perplexity vs weight MB", False, chosen
-        ),
-        "tps_vs_kl": _scatter(
-            results, "kl_mean", "decode_tps", "decode tokens/s vs KL", False, chosen
-        ),
-        "kl_distribution": _kl_distribution(results),
-    }
-    for level in sorted({c for r in results for c in served_levels(r.metrics)}):
-        key = f"serve_c{level}_out_tps"
-        title = f"served: output tokens/s at concurrency {level} vs KL"
-        figures[f"served_c{level}_vs_kl"] = _scatter(results, "kl_mean", key, title, False, chosen)
-    if any(r.by_position for r in results):
-        figures["kl_by_position"] = _kl_by_position(results)
-    if any(depths_in(r.metrics) for r in results):
-        figures["memory_vs_context"] = _memory_by_context(results)
-    return figures
-
-
-def render_html(report: RunReport, decision: str = "", chosen: str | None = None) -> str:
+def render_html(
+    report: RunReport,
+    decision: str = "",
+    chosen: str | None = None,
+    spread: dict[str, dict[str, float]] | None = None,
+) -> str:
     """The report of a run as one self-contained HTML document; it opens with ``decision``
-    (``report.decision.decision_html``) when given, ``chosen`` marked on the plots."""
+    (``report.decision.decision_html``) when given, ``chosen`` marked on the plots, each
+    config's per-token KL drawn as a box from ``spread``."""
     results = report.results
-    figures = list(run_figures(results, chosen).values())
+    figures = list(run_figures(results, chosen, spread).values())
     settings = {"settings": report.settings, "provenance": report.provenance}
     title = f"quantscope · {report.provenance.get('model', '')} · run {report.run_id}"
     body = (

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich.table import Table
-from rich.text import Text
+from rich.console import Group
 
+from quantscope.report.fit import fitted
 from quantscope.report.html import PLOTS, esc, page
 from quantscope.results import SensitivityStudy
 
@@ -27,38 +27,27 @@ def _pm(row: dict[str, Any], key: str) -> str:
     return f"{_g(row[key])} ± {_g(row.get(key + '_se'), 2)}"
 
 
-def sensitivity_table(study: dict[str, Any], top: int = 15) -> Table:
+def sensitivity_table(study: dict[str, Any], top: int = 15, width: int = 140) -> Group:
     """The ``top`` most sensitive units: KL with only the unit quantized, KL with all but the
     unit quantized (and the KL that saves), Δppl, and the MB it costs to keep the unit."""
     s = study["settings"]
-    table = Table(
-        title=f"Sensitivity to {s['config']} (rest {s['fallback']}), by {s['by']}; "
-        f"calibration: {s['calibration_tokens']} tokens of {s['calibration_text']}",
-        title_justify="left",
+    title = (
+        f"Sensitivity to {s['config']} (rest {s['fallback']}), by {s['by']}; "
+        f"calibration: {s['calibration_tokens']} tokens of {s['calibration_text']}"
     )
-    columns = (
-        "#",
-        "unit",
-        "KL only it",
-        "Δppl % only it",
-        "KL all but it",
-        "KL saved",
-        "MB to keep",
-    )
-    for header in columns:
-        table.add_column(header, justify="left" if header == "unit" else "right")
-    table.columns[1].no_wrap = True
-    for i, row in enumerate(ranking(study)[:top], start=1):
-        table.add_row(
-            str(i),
-            Text(_short(row["unit"])),
-            _g(row.get("only_kl")),
-            _g(row.get("only_dppl_pct")),
-            _g(row.get("all_but_kl")),
-            _g(row.get("gain")),
-            f"{row['mb_to_keep']:.2f}",
-        )
-    return table
+    rows = [
+        {
+            "#": str(i),
+            "unit": _short(row["unit"]),
+            "KL only it": _g(row.get("only_kl")),
+            "Δppl % only it": _g(row.get("only_dppl_pct")),
+            "KL all but it": _g(row.get("all_but_kl")),
+            "KL saved": _g(row.get("gain")),
+            "MB to keep": f"{row['mb_to_keep']:.2f}",
+        }
+        for i, row in enumerate(ranking(study)[:top], start=1)
+    ]
+    return fitted(rows, ("#", "unit"), width, title, left=("unit",))
 
 
 def _short(name: str) -> str:
@@ -107,73 +96,60 @@ def heatmap(study: dict[str, Any], mode: str = "only") -> dict[str, Any] | None:
     return {"data": data, "layout": layout}
 
 
-def front_table(result: dict[str, Any]) -> Table:
+def front_table(result: dict[str, Any], width: int = 140) -> Group:
     """The measured candidates on the Pareto front (estimated MB vs calibration KL) and every
     verified config (measured on the evaluation text); with KV-cache choices, each row's
     cache and MB as weights + cache at the evaluation context."""
     caches = any(r.get("kv") for r in result["front"])
-    table = Table(title="Search: Pareto front on calibration, then verified", title_justify="left")
-    heads = (
-        "units kept",
-        *(("KV cache", "est. MB (w + cache)") if caches else ("est. MB",)),
-        "calib KL ± se",
-        "calib Δppl %",
-        "verified MB",
-        "verified KL ± se",
-        "verified Δppl %",
-    )
-    for header in heads:
-        table.add_column(header, justify="right")
 
-    def first(row: dict[str, Any]) -> list[str]:
+    def first(row: dict[str, Any]) -> dict[str, str]:
         mb = row.get("total_mb", row["estimated_mb"]) if caches else row["estimated_mb"]
-        return [str(row["kept"]), *([row.get("kv", "")] if caches else []), f"{mb:.1f}"]
+        kv = {"KV cache": str(row.get("kv", ""))} if caches else {}
+        return {"units kept": str(row["kept"]), **kv,
+                "est. MB (w + cache)" if caches else "est. MB": f"{mb:.1f}"}  # fmt: skip
 
-    def size(v: dict[str, Any]) -> str:
-        return _g(v.get("total_mb" if caches else "weight_mb"), 4)
+    def checked(v: dict[str, Any]) -> dict[str, str]:
+        return {
+            "verified MB": _g(v.get("total_mb" if caches else "weight_mb"), 4) if v else "",
+            "verified KL ± se": _pm(v, "kl") if v else "",
+            "verified Δppl %": _g(v.get("dppl_pct")),
+        }
 
     verified = {(v["kept"], v.get("kv", "")): v for v in result["verified"]}
-    for row in result["front"]:
-        v = verified.get((row["kept"], row.get("kv", "")), {})
-        table.add_row(
-            *first(row),
-            _pm(row, "kl"),
-            _g(row["dppl_pct"]),
-            size(v) if v else "",
-            _pm(v, "kl") if v else "",
-            _g(v.get("dppl_pct")),
-        )
-    for (kept, kv), v in verified.items():
-        if not any(r["kept"] == kept and r.get("kv", "") == kv for r in result["front"]):
-            table.add_row(
-                *first(v),
-                _g(v["calibration_kl"]),
-                "",
-                size(v),
-                _pm(v, "kl"),
-                _g(v.get("dppl_pct")),
-            )
-    return table
+    rows = [
+        {
+            **first(row),
+            "calib KL ± se": _pm(row, "kl"),
+            "calib Δppl %": _g(row["dppl_pct"]),
+            **checked(verified.get((row["kept"], row.get("kv", "")), {})),
+        }
+        for row in result["front"]
+    ]
+    rows += [
+        {**first(v), "calib KL ± se": _g(v["calibration_kl"]), "calib Δppl %": "", **checked(v)}
+        for (kept, kv), v in verified.items()
+        if not any(r["kept"] == kept and r.get("kv", "") == kv for r in result["front"])
+    ]
+    keys = ("units kept", "KV cache") if caches else ("units kept",)
+    title = "Search: Pareto front on calibration, then verified"
+    return fitted(rows, keys, width, title, left=("KV cache",))
 
 
-def comparison_table(result: dict[str, Any]) -> Table | None:
+def comparison_table(result: dict[str, Any], width: int = 140) -> Group | None:
     """The chosen (or closest verified) config beside the pure quantized and fallback configs."""
     best = result["chosen"] or next(iter(result["verified"][-1:]), None)
     if not best or "others" not in best:
         return None
-    table = Table(title="On the evaluation text", title_justify="left")
-    for header in ("config", "weights MB", "KL ± se", "Δppl % ± se"):
-        table.add_column(header, justify="left" if header == "config" else "right")
-    rows = [*best["others"].items(), (best["label"], best)]
-    for name, m in rows:
-        kl = m.get("kl_mean", m.get("kl"))
-        table.add_row(
-            Text(name),
-            _g(m["weight_mb"], 4),
-            f"{_g(kl)} ± {_g(m['kl_se'], 2)}",
-            f"{_g(m['dppl_pct'])} ± {_g(m['dppl_pct_se'], 2)}",
-        )
-    return table
+    rows = [
+        {
+            "config": name,
+            "weights MB": _g(m["weight_mb"], 4),
+            "KL ± se": f"{_g(m.get('kl_mean', m.get('kl')))} ± {_g(m['kl_se'], 2)}",
+            "Δppl % ± se": f"{_g(m['dppl_pct'])} ± {_g(m['dppl_pct_se'], 2)}",
+        }
+        for name, m in [*best["others"].items(), (best["label"], best)]
+    ]
+    return fitted(rows, ("config",), width, "On the evaluation text")
 
 
 def render_study_html(study: dict[str, Any], search: dict[str, Any] | None = None) -> str:
@@ -243,24 +219,22 @@ def front_figure(search: dict[str, Any]) -> dict[str, Any]:
     return {"data": data, "layout": layout}
 
 
-def recovery_table(result: dict[str, Any]) -> Table:
+def recovery_table(result: dict[str, Any], width: int = 140) -> Group:
     """Baseline, plain quantized and recovered configs, and the share of each gap closed."""
-    table = Table(title="LoRA recovery on the evaluation text", title_justify="left")
-    for header in ("config", "weights MB", "ppl ± se", "Δppl % ± se", "KL ± se"):
-        table.add_column(header, justify="left" if header == "config" else "right")
-    table.columns[0].no_wrap = True
-    for name, m in result["configs"].items():
-        table.add_row(
-            Text(name),
-            _g(m["weight_mb"], 4),
-            f"{_g(m['ppl'], 4)} ± {_g(m['ppl_se'], 2)}",
-            f"{_g(m['dppl_pct'])} ± {_g(m['dppl_pct_se'], 2)}",
-            f"{_g(m['kl_mean'])} ± {_g(m['kl_se'], 2)}",
-        )
+    rows = [
+        {
+            "config": name,
+            "weights MB": _g(m["weight_mb"], 4),
+            "ppl ± se": f"{_g(m['ppl'], 4)} ± {_g(m['ppl_se'], 2)}",
+            "Δppl % ± se": f"{_g(m['dppl_pct'])} ± {_g(m['dppl_pct_se'], 2)}",
+            "KL ± se": f"{_g(m['kl_mean'])} ± {_g(m['kl_se'], 2)}",
+        }
+        for name, m in result["configs"].items()
+    ]
     kl, kl_se = result["kl_recovery"]
     ppl, ppl_se = result["ppl_recovery"]
-    table.caption = (
+    note = (
         f"recovered: {100 * kl:.1f} ± {100 * kl_se:.1f} % of the KL gap, "
         f"{100 * ppl:.1f} ± {100 * ppl_se:.1f} % of the log-perplexity gap (se conservative)"
     )
-    return table
+    return fitted(rows, ("config",), width, "LoRA recovery on the evaluation text", [note])

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from quantscope.mixed.search import SearchResult
 from quantscope.recovery import Recovery
-from quantscope.report.html import esc, generations_table, results_table, run_figures
+from quantscope.report.figures import run_figures
+from quantscope.report.html import esc, generations_table, results_table
 from quantscope.report.mixed import (
     comparison_table,
     front_figure,

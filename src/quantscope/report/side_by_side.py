@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich.table import Table
-from rich.text import Text
+from rich.console import Group
 
 from quantscope.metrics.catalog import METRICS
+from quantscope.report.fit import fitted
 from quantscope.report.html import PLOTS, esc, page
 from quantscope.results import Result, RunReport
 
@@ -50,18 +50,20 @@ def _cell(result: Result | None) -> str:
     return text + (f", {flips} flips" if result.tasks else "")
 
 
-def models_table(reports: list[RunReport], title: str = "") -> Table:
-    """Per config (rows) and model (columns): KL ± se (Δppl %), task flips; who loses most."""
+def models_table(reports: list[RunReport], width: int, title: str = "") -> Group:
+    """Per config (rows) and model (columns): KL ± se (Δppl %), task flips; who loses most —
+    in as many tables as ``width`` needs, names whole."""
     models, cells = grid(reports)
-    table = Table(title=title or "models side by side: KL ± se (Δppl %)", title_justify="left")
-    table.add_column("config")
-    for model in models:
-        table.add_column(Text(model[:28]), justify="right")
-    table.add_column("loses most")
-    for config, by_model in cells.items():
-        row = [_cell(by_model.get(m)) for m in models]
-        table.add_row(Text(config), *row, Text(loses_most(by_model)[:28]))
-    return table
+    rows = [
+        {
+            "config": config,
+            **{model: _cell(by_model.get(model)) for model in models},
+            "loses most": loses_most(by_model),
+        }
+        for config, by_model in cells.items()
+    ]
+    title = title or "models side by side: KL ± se (Δppl %)"
+    return fitted(rows, ("config",), width, title, left=("loses most",))
 
 
 def bars(models: list[str], cells: dict[str, dict[str, Result]]) -> dict[str, Any]:

@@ -11,7 +11,15 @@ from rich.text import Text
 
 from quantscope.decide import sequential as sq
 from quantscope.metrics.catalog import METRICS, TABLE, Metric
-from quantscope.results import Result, RunReport, Status, depths_in, served_levels
+from quantscope.report.fit import visible
+from quantscope.results import (
+    Result,
+    RunReport,
+    Status,
+    depths_in,
+    estimable_buckets,
+    served_levels,
+)
 
 ACCURACY: list[Metric] = [
     METRICS[k] for k in ("ppl", "dppl_pct", "kl_mean", "kl_p99", "top1_agree", "dp_rms")
@@ -123,7 +131,9 @@ def generations_view(results: list[Result]) -> Group:
             gen = result.generations[i]
             diff = gen.get("first_diff")
             table.add_row(
-                Text(result.config), "same" if diff is None else f"token {diff}", Text(gen["text"])
+                Text(result.config),
+                "same" if diff is None else f"token {diff}",
+                Text(visible(gen["text"])),
             )
         tables.append(table)
     return Group(*tables)
@@ -198,10 +208,7 @@ def positions_table(report: RunReport) -> Table | None:
     """Per bucket of position within the window, each config's main accuracy numbers (only
     when the scored tokens span several buckets)."""
     rows = [(o.config, o.result.by_position) for o in report.outcomes if o.result is not None]
-    # a bucket needs two windows for an se; with fewer than two such buckets there is nothing
-    # to compare (the default run's first 127 tokens come from its first window alone)
-    estimable = {b for _, parts in rows for b, m in parts.items() if m.get("windows", 0) >= 2}
-    if len(estimable) < 2:
+    if len(estimable_buckets(report.results)) < 2:
         return None
     title = "by position in the window (tokens of context the model had; se over windows)"
     return _parts_table(rows, title, "position")

@@ -23,6 +23,7 @@ from quantscope.config import QuantConfig, RunSpec
 from quantscope.context import RunContext, prepare
 from quantscope.errors import UserError
 from quantscope.events import Events, LogEvents
+from quantscope.quiet import native_output
 from quantscope.results import Outcome, RunReport, Status
 from quantscope.store import Store, default_store
 from quantscope.sweeps.sweep_file import Sweep
@@ -67,16 +68,18 @@ def run_on_ray(
     # not depend on the node): idle OpenMP threads then sleep instead of spinning
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     logging.getLogger("ray").setLevel(logging.ERROR)  # its notices go to its own logs
-    ray.init(
-        address=address,
-        runtime_env={"env_vars": env},
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
+    with native_output():  # Ray's C++ lines ("Failed to determine local IP …") to the log
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": env},
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     try:
         return _drive(ray, sweep, events, retries)
     finally:
-        ray.shutdown()
+        with native_output():
+            ray.shutdown()
 
 
 def _drive(ray: Any, sweep: Sweep, events: Events, retries: int) -> list[RunReport]:
