@@ -128,3 +128,42 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         assert shot.stat().st_size > 20_000
     finally:
         driver.quit()
+
+
+def test_the_kl_distribution_is_a_box_per_config_from_the_stored_values(report):
+    """Each config's per-token KL, read back from the store, drawn as one box (its quartiles
+    and 5th–95th percentile whiskers) — not lines joining configs; the baseline, 0
+    everywhere, has no box. Without the stored values, points only."""
+    import numpy as np
+
+    from quantscope.decide.stored import DecisionSpec, kl_spread
+    from quantscope.report.figures import run_figures
+
+    spread = kl_spread(DecisionSpec(run=report))
+    assert set(spread) == {"fp32", "bf16", "bnb-nf4"}
+    nf4 = spread["bnb-nf4"]
+    assert nf4["p5"] <= nf4["q1"] <= nf4["median"] <= nf4["q3"] <= nf4["p95"] <= nf4["max"]
+    assert np.isclose(nf4["median"], report.outcomes[2].result.metrics["kl_median"], rtol=1e-3)
+    figure = run_figures(report.results, spread=spread)["kl_distribution"]
+    box = figure["data"][0]
+    assert box["type"] == "box" and box["x"] == ["bf16", "bnb-nf4"]  # fp32: 0, not drawn
+    assert all("lines" not in t.get("mode", "") for t in figure["data"])
+    plain = run_figures(report.results)["kl_distribution"]
+    assert {t["type"] for t in plain["data"]} == {"scatter"}  # no values at hand: points
+
+
+def test_pareto_labels_do_not_cover_each_other():
+    from quantscope.report.figures import _box, label_places
+
+    xs, ys = [0.30, 0.31, 0.32, 0.33, 0.9], [0.5, 0.51, 0.49, 0.5, 0.1]
+    labels = ["bnb-int8", "torchao-int8wo", "quanto-int8", "hqq[bits=8]", "bnb-nf4"]
+    places = label_places(xs, ys, labels)
+    points = list(zip(xs, ys, labels, strict=True))
+    boxes = [_box(x, y, 0.0145 * len(t), p) for (x, y, t), p in zip(points, places, strict=True)]
+    dots = [(x - 0.01, y - 0.01, x + 0.01, y + 0.01) for x, y, _ in points]
+    for i, a in enumerate(boxes):  # no label covers another label or a point
+        for b in [*boxes[i + 1 :], *dots]:
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1])
+    # all above their points, as before, the first two labels covered each other
+    above = [_box(x, y, 0.0145 * len(t), (0, 0.0475)) for x, y, t in points]
+    assert min(above[0][2], above[1][2]) > max(above[0][0], above[1][0])

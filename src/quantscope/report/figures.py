@@ -31,54 +31,75 @@ def _star(name: str, x: Any, y: float) -> dict[str, Any]:
     }
 
 
-_PLACES = (
-    "top center",
-    "bottom center",
-    "middle right",
-    "middle left",
-    "top right",
-    "top left",
-    "bottom right",
-    "bottom left",
-)
-_CHAR, _LINE, _GAP = 0.0145, 0.055, 0.02  # a label's char width, height, gap (plot = 1 × 1)
+_CHAR, _LINE = 0.0145, 0.055  # a label's char width and height, the plot being 1 × 1
+_PLOT_PX = (480, 300)  # the plot area of a report's figure, in pixels (its div: 560 × 420)
+_DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, 1), (1, -1), (-1, -1))
+
+Box = tuple[float, float, float, float]
 
 
-def _box(x: float, y: float, width: float, place: str) -> tuple[float, float, float, float]:
-    """The label box (x0, y0, x1, y1) of text of ``width`` placed at ``place`` of (x, y)."""
-    vertical, horizontal = place.split()
-    y0 = {"top": y + _GAP, "bottom": y - _GAP - _LINE, "middle": y - _LINE / 2}[vertical]
-    x0 = {"center": x - width / 2, "right": x + _GAP, "left": x - _GAP - width}[horizontal]
-    return x0, y0, x0 + width, y0 + _LINE
+def _box(x: float, y: float, width: float, offset: tuple[float, float]) -> Box:
+    """The box (x0, y0, x1, y1) of a label of ``width`` centred at (x, y) + ``offset``."""
+    cx, cy = x + offset[0], y + offset[1]
+    return cx - width / 2, cy - _LINE / 2, cx + width / 2, cy + _LINE / 2
 
 
-def label_places(xs: list[float], ys: list[float], labels: list[str]) -> list[str]:
-    """Where each point's label goes (plotly's textposition) so labels cover neither each
-    other nor the points: the first of eight places around the point that is free, else the
-    one that overlaps least. ``xs``/``ys`` as drawn, scaled to the plot (0 to 1).
+def _overlap(a: Box, b: Box) -> float:
+    return max(min(a[2], b[2]) - max(a[0], b[0]), 0.0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+
+
+def label_places(xs: list[float], ys: list[float], labels: list[str]) -> list[tuple[float, float]]:
+    """Where each point's label goes, as its centre's offset from the point (the plot being
+    1 × 1; ``xs``/``ys`` as drawn, scaled to 0..1), so that labels cover neither each other
+    nor the points nor leave the plot: the nearest free place on rings around the point, in
+    eight directions each (the report draws a thin line from a label to its point).
 
     >>> label_places([0.5, 0.51], [0.5, 0.5], ["bnb-int8", "torchao-int8wo"])
-    ['top center', 'bottom center']
+    [(0.0, 0.0675), (0.0, -0.0675)]
     """
-    placed: list[tuple[float, float, float, float]] = []
+    placed: list[Box] = [
+        (x - 0.01, y - 0.01, x + 0.01, y + 0.01) for x, y in zip(xs, ys, strict=True)
+    ]
     out = []
-
-    def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-        w = min(a[2], b[2]) - max(a[0], b[0])
-        h = min(a[3], b[3]) - max(a[1], b[1])
-        return max(w, 0.0) * max(h, 0.0)
-
-    dots = [(x - 0.01, y - 0.01, x + 0.01, y + 0.01) for x, y in zip(xs, ys, strict=True)]
     for x, y, label in zip(xs, ys, labels, strict=True):
         width = _CHAR * len(label)
-        cost = {
-            place: sum(overlap(_box(x, y, width, place), o) for o in [*placed, *dots])
-            for place in _PLACES
-        }
-        best = min(_PLACES, key=lambda p: (cost[p] > 0, cost[p]))  # first free, in order
-        out.append(best)
+        best, cost = (0.0, _LINE), math.inf
+        for ring in (0.04, 0.1, 0.16, 0.24, 0.32):
+            for kx, ky in _DIRECTIONS:
+                offset = (kx * (ring + width / 2), ky * (ring + _LINE / 2))
+                box = _box(x, y, width, offset)
+                outside = max(0.0, -box[0]) + max(0.0, box[2] - 1.15) + max(0.0, box[3] - 1.1)
+                here = sum(_overlap(box, other) for other in placed) + outside
+                if here < cost:
+                    best, cost = offset, here
+            if cost == 0:
+                break
+        out.append((round(best[0], 4), round(best[1], 4)))
         placed.append(_box(x, y, width, best))
     return out
+
+
+def _labels(xs: list[float], ys: list[float], labels: list[str], log_y: bool) -> list[dict]:
+    """Plotly annotations: each label at its place, a thin line to its point."""
+    scaled = label_places(_scaled(xs, False), _scaled(ys, log_y), labels)
+    return [
+        {
+            "x": x,
+            "y": math.log10(y) if log_y else y,  # plotly places annotations in log10 units
+            "text": label,
+            "ax": dx * _PLOT_PX[0],
+            "ay": -dy * _PLOT_PX[1],
+            "showarrow": True,
+            "arrowhead": 0,
+            "arrowwidth": 1,
+            "arrowcolor": "#999",
+            "standoff": 4,
+            "xanchor": "center",
+            "yanchor": "middle",
+            "font": {"size": 11},
+        }
+        for x, y, label, (dx, dy) in zip(xs, ys, labels, scaled, strict=True)
+    ]
 
 
 def _scaled(values: list[float], log: bool) -> list[float]:
@@ -112,18 +133,11 @@ def _scatter(
                 ys[i], labels[i] = floor, f"{labels[i]} (= 0)"
     points = {
         "type": "scatter",
-        "mode": "markers+text",
+        "mode": "markers",
         "name": "configs",
         "x": [pts[i][0] for i in keep],
         "y": [ys[i] for i in keep],
-        "text": [labels[i] for i in keep],
-        "textposition": label_places(
-            _scaled([float(pts[i][0]) for i in keep], False),  # type: ignore[arg-type]
-            _scaled([ys[i] for i in keep], log_y),
-            [labels[i] for i in keep],
-        )
-        if keep
-        else "top center",
+        "text": [labels[i] for i in keep],  # on hover; the labels are annotations
         "error_y": {"type": "data", "array": [results[i].metrics.get(my.se, 0) for i in keep]}
         if my.se
         else None,
@@ -147,6 +161,14 @@ def _scatter(
         "yaxis": {"title": {"text": my.label}, "type": "log" if log_y else "linear"},
         "margin": {"t": 70},
         "legend": {"orientation": "h", "y": -0.2},
+        "annotations": _labels(
+            [float(pts[i][0]) for i in keep],  # type: ignore[arg-type]
+            [ys[i] for i in keep],
+            [labels[i] for i in keep],
+            log_y,
+        )
+        if keep
+        else [],
     }
     return {"data": data, "layout": layout}
 
