@@ -27,6 +27,9 @@ class DType(str, Enum):
     BF16 = "bf16"
     FP16 = "fp16"
 
+    def __repr__(self) -> str:  # as written in code (signatures in help and the API docs)
+        return f"DType.{self.name}"
+
 
 def param(
     default: Any = MISSING,
