@@ -11,6 +11,9 @@ import torch
 SDISTS = os.environ.get("QUANTSCOPE_TEST_SDISTS", "")  # the Makefile's source packages
 TOOLS = os.environ.get("QUANTSCOPE_TOOLS") or str(Path.home() / ".cache" / "quantscope" / "tools")
 
+# the tiny tests' evaluation windows: 300 tokens of the tiny text in windows of 64, stride 32
+TINY_WINDOWS = ["--tokens", "300", "--context", "64", "--stride", "32"]
+
 
 def needs_tool(tool: object) -> None:
     """Skip, saying why, when a tool environment was not built (``make tools`` builds it;

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import needs_llama_sdist
+from conftest import TINY_WINDOWS, needs_llama_sdist
 from quantscope import backends
 from quantscope.cli import app
 from quantscope.config import Gguf, names, parse_config
@@ -33,12 +33,7 @@ def _tiny_args(model_dir, text, tmp_path, configs="bf16"):
         str(text),
         "--configs",
         configs,
-        "--tokens",
-        "300",
-        "--context",
-        "64",
-        "--stride",
-        "32",
+        *TINY_WINDOWS,
         "--speed-reps",
         "1",
         "--max-new-tokens",

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conformance import BackendConformance
+from conftest import TINY_WINDOWS
 from quantscope.cli import app
 from quantscope.config import names, parse_config
 from quantscope.errors import UserError
@@ -77,12 +78,7 @@ def test_runs_in_quantscope_run(sign_plugin: Path, tiny_model_dir, tiny_text, tm
         str(tiny_text),
         "--configs",
         "fp32,sign",
-        "--tokens",
-        "300",
-        "--context",
-        "64",
-        "--stride",
-        "32",
+        *TINY_WINDOWS,
         "--store",
         str(tmp_path / "r.sqlite"),
         "--speed-reps",

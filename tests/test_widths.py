@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import build_tiny_model
+from conftest import TINY_WINDOWS, build_tiny_model
 from quantscope.cli import app
 
 WIDTHS = (80, 120, 200)
@@ -20,18 +20,7 @@ CONFIGS = f"fp32,bf16,{LONG}"
 
 
 def _window(model: Path, text: Path) -> list[str]:
-    return [
-        "--model",
-        str(model),
-        "--text",
-        str(text),
-        "--tokens",
-        "300",
-        "--context",
-        "64",
-        "--stride",
-        "32",
-    ]
+    return ["--model", str(model), "--text", str(text), *TINY_WINDOWS]
 
 
 def _show(args: list[str], width: int) -> str:
