@@ -198,3 +198,27 @@ def test_native_output_goes_to_the_debug_log_not_the_screen(capfd, tmp_path, mon
     assert "network_util" not in screen.err and "from a child" not in screen.out
     assert screen.out == "ours\n"
     assert "network_util.cc:330" in log.read_text() and "from a child" in log.read_text()
+
+
+def test_prose_columns_wrap_at_spaces_and_the_rest_stay_whole():
+    from rich.console import Console
+
+    from quantscope.report.fit import fitted
+
+    rows = [
+        {
+            "run": f"20261206-0519{i}3-05049a",
+            "model": "SmolLM2-135M-Instruct (bundled Q4_1 GGUF, de-quantized)",
+            "configs": "5",
+            "tokens": "4,096",
+        }
+        for i in range(3)
+    ]
+    for width in WIDTHS:
+        console = Console(record=True, width=width)
+        console.print(fitted(rows, ("run",), width, "runs", prose=("model",), left=("model",)))
+        out = console.export_text()
+        _readable(out, width, tuple(r["run"] for r in rows), "runs")
+        assert ("de-quantized)" in out) and ("4,096" in out)
+        one_line = "SmolLM2-135M-Instruct (bundled Q4_1 GGUF, de-quantized)" in out
+        assert one_line == (width >= 120)  # wrapped only where it must be

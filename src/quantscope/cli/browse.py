@@ -63,10 +63,17 @@ def _sweep(store: Path | None, key: str) -> tuple[str, list[RunReport]] | None:
     return found
 
 
-def _emit(rows: list[dict[str, Any]], fmt: str, title: str, table: list[Any] | None = None) -> None:
-    """``rows`` in ``fmt``; on the terminal ``table`` (the same rows as they read best) if given."""
+def _emit(
+    rows: list[dict[str, Any]],
+    fmt: str,
+    title: str,
+    table: list[Any] | None = None,
+    prose: tuple[str, ...] = (),
+) -> None:
+    """``rows`` in ``fmt``; on the terminal ``table`` (the same rows as they read best) if
+    given, its ``prose`` columns wrapped at their spaces."""
     if fmt == "table":
-        console.print(rich_table(table or rows, title, console.width))
+        console.print(rich_table(table or rows, title, console.width, prose))
     else:
         text = render(rows, fmt)  # plain text for pipes: no rich wrapping
         Screen("stdout").write(text if text.endswith("\n") else text + "\n")
@@ -95,7 +102,7 @@ def runs(store: StoreOpt = None, fmt: FormatOpt = "table") -> None:
     ]
     if fmt == "table":  # to the minute, and the id on one line: a reader copies it
         rows = [{**r, "created": str(r["created"])[:16].replace("T", " ")} for r in rows]
-    _emit(rows, fmt, "runs")
+    _emit(rows, fmt, "runs", prose=("model",))
 
 
 @app.command()

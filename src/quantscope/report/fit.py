@@ -20,22 +20,38 @@ def _plain(head: str, value: str) -> str:
     return ""
 
 
-def column_width(rows: Sequence[dict[str, str]], head: str, whole: bool = False) -> int:
-    """The room a column takes: its widest cell, or its header (its longest word, unless
-    ``whole``)."""
+def column_width(
+    rows: Sequence[dict[str, str]], head: str, whole: bool = False, prose: bool = False
+) -> int:
+    """The room a column takes: its widest cell (its longest word, for ``prose``), or its
+    header (its longest word, unless ``whole``)."""
     words = [len(head)] if whole else [len(w) for w in head.split()]
-    return max([len(r[head]) for r in rows] + words)
+    cells = [max(map(len, r[head].split() or [""])) if prose else len(r[head]) for r in rows]
+    return max(cells + words)
 
 
-def _widths(rows: Sequence[dict[str, str]], heads: Sequence[str], width: int) -> list[int]:
-    """Each column's width: headers on one line when the table fits so, else wrapped."""
+def _widths(
+    rows: Sequence[dict[str, str]], heads: Sequence[str], width: int, prose: Sequence[str]
+) -> list[int]:
+    """Each column's width: headers on one line when the table fits so, else wrapped; prose
+    columns given what room is left (at least their longest word)."""
     whole = [column_width(rows, h, whole=True) for h in heads]
     if 1 + sum(w + 3 for w in whole) <= width:
         return whole
-    return [column_width(rows, h) for h in heads]
+    full = [column_width(rows, h) for h in heads]
+    least = [column_width(rows, h, prose=h in prose) for h in heads]
+    spare = width - 1 - sum(w + 3 for w in least)
+    out = []
+    for low, high in zip(least, full, strict=True):
+        extra = min(high - low, max(spare, 0))
+        spare -= extra
+        out.append(low + extra)
+    return out
 
 
-def layout(rows: Sequence[dict[str, str]], keys: Sequence[str], width: int) -> list[list[str]]:
+def layout(
+    rows: Sequence[dict[str, str]], keys: Sequence[str], width: int, prose: Sequence[str] = ()
+) -> list[list[str]]:
     """The value columns, in order, in groups whose tables (keys repeated) fit ``width``."""
     start = 1 + sum(column_width(rows, k) + 3 for k in keys)
     groups: list[list[str]] = [[]]
@@ -43,7 +59,7 @@ def layout(rows: Sequence[dict[str, str]], keys: Sequence[str], width: int) -> l
     for head in rows[0]:
         if head in keys:
             continue
-        need = column_width(rows, head) + 3
+        need = column_width(rows, head, prose=head in prose) + 3
         if groups[-1] and used + need > width:
             groups.append([])
             used = start
@@ -60,20 +76,23 @@ def fitted(
     notes: Sequence[str] = (),
     style: Style = _plain,
     left: Sequence[str] = (),
+    prose: Sequence[str] = (),
 ) -> Group:
     """``rows`` (one dict of column → text per row, the same columns in each) as a title line,
     one table per group of columns that fits ``width`` beside the ``keys``, and dim notes.
-    ``left``: value columns aligned left (the rest are numbers, aligned right)."""
+    ``left``: value columns aligned left (the rest are numbers, aligned right); ``prose``:
+    value columns of words (a model's name, a reason) that may wrap at their spaces — every
+    other cell stays whole on one line."""
     parts: list[Text | Table] = [Text(title)] if title else []
     if rows:
-        for group in layout(rows, keys, width):
+        for group in layout(rows, keys, width, prose):
             table = Table(show_edge=True)
             heads = (*keys, *group)
-            for head, room in zip(heads, _widths(rows, heads, width), strict=True):
+            for head, room in zip(heads, _widths(rows, heads, width, prose), strict=True):
                 table.add_column(
-                    Text(head, no_wrap=False),  # a header wraps at its spaces; a cell never
-                    justify="left" if head in keys or head in left else "right",
-                    no_wrap=True,
+                    Text(head, no_wrap=False),  # a header wraps at its spaces
+                    justify="left" if head in keys or head in left or head in prose else "right",
+                    no_wrap=head not in prose,
                     max_width=room,
                     min_width=room,
                 )

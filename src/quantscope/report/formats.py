@@ -103,11 +103,14 @@ def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) and not math.isnan(value) else _cell(value)
 
 
-def rich_table(rows: list[dict[str, Any]], title: str, width: int) -> Any:
+def rich_table(
+    rows: list[dict[str, Any]], title: str, width: int, prose: tuple[str, ...] = ()
+) -> Any:
     """Rows as rich tables that fit ``width`` (every cell plain text, never markup, never
-    cut or wrapped; the first column, a name or id a reader copies, repeated in each)."""
+    cut; the first column, a name or id a reader copies, repeated in each; only ``prose``
+    columns wrap, at their spaces)."""
     from quantscope.report.fit import fitted
 
     cells = [{k.replace("_", " "): _shown(v) for k, v in row.items()} for row in rows]
     keys = tuple(cells[0])[:1] if cells else ()
-    return fitted(cells, keys, width, title)
+    return fitted(cells, keys, width, title, left=prose, prose=prose)
