@@ -19,7 +19,7 @@ FLOORS = [
     ["results", "provenance", "token_values"],
     ["quiet", "events", "cache"],
     ["models", "data", "capability"],
-    ["toolenv", "toolserver"],
+    ["toolenv", "toolserver", "isolation"],
     ["backends"],
     ["reference", "evaluate", "tasks"],
     ["store"],

@@ -21,6 +21,7 @@ the SHA-256 of every file, checked before an artifact is used.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -31,6 +32,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from quantscope.errors import UserError
 
 log = logging.getLogger(__name__)
 WAIT_NOTE_S = 30.0  # how often a waiting process says what it is waiting for
@@ -158,3 +161,34 @@ class _locked:
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
+
+
+MB = 1 << 20
+
+
+def no_room(err: BaseException) -> bool:
+    """Whether ``err`` says a file system is full (ENOSPC; SQLite says it in words)."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return "database or disk is full" in str(err)
+
+
+def room_error(folder: Path, need_bytes: float, what: str) -> UserError:
+    """The one sentence for a folder without the room ``what`` needs (about ``need_bytes``)."""
+    try:
+        free = f"{shutil.disk_usage(folder).free / MB:,.1f} MB free"
+    except OSError:
+        free = "its free space unknown"
+    return UserError(
+        f"No room in '{folder}' ({free}): {what} needs about {need_bytes / MB:,.1f} MB; "
+        "every result finished so far is stored — free some room, or point QUANTSCOPE_CACHE "
+        "(or --store) to a larger disk, and run again: it resumes."
+    )
+
+
+def check_room(folder: Path, need_bytes: float, what: str) -> None:
+    """Refuse, before anything is written, when ``folder``'s file system has less room than
+    ``need_bytes``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(folder).free < need_bytes:
+        raise room_error(folder, need_bytes, what)

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from quantscope import backends, capability, evaluate, models, quiet
+from quantscope import backends, capability, evaluate, isolation, models, quiet
 from quantscope.backends import lora
-from quantscope.cache import cache_dir, made
+from quantscope.cache import cache_dir, check_room, made, no_room, room_error
 from quantscope.config import QuantConfig, RunSpec, precision_config
 from quantscope.context import RunContext, prepare, result_key
 from quantscope.errors import ToolError, Unavailable, UserError
@@ -26,7 +26,16 @@ from quantscope.reference import Reference, ReferenceCache
 from quantscope.results import Outcome, Result, RunReport, Status
 from quantscope.store import Store, default_store
 
-__all__ = ["Events", "LogEvents", "RunContext", "evaluate_config", "prepare", "result_key", "run"]
+__all__ = [
+    "Events",
+    "LogEvents",
+    "RunContext",
+    "config_task",
+    "evaluate_config",
+    "prepare",
+    "result_key",
+    "run",
+]
 
 
 def ensure_reference(ctx: RunContext) -> None:
@@ -42,27 +51,48 @@ def ensure_reference(ctx: RunContext) -> None:
         _ensure_reference(ctx)
 
 
-def _ensure_reference(ctx: RunContext) -> None:
-    spec, settings = ctx.spec, ctx.settings
-    common = (
-        ctx.files.fingerprint,
-        spec.model.dtype.value,
-        settings["device_type"],
-        settings["versions"],
-    )
-    ref_key = digest(
+def _common(ctx: RunContext) -> tuple[Any, ...]:
+    s = ctx.settings
+    return (ctx.files.fingerprint, ctx.spec.model.dtype.value, s["device_type"], s["versions"])
+
+
+def _reference_cache(ctx: RunContext) -> ReferenceCache:
+    """Where the baseline's reference pass of this run is (or will be) kept."""
+    spec = ctx.spec
+    key = digest(
         REFERENCE_FORMAT,
-        *common,
+        *_common(ctx),
         ctx.windows.fingerprint,
         spec.ref_topk,
         spec.ref_samples,
         spec.seed,
     )
+    return ReferenceCache(cache_dir() / "reference" / key)
+
+
+# bytes a run writes, measured on the bundled model: the reference keeps 5.6 B per scored
+# token and kept id compressed (1,791 B/token at top-256 + 64 samples), a result's per-token
+# values 13 B/token; with room to spare for its rows, generations and the log
+REFERENCE_B, VALUES_B, SPARE = 5.6, 13.0, 1.5
+
+
+def room_needed(ctx: RunContext, configs: int) -> float:
+    """About how many bytes measuring ``configs`` configs of this run will write."""
+    n = ctx.windows.n_scored
+    need = configs * (n * VALUES_B + (64 << 10))  # a row, its generations: < 64 KB
+    if not _reference_cache(ctx).exists():
+        need += n * (ctx.spec.ref_topk + ctx.spec.ref_samples + 1) * REFERENCE_B
+    return SPARE * need
+
+
+def _ensure_reference(ctx: RunContext) -> None:
+    spec, settings = ctx.spec, ctx.settings
+    common = _common(ctx)
     gen_key = digest("generations-2", *common, list(spec.prompts), spec.max_new_tokens)
     folder = cache_dir() / "reference"
     if spec.exact:
         _baseline(ctx)
-    cache = ReferenceCache(folder / ref_key)
+    cache = _reference_cache(ctx)
     if not cache.exists():
 
         def chunks() -> Iterator[Reference]:  # the baseline loads only if this process makes it
@@ -142,23 +172,70 @@ def run(spec: RunSpec, events: Events | None = None) -> RunReport:
     """
     events = events or LogEvents()
     ctx = prepare(spec, events)
+    need = room_needed(ctx, len(spec.configs))
+    check_room(cache_dir(), need, "this run (its reference pass and results)")
     outcomes = []
     with Store(spec.store_path or default_store()) as store:
         run_id = store.new_run(ctx.files.name, ctx.settings)
         for position, config in enumerate(spec.configs):
-            outcome = _one(ctx, store, config, run_id, position)
+            try:
+                outcome = _one(ctx, store, config, run_id, position)
+            except Exception as err:  # a full disk ends the run, with what is stored kept
+                if no_room(err):
+                    folder = Path(getattr(err, "filename", None) or cache_dir())
+                    raise room_error(
+                        folder if folder.is_dir() else folder.parent, need, "this run"
+                    ) from None
+                raise
             outcomes.append(outcome)
             events.outcome(outcome)
     return RunReport(run_id, outcomes, ctx.settings, ctx.provenance(store.path))
+
+
+def _full(err: BaseException, need: float) -> Exception:
+    """The sentence for a full disk met while measuring: the folder it met it in."""
+    where = Path(getattr(err, "filename", None) or cache_dir())
+    return room_error(where if where.is_dir() else where.parent, need, "this run")
 
 
 def _one(ctx: RunContext, store: Store, config: QuantConfig, run_id: str, position: int) -> Outcome:
     reused = ctx.reuse(store, run_id, config, position)
     if reused is not None:
         return reused
-    outcome = evaluate_config(ctx, config, ctx.key(config))
+    key = ctx.key(config)
+    measured = _isolated if ctx.spec.isolate else evaluate_config
+    outcome = measured(ctx, config, key)
     ctx.record(store, run_id, config, position, outcome)
     return outcome
+
+
+def config_task(spec: RunSpec, threads: int, config: QuantConfig, key: str) -> Outcome:
+    """A child process (``--isolate``) or a Ray task: one config measured against the
+    reference on disk, with the driver's intra-op thread count (so the numbers are the same
+    whichever process measures them); never stored here."""
+    return evaluate_config(prepare(spec, LogEvents(), threads), config, key)
+
+
+def _isolated(ctx: RunContext, config: QuantConfig, key: str) -> Outcome:
+    """``config`` measured in a child process of its own: whatever ends that process (a
+    segfault, an abort, the out-of-memory killer, --config-timeout) fails this config with
+    how it ended, and the run goes on. The reference is made here first (the baseline is the
+    only model this process loads); the child reads it from disk."""
+    if ctx.reference is None:
+        ensure_reference(ctx)
+    ctx.events.stage(f"{config.display}: measuring (in a process of its own)", None)
+    spec = ctx.spec
+    ended = isolation.call(
+        "quantscope.runner:config_task",
+        (spec, ctx.threads, config, key),
+        timeout=spec.config_timeout,
+        memory_mb=spec.config_memory_mb,
+    )
+    if ended.ok:
+        outcome: Outcome = ended.value
+        return outcome
+    reason = f"{config.display} did not finish: {ended.reason}"
+    return Outcome(config.display, Status.FAILED, reason, None, ctx.files.name)
 
 
 def evaluate_config(ctx: RunContext, config: QuantConfig, key: str) -> Outcome:
@@ -184,6 +261,8 @@ def evaluate_config(ctx: RunContext, config: QuantConfig, key: str) -> Outcome:
         free_memory()
         return Outcome(config.display, Status.FAILED, str(err), None, model)
     except Exception as err:  # a backend library failing fails this config, not the run
+        if no_room(err):  # a full disk is the run's: every config after it would fail too
+            raise
         quiet.debug("config %s failed", config.name, exc_info=True)
         free_memory()
         return Outcome(config.display, Status.FAILED, f"{type(err).__name__}: {err}", None, model)

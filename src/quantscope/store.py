@@ -11,6 +11,7 @@ True
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -20,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from quantscope.cache import cache_dir
+from quantscope.cache import cache_dir, no_room, room_error
 from quantscope.errors import UserError
 from quantscope.provenance import now
 from quantscope.results import Outcome, Result, RunReport, Status
@@ -84,16 +85,22 @@ class Store:
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
             found = self._set_up(time.monotonic() + BUSY_TIMEOUT_S)
         except (OSError, sqlite3.DatabaseError) as err:
-            raise UserError(f"Cannot use '{self.path}' as a results database: {err}.") from None
+            if no_room(err):  # its tables, its write-ahead log and a first row: about 1 MB
+                raise room_error(self.path.parent, 1 << 20, "the results database") from None
+            raise UserError(
+                f"Cannot use '{self.path}' as a results database ({err}): if it is damaged, "
+                "move it aside and run again (a new one is made), or pass another --store."
+            ) from None
         if found is None or found[0] in ("1", "2", "3"):  # older: tables missing or renamed
             with self.db:
                 self.db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
-        elif int(found[0]) != SCHEMA_VERSION:
+        elif not found[0].isdigit() or int(found[0]) > SCHEMA_VERSION:
             raise UserError(
-                f"'{self.path}' has results schema {found[0]}, this quantscope reads "
-                f"{SCHEMA_VERSION}; pass another --store."
+                f"'{self.path}' was written by a newer quantscope (results schema {found[0]}; "
+                f"this one reads up to {SCHEMA_VERSION}): upgrade quantscope, or pass another "
+                "--store."
             )
 
     def _set_up(self, deadline: float) -> tuple[str] | None:
@@ -145,7 +152,16 @@ class Store:
 
     def put(self, result: Result, tokens: bytes | None = None) -> None:
         """Insert or replace a result and its per-token values (``TokenValues.to_bytes()``)
-        in one transaction, committed before this returns."""
+        in one transaction, committed before this returns (a full disk: ENOSPC, naming the
+        database; the rows before it are kept)."""
+        try:
+            self._put(result, tokens)
+        except sqlite3.OperationalError as err:
+            if "full" in str(err):
+                raise OSError(errno.ENOSPC, str(err), str(self.path)) from None
+            raise
+
+    def _put(self, result: Result, tokens: bytes | None) -> None:
         with self.db:
             if tokens is not None:
                 self.db.execute(

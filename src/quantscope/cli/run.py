@@ -183,6 +183,24 @@ def run(
         bool,
         typer.Option(help="Serve without torch.compile: starts sooner, runs slower."),
     ] = False,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            help="Measure each config in a process of its own: a crash, an abort or an out-of-memory kill fails that config, not the run."
+        ),
+    ] = False,
+    config_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="With --isolate: seconds a config may take before it is stopped and failed."
+        ),
+    ] = None,
+    config_memory: Annotated[
+        float | None,
+        typer.Option(
+            help="With --isolate: MB of address space a config's process may use; past it the config fails."
+        ),
+    ] = None,
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config
     (with --margin, each judged equivalent, worse or not resolved at that margin)."""

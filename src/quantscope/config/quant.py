@@ -115,13 +115,20 @@ def _is_folder(text: str) -> bool:
     """Whether a config text is a path to a model folder (one with a config.json)."""
     text = text.strip()
     looks = text.startswith((".", "/", "~")) or "/" in text or "\\" in text
-    return looks and (Path(text).expanduser() / "config.json").is_file()
+    try:
+        return looks and (Path(text).expanduser() / "config.json").is_file()
+    except (RuntimeError, OSError):  # "~name" of no user, a name too long for the system
+        return False
 
 
 def _adapter_folder(text: str) -> str:
     """The absolute path of a LoRA adapter folder (one holding ``adapter_config.json``)."""
-    folder = Path(text.strip()).expanduser()
-    if not (folder / "adapter_config.json").is_file():
+    try:
+        folder = Path(text.strip()).expanduser()
+        found = (folder / "adapter_config.json").is_file()
+    except (RuntimeError, OSError):  # "~name" of no user, a name too long for the system
+        found, folder = False, Path(text.strip())
+    if not found:
         raise UserError(
             f"'{text}' is not a LoRA adapter folder (no adapter_config.json); pass the folder "
             "'quantscope recover' or peft's save_pretrained wrote."
@@ -166,7 +173,7 @@ def read_config_file(path: str | Path) -> QuantConfig:
     try:
         body = json.loads(file.read_text(encoding="utf-8"))
         text, label = body["config"], str(body.get("label") or file.stem)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError too
         raise UserError(
             f"'{path}' is not a quantscope config file (JSON with a \"config\" string)."
         ) from None

@@ -290,8 +290,18 @@ class RunSpec:
     until_decided: Margins | None = None
     spending: str = DEFAULT_SPENDING
     serve: ServeSpec = field(default_factory=ServeSpec)  # configs measured in an engine
+    # each config measured in a child process of its own (a crash costs that config), stopped
+    # past config_timeout seconds, its address space capped at config_memory_mb
+    isolate: bool = False
+    config_timeout: float | None = None
+    config_memory_mb: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("config_timeout", "config_memory_mb"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                option = "--config-timeout" if name == "config_timeout" else "--config-memory"
+                raise UserError(f"{option} must be positive, got {value}.")
         if self.until_decided is not None and (
             self.until_decided.ppl is None and self.until_decided.kl is None
         ):

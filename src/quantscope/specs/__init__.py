@@ -101,6 +101,9 @@ def run_spec(
     engine_kv_gib: float = 1.0,
     engine_timeout: float = 900.0,
     engine_eager: bool = False,
+    isolate: bool = False,
+    config_timeout: float | None = None,
+    config_memory: float | None = None,
 ) -> cfg.RunSpec:
     """The :class:`RunSpec` of ``quantscope run`` with these options (same names).
     ``until_decided``: stop each config once its verdicts at ``margin`` are resolved; the
@@ -156,6 +159,9 @@ def run_spec(
             timeout=engine_timeout,
             eager=engine_eager,
         ),
+        isolate=isolate,
+        config_timeout=config_timeout,
+        config_memory_mb=config_memory,
     )
 
 

@@ -40,11 +40,12 @@ def _reference_task(spec: RunSpec, threads: int) -> str:
     return ctx.files.fingerprint
 
 
-def _config_task(spec: RunSpec, threads: int, config: QuantConfig, _reference: str) -> Outcome:
+def _config_task(
+    spec: RunSpec, threads: int, config: QuantConfig, key: str, _reference: str
+) -> Outcome:
     """Worker: measure one config against the reference its task made (never stores it),
     with the driver's intra-op thread count, so the numbers are the local executor's."""
-    ctx = prepare(spec, LogEvents(), threads)
-    return runner.evaluate_config(ctx, config, ctx.key(config))
+    return runner.config_task(spec, threads, config, key)
 
 
 def _memory(ctx: RunContext, factor: float) -> int:
@@ -106,7 +107,11 @@ def _drive(ray: Any, sweep: Sweep, events: Events, retries: int) -> list[RunRepo
                         spec, ctx.threads
                     )
                 task = measure.options(memory=_memory(ctx, 2.0), num_cpus=cpus)
-                pending[task.remote(spec, ctx.threads, config, ref)] = (index, position, config)
+                pending[task.remote(spec, ctx.threads, config, ctx.key(config), ref)] = (
+                    index,
+                    position,
+                    config,
+                )
         _collect(ray, store, pending, runs, events, retries)
     return [_report(ctx, run_id, outcomes, store.path) for ctx, run_id, outcomes in runs]
 

@@ -97,6 +97,8 @@ def read_sweep(path: str | Path) -> Sweep:
         raise UserError(f"No such sweep file '{path}'; write one in YAML (see the README).")
     try:
         body = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"Sweep file '{path}' is not UTF-8 text; write it in YAML.") from None
     except yaml.YAMLError as err:
         raise UserError(f"Sweep file '{path}' is not valid YAML: {err}") from None
     if not isinstance(body, dict):
