@@ -14,7 +14,7 @@ MAX_LINES = 350
 # and any floor below. DESIGN.md's parts table, with errors first (config imports it) and
 # metrics at the bottom (it imports nothing of ours).
 FLOORS = [
-    ["errors", "metrics"],
+    ["errors", "metrics", "chaos"],
     ["config"],
     ["results", "provenance", "token_values"],
     ["quiet", "events", "cache"],
@@ -23,7 +23,7 @@ FLOORS = [
     ["backends"],
     ["reference", "evaluate", "tasks"],
     ["store"],
-    ["context", "measure", "runner"],
+    ["context", "measure", "preflight", "runner"],
     ["sweeps", "mixed", "recovery"],
     ["decide"],
     ["report"],

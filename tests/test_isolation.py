@@ -122,3 +122,19 @@ def test_how_a_child_ended_is_said_in_one_sentence(tmp_path: Path) -> None:
     assert ok.ok and ok.value == os.path.join("a", "b") and ok.peak_mb >= 0
     failed = isolation.call("os:_exit", (3,))
     assert not failed.ok and failed.reason.startswith("its process exited with code 3")
+
+
+def test_a_config_that_cannot_fit_is_skipped_before_it_loads(
+    tiny_model_dir: Path, tiny_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantscope import preflight
+
+    monkeypatch.setattr(preflight, "available", lambda device: 0.5 * preflight.GB)
+    spec = _spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", "fp32,bf16")
+    fp32, bf16 = runner.run(spec).outcomes
+    assert fp32.status is bf16.status is Status.SKIPPED
+    assert "it needs about 0.7 GB while measured" in bf16.reason, bf16.reason
+    assert "more than the 0.5 GB of memory available" in bf16.reason
+    assert "--no-memory-check" in bf16.reason
+    unchecked = _spec(tiny_model_dir, tiny_text, tmp_path / "r.sqlite", "bf16", memory_check=False)
+    assert runner.run(unchecked).outcomes[0].status is Status.MEASURED

@@ -109,6 +109,8 @@ def made(target: Path, make: Callable[[Path], dict[str, Any]]) -> dict[str, Any]
         found = read_made(target)  # another process may have made it while we waited
         if found is not None:
             return found
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed maker
+            _remove(stale)  # (we hold the lock: no other process is making it now)
         tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
             meta = {**make(tmp), "made_by": maker(), "files": checksums(tmp)}

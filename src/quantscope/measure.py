@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from quantscope import backends, capability, evaluate, models
+from quantscope import backends, capability, chaos, evaluate, models
 from quantscope.backends import LoadedModel, lora
 from quantscope.config import QuantConfig
 from quantscope.context import RunContext
@@ -125,12 +125,17 @@ def _accuracy(ctx: RunContext, loaded: LoadedModel, config: QuantConfig) -> _Pas
             stop=stop,
         )
     else:
+
+        def advance(n: int) -> None:
+            ctx.events.advance(n)
+            chaos.point("scoring-batch")
+
         token_stats = evaluate.compare_pass(
             loaded.model,
             ctx.windows,
             ctx.reference.cursor(),
             ctx.spec.batch_size,
-            ctx.events.advance,
+            advance,
             baseline=ctx.baseline_model,
             kv=config.kv,
             stop=stop,

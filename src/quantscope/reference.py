@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantscope import chaos
 from quantscope.cache import made, read_made
 
 FORMAT = 6  # bump when the stored arrays change (6: top-1 is the first maximum among ties)
@@ -129,6 +130,7 @@ class ReferenceCache:
             held = 0.0
             for count, chunk in enumerate(chunks, start=1):
                 chunk.save(tmp / f"chunk-{count - 1:06d}.npz")
+                chaos.point("reference-chunk")
                 tokens += len(chunk)
                 held += chunk.bytes_per_token * len(chunk)
             size = sum(p.stat().st_size for p in tmp.glob("chunk-*.npz"))

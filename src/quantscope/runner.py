@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from quantscope import backends, capability, evaluate, isolation, models, quiet
+from quantscope import backends, capability, chaos, evaluate, isolation, models, quiet
 from quantscope.backends import lora
 from quantscope.cache import cache_dir, check_room, made, no_room, room_error
 from quantscope.config import QuantConfig, RunSpec, precision_config
@@ -20,6 +20,7 @@ from quantscope.errors import ToolError, Unavailable, UserError
 from quantscope.evaluate.device import intra_op_threads
 from quantscope.events import Events, LogEvents
 from quantscope.measure import answer_tasks, free_memory, measure
+from quantscope.preflight import check_memory
 from quantscope.provenance import digest
 from quantscope.reference import FORMAT as REFERENCE_FORMAT
 from quantscope.reference import Reference, ReferenceCache
@@ -128,6 +129,7 @@ def _ensure_reference(ctx: RunContext) -> None:
 def _baseline(ctx: RunContext) -> Any:
     """The baseline model, loaded once per run (only when something needs it)."""
     if ctx.baseline_model is None:
+        chaos.point("baseline-load")
         ctx.events.stage("Loading the baseline", None)
         base = precision_config(ctx.spec.model.dtype)
         placed = models.baseline_spec(ctx.spec.model, ctx.files, ctx.device)  # offload if big
@@ -252,6 +254,7 @@ def evaluate_config(ctx: RunContext, config: QuantConfig, key: str) -> Outcome:
             lora.check(config)
         if ctx.reference is None:
             ensure_reference(ctx)
+        check_memory(ctx, config)  # after the reference: the baseline is freed by then
         with intra_op_threads(ctx.threads):
             result, token_values = measure(ctx, config, key)
     except Unavailable as err:

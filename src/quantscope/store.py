@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from quantscope import chaos
 from quantscope.cache import cache_dir, no_room, room_error
 from quantscope.errors import UserError
 from quantscope.provenance import now
@@ -167,6 +168,7 @@ class Store:
                 self.db.execute(
                     "INSERT OR REPLACE INTO token_values VALUES (?, ?)", (result.key, tokens)
                 )
+            chaos.point("store-row")  # inside the transaction: a kill here rolls it back
             self.db.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (

@@ -5,6 +5,7 @@ progress bar the runner's events draw, and every option more than one command ta
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from quantscope import chaos
 from quantscope.errors import UserError
 from quantscope.quiet import Screen, captured
 from quantscope.results import Outcome, Status
@@ -143,8 +145,18 @@ def write_outputs(body: Any, html_path: Path | None, json_path: Path | None, htm
     import json
 
     if html_path:
-        html_path.write_text(html, encoding="utf-8")
+        _whole(html_path, html)
         console.print(f"HTML report written to {escape(str(html_path))}")
     if json_path:
-        json_path.write_text(json.dumps(body, indent=2, default=str), encoding="utf-8")
+        _whole(json_path, json.dumps(body, indent=2, default=str))
         console.print(f"JSON written to {escape(str(json_path))}")
+
+
+def _whole(path: Path, text: str) -> None:
+    """``text`` written to ``path`` whole or not at all (a file beside it, then renamed)."""
+    for stale in path.parent.glob(f".{path.name}.*.part"):  # left by a killed writer
+        stale.unlink(missing_ok=True)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    part.write_text(text, encoding="utf-8")
+    chaos.point("report")
+    os.replace(part, path)

@@ -295,6 +295,7 @@ class RunSpec:
     isolate: bool = False
     config_timeout: float | None = None
     config_memory_mb: float | None = None
+    memory_check: bool = True  # skip a config whose expected peak exceeds what is free
 
     def __post_init__(self) -> None:
         for name in ("config_timeout", "config_memory_mb"):

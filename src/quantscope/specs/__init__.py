@@ -104,6 +104,7 @@ def run_spec(
     isolate: bool = False,
     config_timeout: float | None = None,
     config_memory: float | None = None,
+    memory_check: bool = True,
 ) -> cfg.RunSpec:
     """The :class:`RunSpec` of ``quantscope run`` with these options (same names).
     ``until_decided``: stop each config once its verdicts at ``margin`` are resolved; the
@@ -162,6 +163,7 @@ def run_spec(
         isolate=isolate,
         config_timeout=config_timeout,
         config_memory_mb=config_memory,
+        memory_check=memory_check,
     )
 
 
