@@ -13,6 +13,46 @@ TOOLS = os.environ.get("QUANTSCOPE_TOOLS") or str(Path.home() / ".cache" / "quan
 
 # the tiny tests' evaluation windows: 300 tokens of the tiny text in windows of 64, stride 32
 TINY_WINDOWS = ["--tokens", "300", "--context", "64", "--stride", "32"]
+TIMING = ("tps", "_s", "peak_")  # metrics measured anew each time, never equal
+
+
+def tiny_run(model: Path, text: Path, configs: str, *more: str) -> list[str]:
+    """``quantscope run``'s arguments for a quick run of the tiny model on the tiny text."""
+    return [
+        "run",
+        "--model",
+        str(model),
+        "--text",
+        str(text),
+        "--configs",
+        configs,
+        *TINY_WINDOWS,
+        "--speed-reps",
+        "1",
+        "--max-new-tokens",
+        "3",
+        *more,
+    ]
+
+
+def stored_accuracy(db: Path) -> dict[str, dict[str, float]]:
+    """Every accuracy metric of every result in a results database (its integrity checked,
+    each row with its per-token values), by config."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = con.execute("SELECT config, body FROM results").fetchall()
+        values = dict(con.execute("SELECT key, length(body) FROM token_values").fetchall())
+    out = {}
+    for config, body in rows:
+        result = json.loads(body)
+        assert values.get(result["key"]), f"{config}: a row without its per-token values"
+        out[config] = {
+            k: v for k, v in result["metrics"].items() if not any(t in k for t in TIMING)
+        }
+    return out
 
 
 def needs_tool(tool: object) -> None:

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import TINY_WINDOWS, needs_llama_sdist
+from conftest import needs_llama_sdist, tiny_run
 from quantscope import backends
 from quantscope.cli import app
 from quantscope.config import Gguf, names, parse_config
@@ -25,22 +25,7 @@ def _run(*args: str):
 
 
 def _tiny_args(model_dir, text, tmp_path, configs="bf16"):
-    return [
-        "run",
-        "--model",
-        str(model_dir),
-        "--text",
-        str(text),
-        "--configs",
-        configs,
-        *TINY_WINDOWS,
-        "--speed-reps",
-        "1",
-        "--max-new-tokens",
-        "3",
-        "--store",
-        str(tmp_path / "r.sqlite"),
-    ]
+    return tiny_run(model_dir, text, configs, "--store", str(tmp_path / "r.sqlite"))
 
 
 def _user_error(result, fragment: str) -> None:

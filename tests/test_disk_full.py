@@ -6,19 +6,15 @@ gives the numbers a run with room gives."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_WINDOWS
-
-TIMING = ("tps", "_s", "peak_")
+from conftest import stored_accuracy, tiny_run
 
 
 def _can_mount() -> str:
@@ -51,16 +47,6 @@ def _script(tmp: Path, small: str, args: list[str], env: str) -> str:
     )
 
 
-def _results(db: Path) -> dict[str, dict[str, float]]:
-    with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = con.execute("SELECT config, body FROM results").fetchall()
-    return {
-        c: {k: v for k, v in json.loads(b)["metrics"].items() if not any(t in k for t in TIMING)}
-        for c, b in rows
-    }
-
-
 def _run(tmp: Path, small: str, args: list[str], env: str) -> tuple[int, str, int]:
     (tmp / "full").mkdir()
     script = _script(tmp, small, args, env)
@@ -76,20 +62,7 @@ CONFIGS = "fp32,bf16,rtn[bits=8,group=32],rtn[bits=4,group=32],rtn[bits=3,group=
 def test_a_cache_without_room_is_refused_before_anything_is_written(
     tiny_model_dir: Path, tiny_text: Path, tmp_path: Path
 ) -> None:
-    args = [
-        "run",
-        "--model",
-        str(tiny_model_dir),
-        "--text",
-        str(tiny_text),
-        "--configs",
-        CONFIGS,
-        *TINY_WINDOWS,
-        "--speed-reps",
-        "1",
-        "--max-new-tokens",
-        "3",
-    ]
+    args = tiny_run(tiny_model_dir, tiny_text, CONFIGS)
     env = f"QUANTSCOPE_CACHE={tmp_path / 'full'} QUANTSCOPE_DEBUG_LOG={tmp_path / 'debug.log'}"
     first, said, second = _run(tmp_path, "256k", args, env)
     assert first == 2, said
@@ -98,37 +71,22 @@ def test_a_cache_without_room_is_refused_before_anything_is_written(
     assert "Traceback" not in said
     assert not list((tmp_path / "after-first").rglob("*.npz"))  # refused before writing
     assert second == 0, (tmp_path / "second.out").read_text()
-    assert len(_results(tmp_path / "kept" / "results.sqlite")) == 5
+    assert len(stored_accuracy(tmp_path / "kept" / "results.sqlite")) == 5
 
 
 def test_a_full_store_mid_run_keeps_what_was_stored_and_resumes(
     tiny_model_dir: Path, tiny_text: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "full" / "r.sqlite"
-    args = [
-        "run",
-        "--model",
-        str(tiny_model_dir),
-        "--text",
-        str(tiny_text),
-        "--configs",
-        CONFIGS,
-        *TINY_WINDOWS,
-        "--speed-reps",
-        "1",
-        "--max-new-tokens",
-        "3",
-        "--store",
-        str(store),
-    ]
+    args = tiny_run(tiny_model_dir, tiny_text, CONFIGS, "--store", str(store))
     env = f"QUANTSCOPE_CACHE={tmp_path / 'cache'} QUANTSCOPE_DEBUG_LOG={tmp_path / 'debug.log'}"
     first, said, second = _run(tmp_path, "200k", args, env)  # measured: holds 1 to 4 of the 5
     assert first == 2, said
     assert f"No room in '{tmp_path / 'full'}'" in said and "Traceback" not in said, said
-    stored = _results(tmp_path / "after-first" / "r.sqlite")  # integrity_check ok
+    stored = stored_accuracy(tmp_path / "after-first" / "r.sqlite")  # integrity_check ok
     assert 0 < len(stored) < 5  # some configs were stored before the disk filled
     assert second == 0, (tmp_path / "second.out").read_text()
-    resumed = _results(tmp_path / "kept" / "r.sqlite")
+    resumed = stored_accuracy(tmp_path / "kept" / "r.sqlite")
     assert len(resumed) == 5
     assert all(resumed[c] == stored[c] for c in stored)  # kept, and reused as they were
     with_room = tmp_path / "room.sqlite"
@@ -144,4 +102,4 @@ def test_a_full_store_mid_run_keeps_what_was_stored_and_resumes(
         capture_output=True,
         env={**os.environ, "QUANTSCOPE_CACHE": str(tmp_path / "cache")},
     )
-    assert _results(with_room) == resumed  # the same numbers as a run that had room
+    assert stored_accuracy(with_room) == resumed  # the same numbers as a run that had room

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 import pytest
 from filelock import FileLock, Timeout
 
-from conftest import TINY_WINDOWS
+from conftest import TINY_WINDOWS, stored_accuracy, tiny_run
 from quantscope.chaos import PHASES
 
-TIMING = ("tps", "_s", "peak_")
 CONFIGS = "fp32,bf16,rtn[bits=8,group=32],rtn[bits=4,group=32],bnb-nf4"
 # the runs go through the phases in this order, each killed at a seeded count among those it
 # surely reaches, every earlier kill considered: 1 baseline load; 3 reference chunks (9
@@ -50,20 +48,17 @@ def kill_points() -> list[str]:
     return points
 
 
+def _cli(args: list[str], cache: Path, kill: str | None) -> subprocess.CompletedProcess[str]:
+    """quantscope in a process of its own, with its cache, killed at ``kill`` if given."""
+    env = {**os.environ, "QUANTSCOPE_CACHE": str(cache)}
+    env.pop("QUANTSCOPE_KILL_AT", None)
+    env.update({"QUANTSCOPE_KILL_AT": kill} if kill else {})
+    command = [sys.executable, "-c", "from quantscope.cli import main; main()", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
 def _run(folder: Path, cache: Path, model: Path, text: Path, kill: str | None):
-    args = [
-        "run",
-        "--model",
-        str(model),
-        "--text",
-        str(text),
-        "--configs",
-        CONFIGS,
-        *TINY_WINDOWS,
-        "--speed-reps",
-        "1",
-        "--max-new-tokens",
-        "3",
+    outputs = [
         "--store",
         str(folder / "r.sqlite"),
         "--report",
@@ -71,27 +66,7 @@ def _run(folder: Path, cache: Path, model: Path, text: Path, kill: str | None):
         "--json",
         str(folder / "run.json"),
     ]
-    env = {**os.environ, "QUANTSCOPE_CACHE": str(cache)}
-    env.pop("QUANTSCOPE_KILL_AT", None)
-    if kill:
-        env["QUANTSCOPE_KILL_AT"] = kill
-    command = [sys.executable, "-c", "from quantscope.cli import main; main()", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _stored(db: Path) -> dict[str, dict[str, float]]:
-    with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = con.execute("SELECT config, body FROM results").fetchall()
-        values = dict(con.execute("SELECT key, length(body) FROM token_values").fetchall())
-    out = {}
-    for config, body in rows:
-        result = json.loads(body)
-        assert values.get(result["key"]), f"{config}: a row without its per-token values"
-        out[config] = {
-            k: v for k, v in result["metrics"].items() if not any(t in k for t in TIMING)
-        }
-    return out
+    return _cli(tiny_run(model, text, CONFIGS, *outputs), cache, kill)
 
 
 def _made_by(cache: Path) -> dict[str, str]:
@@ -122,11 +97,11 @@ def test_killed_anywhere_then_resumed_gives_the_uninterrupted_numbers(
             killed.append(point)
         first_made = first_made or _made_by(cache)  # the reference, once complete
         if cut.joinpath("r.sqlite").exists():
-            _stored(cut / "r.sqlite")  # readable and whole after every kill
+            stored_accuracy(cut / "r.sqlite")  # readable and whole after every kill
     assert {p.split(":")[0] for p in killed} == set(PHASES), killed  # every phase was hit
     final = _run(cut, cache, tiny_model_dir, tiny_text, None)
     assert final.returncode == 0, final.stderr[-2000:]
-    assert _stored(cut / "r.sqlite") == _stored(whole / "r.sqlite")  # to the bit
+    assert stored_accuracy(cut / "r.sqlite") == stored_accuracy(whole / "r.sqlite")  # to the bit
     assert json.loads((cut / "run.json").read_text())["run_id"]  # the report files are whole
     assert (cut / "report.html").read_text().rstrip().endswith("</html>")
     leftovers = [p for p in [*cache.rglob("*"), *cut.iterdir()] if p.suffix in (".tmp", ".part")]
@@ -138,3 +113,51 @@ def test_killed_anywhere_then_resumed_gives_the_uninterrupted_numbers(
         except Timeout:
             pytest.fail(f"{lock} is still held")
     assert first_made and _made_by(cache) == first_made  # not made twice
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("phase", "configs", "bundled"),
+    [
+        ("gguf-quantize", "fp32,gguf[qtype=Q8_0]", True),  # llama.cpp re-quantizes its file
+        ("gptq-calibration", "fp32,gptq[bits=4,group=32]", False),
+    ],
+)
+def test_killed_while_an_artifact_is_made_it_is_made_once_more_and_whole(
+    phase: str, configs: str, bundled: bool, tiny_model_dir: Path, tiny_text: Path, tmp_path: Path
+) -> None:
+    """Killed after llama.cpp wrote its quantized file (or gptqmodel calibrated) but before
+    the file is in place: the next run finds the leftover, removes it, makes the artifact
+    again and measures the numbers an uninterrupted run measures."""
+    pytest.importorskip("llama_cpp" if bundled else "gptqmodel", reason=f"{phase} needs it")
+    where = [] if bundled else ["--model", str(tiny_model_dir), "--text", str(tiny_text)]
+    windows = ["--tokens", "256", "--context", "128", "--stride", "64"] if bundled else TINY_WINDOWS
+
+    def run(folder: Path, cache: Path, kill: str | None) -> subprocess.CompletedProcess[str]:
+        args = [
+            "run",
+            *where,
+            "--configs",
+            configs,
+            *windows,
+            "--speed-reps",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--store",
+            str(folder / "r.sqlite"),
+        ]
+        return _cli(args, cache, kill)
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    assert run(whole, tmp_path / "cache-whole", None).returncode == 0
+    cache = tmp_path / "cache-cut"
+    killed = run(cut, cache, f"{phase}:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    left = [p for p in cache.rglob("*.tmp")]
+    assert left, "the killed maker leaves its temporary file"  # (what the next run cleans)
+    final = run(cut, cache, None)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert not list(cache.rglob("*.tmp"))
+    assert stored_accuracy(cut / "r.sqlite") == stored_accuracy(whole / "r.sqlite")

@@ -12,6 +12,7 @@ import signal
 from collections import Counter
 
 PHASES = ("baseline-load", "reference-chunk", "scoring-batch", "store-row", "report")
+ARTIFACTS = ("gguf-quantize", "gptq-calibration")  # inside the making of a cached artifact
 
 
 def _targets() -> dict[str, int]:

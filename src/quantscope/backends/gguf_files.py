@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from quantscope import chaos
 from quantscope.cache import cache_dir, made
 from quantscope.config import ModelSpec
 from quantscope.errors import UserError
@@ -81,6 +82,7 @@ def quantize_file(source: Path, qtype: str) -> tuple[Path, float]:
         code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
         if code != 0:
             raise UserError(f"llama.cpp could not quantize '{source}' to {qtype} (code {code}).")
+        chaos.point("gguf-quantize")  # the file written, not yet in place
         return {"seconds": time.perf_counter() - start}
 
     return target, float(made(target, quantize)["seconds"])

@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from quantscope import data, quiet
+from quantscope import chaos, data, quiet
 from quantscope.backends import Backend, Quantized, package_version
 from quantscope.cache import cache_dir, made
 from quantscope.config import Calibrated, DataSpec, DType, Gptq, ModelSpec, QuantConfig
@@ -149,6 +149,7 @@ def quantize(
             model.quantize(batch, batch_size=4)
             seconds = time.perf_counter() - start
             model.save(str(tmp))
+            chaos.point("gptq-calibration")  # calibrated and saved, not yet in place
         return {"quantize_s": seconds, "calibration": source, "device": device}
 
     return folder, made(folder, make)

@@ -184,11 +184,13 @@ def run(
         typer.Option(help="Serve without torch.compile: starts sooner, runs slower."),
     ] = False,
     isolate: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            help="Measure each config in a process of its own: a crash, an abort or an out-of-memory kill fails that config, not the run."
+            "--isolate/--no-isolate",
+            help="Measure each config in a process of its own: a crash, an abort or an out-of-memory kill fails that config, not the run. Default: on when the baseline's weights take 1 GB or more (a process costs a few seconds a config).",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     config_timeout: Annotated[
         float | None,
         typer.Option(
@@ -201,6 +203,12 @@ def run(
             help="With --isolate: MB of address space a config's process may use; past it the config fails."
         ),
     ] = None,
+    memory_check: Annotated[
+        bool,
+        typer.Option(
+            help="Skip a config whose expected peak memory (weights as loaded, the pass's working set) exceeds the memory available."
+        ),
+    ] = True,
 ) -> None:
     """Measure each config against the full-precision baseline and print one row per config
     (with --margin, each judged equivalent, worse or not resolved at that margin)."""

@@ -291,8 +291,9 @@ class RunSpec:
     spending: str = DEFAULT_SPENDING
     serve: ServeSpec = field(default_factory=ServeSpec)  # configs measured in an engine
     # each config measured in a child process of its own (a crash costs that config), stopped
-    # past config_timeout seconds, its address space capped at config_memory_mb
-    isolate: bool = False
+    # past config_timeout seconds, its address space capped at config_memory_mb; None: when
+    # the baseline's weights take AUTO_ISOLATE_BYTES or more (where a process costs little)
+    isolate: bool | None = None
     config_timeout: float | None = None
     config_memory_mb: float | None = None
     memory_check: bool = True  # skip a config whose expected peak exceeds what is free

@@ -101,7 +101,7 @@ def run_spec(
     engine_kv_gib: float = 1.0,
     engine_timeout: float = 900.0,
     engine_eager: bool = False,
-    isolate: bool = False,
+    isolate: bool | None = None,
     config_timeout: float | None = None,
     config_memory: float | None = None,
     memory_check: bool = True,
