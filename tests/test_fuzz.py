@@ -150,3 +150,37 @@ def test_config_files(body: object, tmp_path_factory) -> None:
         assert str(err)
         return
     assert isinstance(found, QuantConfig)
+
+
+def _said(args: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    from quantscope.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.count("error:") == 1
+    return " ".join(result.output.split())
+
+
+def test_damaged_and_foreign_files_are_one_sentence_and_exit_2(tmp_path: Path) -> None:
+    import sqlite3
+
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)  # a header, then noise
+    assert "as a results database (file is not a database)" in _said(
+        ["runs", "--store", str(damaged)]
+    )
+    newer = tmp_path / "newer.sqlite"
+    with sqlite3.connect(newer) as con:
+        con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        con.execute("INSERT INTO meta VALUES ('schema', '9')")
+    assert "written by a newer quantscope (results schema 9; this one reads up to 4)" in _said(
+        ["runs", "--store", str(newer)]
+    )
+    listing = tmp_path / "sweep.yaml"
+    listing.write_text("- models\n- configs\n")
+    assert "must be a YAML mapping with models and configs" in _said(["sweep", str(listing)])
+    typed = tmp_path / "mix.json"
+    typed.write_text(json.dumps(["bnb-nf4"]))  # written by hand: a list, not a mapping
+    assert "is not a quantscope config file" in _said(["run", "--configs", str(typed)])
