@@ -19,7 +19,8 @@ def _targets() -> dict[str, int]:
     found = {}
     for item in filter(None, os.environ.get("QUANTSCOPE_KILL_AT", "").split(",")):
         phase, _, count = item.partition(":")
-        found[phase] = int(count or 1)
+        if count.isdigit() or not count:  # anything else is not a kill point: ignored
+            found[phase] = int(count or 1)
     return found
 
 

@@ -61,16 +61,12 @@ def _peak(process: psutil.Process) -> float:
         return 0.0
 
 
-def _limit(memory_mb: float | None) -> Any:
-    """A pre-exec hook capping the child's address space at ``memory_mb`` (None: no cap)."""
-    if not memory_mb:
-        return None
-    cap = int(memory_mb * MB)
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-    return apply
+def _cap(pid: int, memory_mb: float | None) -> None:
+    """Cap process ``pid``'s address space at ``memory_mb`` (set from here as it starts: a
+    pre-exec hook is unsafe in a process with threads, as torch's is)."""
+    if memory_mb:
+        cap = int(memory_mb * MB)
+        resource.prlimit(pid, resource.RLIMIT_AS, (cap, cap))
 
 
 def _last_lines(log: Path, start: int, count: int = 3) -> str:
@@ -139,9 +135,9 @@ def call(
                 stdout=out,
                 stderr=out,
                 start_new_session=True,  # its own group: stopped whole, with its children
-                preexec_fn=_limit(memory_mb),
                 env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # a crash prints its stack
             )
+        _cap(child.pid, memory_mb)
         process, peak, timed_out = psutil.Process(child.pid), 0.0, False
         deadline = time.monotonic() + timeout if timeout else None
         try:
