@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,20 @@ def weight_files(folder: Path, safetensors_only: bool = True) -> list[Path]:
     """The weight files of a model folder, sorted by name."""
     patterns = ["*.safetensors"] if safetensors_only else ["*.safetensors", "*.bin", "*.pt"]
     return sorted(p for pattern in patterns for p in folder.glob(pattern))
+
+
+def tensor_sizes(folder: Path) -> list[tuple[str, int]]:
+    """Each tensor's dtype and element count in a folder's safetensors files, from their
+    headers (nothing is loaded)."""
+    from safetensors import safe_open
+
+    found = []
+    for path in weight_files(folder):
+        with safe_open(str(path), "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                piece = handle.get_slice(name)
+                found.append((piece.get_dtype(), math.prod(piece.get_shape())))
+    return found
 
 
 def fingerprint(folder: Path) -> str:

@@ -12,7 +12,6 @@ bf16 1.33, bnb-int8 2.12, bnb-nf4 2.05 (4,096 tokens, batch 4, context 512; this
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,34 +51,26 @@ def _shapes(ctx: RunContext) -> dict[str, Any]:
 
 def parameters(ctx: RunContext) -> float:
     """The baseline's parameter count, from its safetensors headers (0 when it has none)."""
-    from safetensors import safe_open
-
-    count = 0
-    for path in models.weight_files(ctx.files.folder):
-        with safe_open(str(path), "pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                count += math.prod(handle.get_slice(name).get_shape())
-    return float(count)
+    return float(sum(count for _, count in models.tensor_sizes(ctx.files.folder)))
 
 
 def expected(ctx: RunContext, config: QuantConfig) -> Peak:
     """The expected peak of measuring ``config`` in this run."""
     own = config.precision if isinstance(config, Precision) else getattr(config, "dtype", None)
     dtype = own or ctx.spec.model.dtype
-    weights = parameters(ctx) * _BYTES.get(dtype, 4)
+    count = parameters(ctx)
+    weights = count * _BYTES.get(dtype, 4)
     if not isinstance(config, Precision):  # a float copy is loaded, then quantized
         weights *= 2
     if ctx.baseline_model is not None:  # exact mode keeps the baseline beside it
-        weights += parameters(ctx) * _BYTES[ctx.spec.model.dtype]
+        weights += count * _BYTES[ctx.spec.model.dtype]
     s = _shapes(ctx)
     hidden = s.get("hidden_size", 4096)
     context = ctx.windows.ids.shape[1]
     rows = ctx.spec.batch_size * context
     logits = min(rows * s.get("vocab_size", 32000) * 4, LOGITS_CAP_B)
     mlp = rows * s.get("intermediate_size", 4 * hidden) * 4 * 3
-    attention = (
-        ctx.spec.batch_size * s.get("num_attention_heads", 32) * ctx.windows.ids.shape[1] ** 2 * 4
-    )
+    attention = ctx.spec.batch_size * s.get("num_attention_heads", 32) * context**2 * 4
     return Peak(weights, logits + mlp + attention)
 
 

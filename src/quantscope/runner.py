@@ -184,10 +184,7 @@ def run(spec: RunSpec, events: Events | None = None) -> RunReport:
                 outcome = _one(ctx, store, config, run_id, position)
             except Exception as err:  # a full disk ends the run, with what is stored kept
                 if no_room(err):
-                    folder = Path(getattr(err, "filename", None) or cache_dir())
-                    raise room_error(
-                        folder if folder.is_dir() else folder.parent, need, "this run"
-                    ) from None
+                    raise _full(err, need) from None
                 raise
             outcomes.append(outcome)
             events.outcome(outcome)

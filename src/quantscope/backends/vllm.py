@@ -29,7 +29,7 @@ from quantscope.backends.checkpoint import method, quantization
 from quantscope.capability import cpu_flags
 from quantscope.config import DType, ModelSpec, Precision, QuantConfig, ServeSpec, backend_of
 from quantscope.errors import Unavailable
-from quantscope.models import ModelFiles, weight_files
+from quantscope.models import ModelFiles, tensor_sizes
 
 PLUGIN = toolenv.WORKERS / "vllm_plugin.py"
 _DTYPES = {DType.FP32: "float32", DType.BF16: "bfloat16", DType.FP16: "float16"}
@@ -94,22 +94,11 @@ def footprint(folder: Path, base_folder: Path, dtype: DType) -> dict[str, float]
     """Weight bytes as the engine loads them, from the checkpoint's safetensors headers: float
     tensors in the serving precision, packed and integer ones as stored; bits per weight over
     the baseline's logical weight count (the checkpoint's packed shapes do not give it)."""
-    from safetensors import safe_open
-
-    def tensors(where: Path) -> list[tuple[str, int]]:
-        found = []
-        for path in weight_files(where):
-            with safe_open(str(path), "pt") as handle:
-                for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    piece = handle.get_slice(name)
-                    found.append((piece.get_dtype(), math.prod(piece.get_shape())))
-        return found
-
     held = 0.0
-    for kind, count in tensors(folder):
+    for kind, count in tensor_sizes(folder):
         size = _BYTES[dtype] if kind in _FLOATS else _item(kind)
         held += count * size
-    params = float(sum(n for kind, n in tensors(base_folder) if kind in _FLOATS))
+    params = float(sum(n for kind, n in tensor_sizes(base_folder) if kind in _FLOATS))
     return {
         "weight_bytes": held,
         "weight_mb": held / 2**20,
